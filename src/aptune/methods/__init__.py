@@ -1,0 +1,19 @@
+"""Method registry: one file per method, each a thin composition of shared pieces."""
+
+from __future__ import annotations
+
+from ..errors import AptuneError
+from .base import Method
+from .ft import FullFineTuning
+from .lora import LoRA
+
+METHODS: dict[str, type[Method]] = {"ft": FullFineTuning, "lora": LoRA}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise AptuneError(f"unknown method '{name}'", f"choose one of: {', '.join(METHODS)}")
+    return METHODS[name]()
+
+
+__all__ = ["METHODS", "Method", "get_method"]

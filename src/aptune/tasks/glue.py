@@ -1,0 +1,214 @@
+"""GLUE classification tasks: SST-2 and MNLI, from local files or the hub."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..errors import AptuneError
+from .base import DataReport, Example, Split, Task, fixed_subset
+
+csv.field_size_limit(1 << 24)
+
+
+class ClassificationTask(Task):
+    metric = "accuracy"
+    label_names: tuple[str, ...] = ()
+    text_columns: tuple[str, ...] = ()
+    label_column = "label"
+    file_format = "tsv"  # or "jsonl"
+    hub_path = ("glue", "")
+    hub_splits: dict[str, str] = {}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    # -- reading -------------------------------------------------------------------------------
+    def _label_id(self, raw) -> int | None:
+        """Map a raw label (an id, a digit string or a label name) to its fixed id."""
+        if isinstance(raw, bool) or raw is None:
+            return None
+        if isinstance(raw, int):
+            return raw
+        text = str(raw).strip()
+        if text == "":
+            return None
+        if text.lstrip("-").isdigit():
+            return int(text)
+        lowered = text.lower()
+        return self.label_names.index(lowered) if lowered in self.label_names else -1
+
+    def _rows_tsv(self, path: Path) -> Iterator[dict | None]:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(reader, None)
+            if header is None:
+                raise AptuneError(f"{path} is empty", "point --data-dir at a complete copy of the data")
+            missing = [c for c in (*self.text_columns, self.label_column) if c not in header]
+            if missing:
+                raise AptuneError(
+                    f"{path} lacks the column(s) {', '.join(missing)} (header: {', '.join(header)})",
+                    f"{self.name} needs a tab-separated file with the header "
+                    f"'{chr(9).join((*self.text_columns, self.label_column))}'",
+                )
+            for row in reader:
+                yield dict(zip(header, row)) if len(row) == len(header) else None
+
+    def _rows_jsonl(self, path: Path) -> Iterator[dict | None]:
+        required = (*self.text_columns, self.label_column)
+        seen_good = False
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    yield None
+                    continue
+                if not isinstance(row, dict):
+                    yield None
+                    continue
+                if not seen_good and all(k not in row for k in required):
+                    raise AptuneError(
+                        f"{path} rows lack the keys {', '.join(required)} (found: {', '.join(row)})",
+                        f"{self.name} needs JSON lines with the keys {', '.join(required)}",
+                    )
+                seen_good = True
+                yield row
+
+    def _validate(self, rows: Iterator[dict | None], source: str, options: dict) -> Split:
+        report = DataReport(source=source)
+        examples, bad_labels = [], Counter()
+        for row in rows:
+            report.rows_read += 1
+            if row is None:
+                report.dropped["garbled"] += 1
+                continue
+            texts = [row.get(c) for c in self.text_columns]
+            if any(not isinstance(t, str) or not t.strip() for t in texts):
+                report.dropped["empty text"] += 1
+                continue
+            label = self._label_id(row.get(self.label_column))
+            if label is None:
+                report.dropped["missing label"] += 1
+                continue
+            if not 0 <= label < self.num_labels:
+                bad_labels[str(row.get(self.label_column))] += 1
+                continue
+            examples.append(Example(tuple(self.clean_text(t, options) for t in texts), label))
+        if bad_labels:
+            found = ", ".join(f"{k!r} ({n})" for k, n in bad_labels.most_common(5))
+            raise AptuneError(
+                f"{source} has labels outside {self.name}'s label set: {found}",
+                f"{self.name} labels are {', '.join(f'{i}={n}' for i, n in self.id2label.items())}; "
+                "check that --task matches the file",
+            )
+        if not examples:
+            raise AptuneError(f"{source} has no usable rows ({report.summary()})",
+                              "check the file's format against shared/data/SOURCES.md")
+        report.rows_kept = len(examples)
+        return Split(examples, report)
+
+    def clean_text(self, text: str, options: dict) -> str:
+        return text.strip()
+
+    def load(self, split: str, data_dir: Path | None, max_rows: int | None, seed: int,
+             options: dict | None = None) -> Split:
+        options = options or {}
+        if data_dir is not None:
+            path = self.local_file(split, data_dir)
+            if not path.is_file():
+                raise AptuneError(
+                    f"{self.name} {split} file not found: {path}",
+                    f"put {self.folder}/{self.splits[split]} under the data directory, or unset "
+                    "--data-dir/APTUNE_DATA_DIR to download from the hub",
+                )
+            rows = self._rows_tsv(path) if self.file_format == "tsv" else self._rows_jsonl(path)
+            loaded = self._validate(rows, str(path), options)
+        else:
+            loaded = self._validate(self._rows_hub(split), self._hub_name(split), options)
+        keep = fixed_subset(len(loaded.examples), max_rows, seed)
+        if keep is not None:
+            loaded.report.subset_of = len(loaded.examples)
+            loaded.examples = [loaded.examples[i] for i in keep]
+            loaded.report.rows_kept = len(loaded.examples)
+        return loaded
+
+    def _hub_name(self, split: str) -> str:
+        return f"hub {'/'.join(p for p in self.hub_path if p)}[{self.hub_splits[split]}]"
+
+    def _rows_hub(self, split: str) -> Iterator[dict]:
+        try:
+            import datasets
+
+            ds = datasets.load_dataset(*[p for p in self.hub_path if p], split=self.hub_splits[split])
+        except Exception as exc:  # noqa: BLE001 - any hub failure means the same thing to a user
+            raise AptuneError(
+                f"no local data for {self.name} and the hub is unreachable "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                "pass --data-dir DIR (or set APTUNE_DATA_DIR) to a folder laid out like "
+                "shared/data, or go online so that the hub download works",
+            ) from None
+        for row in ds:
+            yield {**row, self.label_column: int(row[self.label_column])}
+
+    # -- tokenising and scoring ----------------------------------------------------------------
+    def tokenize_fn(self, tokenizer, max_length: int) -> Callable:
+        def encode(examples: list[Example]) -> dict:
+            columns = list(zip(*(e.texts for e in examples)))
+            enc = tokenizer(*columns, truncation=True, max_length=max_length)
+            enc["labels"] = [e.label for e in examples]
+            return enc
+
+        return encode
+
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        return {"accuracy": float((predictions == labels).mean())}
+
+
+class SST2(ClassificationTask):
+    name = "sst2"
+    folder = "sst2"
+    splits = {"train": "train.tsv", "dev": "dev.tsv"}
+    default_max_length = 64
+    label_names = ("negative", "positive")
+    text_columns = ("sentence",)
+    file_format = "tsv"
+    hub_path = ("glue", "sst2")
+    hub_splits = {"train": "train", "dev": "validation"}
+
+
+_TRAILING_PERIODS = re.compile(r"[\s.]+$")
+
+
+class MNLI(ClassificationTask):
+    name = "mnli"
+    folder = "mnli"
+    splits = {"train": "train_sample_10k.jsonl", "dev": "dev_matched.jsonl"}
+    default_max_length = 128
+    # GLUE's fixed ids: 0 entailment, 1 neutral, 2 contradiction.
+    label_names = ("entailment", "neutral", "contradiction")
+    text_columns = ("premise", "hypothesis")
+    file_format = "jsonl"
+    hub_path = ("glue", "mnli")
+    hub_splits = {"train": "train", "dev": "validation_matched"}
+
+    def clean_text(self, text: str, options: dict) -> str:
+        # The local train sample lost every trailing period; stripping dev too keeps them alike.
+        text = text.strip()
+        if options.get("strip_trailing_periods", True):
+            stripped = _TRAILING_PERIODS.sub("", text)
+            text = stripped or text
+        return text

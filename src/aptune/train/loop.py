@@ -1,0 +1,221 @@
+"""The training loop, on Hugging Face Accelerate so that `accelerate launch` scales it out.
+
+Methods never copy this loop; they add Callbacks (events.py) and choose what is trainable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..tasks import Task
+from .events import Callback
+from .memory import PeakMemoryMeter
+from .optim import LinearWarmupDecay, build_optimizer, rebuild_optimizer, set_lr
+
+
+@dataclass
+class LoopConfig:
+    epochs: float
+    lr: float
+    batch_size: int
+    eval_every: int
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 128
+    log_every: int = 10
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    samples_seen: int
+    train_seconds: float
+    wall_seconds: float
+    best_metric: float
+    best_step: int
+    best_eval: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    peak_train_memory_bytes: int = 0
+    memory_method: str = ""
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, task: Task, train_loader, eval_loader, cfg: LoopConfig,
+                 accelerator, callbacks: Sequence[Callback] = (), log_path: Path | None = None,
+                 show_progress: bool = True) -> None:
+        self.task = task
+        self.cfg = cfg
+        self.accelerator = accelerator
+        self.callbacks = list(callbacks)
+        self.log_path = log_path
+        self.show_progress = show_progress
+        steps_per_epoch = math.ceil(len(train_loader.dataset) / (cfg.batch_size * accelerator.num_processes))
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.total_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        self.schedule = LinearWarmupDecay.from_ratio(cfg.lr, self.total_steps, cfg.warmup_ratio)
+        optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+        self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
+            model, optimizer, train_loader, eval_loader)
+        self.step = 0
+        self.samples_seen = 0
+        self.train_seconds = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.best_metric = -math.inf
+        self.best_step = -1
+        self.best_eval: dict[str, float] = {}
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self.memory = PeakMemoryMeter(accelerator.device)
+
+    # -- helpers that callbacks use --------------------------------------------------------------
+    @property
+    def unwrapped_model(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def lr(self) -> float:
+        return self.schedule(self.step)
+
+    def rebuild_optimizer(self, survivors: dict) -> None:
+        """Call after trainable parameters change shape or number; keeps surviving state."""
+        new = rebuild_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
+                                else self.optimizer, self.unwrapped_model, self.cfg.weight_decay,
+                                survivors)
+        self.optimizer = self.accelerator.prepare(new)
+
+    def snapshot_trainable(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.unwrapped_model.named_parameters()
+                if p.requires_grad}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.unwrapped_model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        return evaluate_model(self.model, self.eval_loader, self.task, self.accelerator)
+
+    # -- training --------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        acc = self.accelerator
+        wall_start = time.perf_counter()
+        self.memory.start()
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True,
+                   disable=not (self.show_progress and acc.is_local_main_process))
+        loss_sum, loss_count, window_loss = 0.0, 0, None
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        epoch = 0
+        while self.step < self.total_steps:
+            if hasattr(self.train_loader, "set_epoch"):
+                self.train_loader.set_epoch(epoch)
+            for batch in self.train_loader:
+                t0 = time.perf_counter()
+                self.model.train()
+                set_lr(self.optimizer, self.schedule(self.step))
+                outputs = self.model(**batch)
+                loss = outputs.loss
+                for cb in self.callbacks:
+                    extra = cb.extra_loss(self, batch, outputs)
+                    if extra is not None:
+                        loss = loss + extra
+                acc.backward(loss)
+                for cb in self.callbacks:
+                    cb.after_backward(self)
+                if self.cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.samples_seen += batch["input_ids"].shape[0] * acc.num_processes
+                for cb in self.callbacks:
+                    cb.after_step(self)
+                trainable = [p for p in self.model.parameters() if p.requires_grad]
+                self.train_seconds += time.perf_counter() - t0
+                value = loss.detach().float().item()
+                loss_sum, loss_count = loss_sum + value, loss_count + 1
+                window_loss = value if window_loss is None else 0.9 * window_loss + 0.1 * value
+                bar.update(1)
+                if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                    bar.set_postfix(loss=f"{window_loss:.4f}", lr=f"{self.lr:.2e}",
+                                    samples_s=f"{self.samples_seen / self.train_seconds:.1f}")
+                if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps:
+                    self._evaluate_and_log(loss_sum / max(1, loss_count), wall_start, bar)
+                    loss_sum, loss_count = 0.0, 0
+                if self.step >= self.total_steps:
+                    break
+            epoch += 1
+        bar.close()
+        peak = self.memory.peak_bytes()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        if self._best_state is not None:
+            self.restore(self._best_state)
+        return TrainResult(
+            steps=self.step, samples_seen=self.samples_seen, train_seconds=self.train_seconds,
+            wall_seconds=time.perf_counter() - wall_start, best_metric=self.best_metric,
+            best_step=self.best_step, best_eval=self.best_eval, history=self.history,
+            peak_train_memory_bytes=peak, memory_method=self.memory.method,
+        )
+
+    def _evaluate_and_log(self, mean_loss: float, wall_start: float, bar) -> None:
+        metrics = self.evaluate()
+        value = metrics[self.task.metric]
+        improved = value > self.best_metric
+        if improved:
+            self.best_metric, self.best_step, self.best_eval = value, self.step, dict(metrics)
+            self._best_state = self.snapshot_trainable()
+        record = {
+            "step": self.step,
+            "epoch": round(self.step / self.steps_per_epoch, 4),
+            "samples_seen": self.samples_seen,
+            "train_seconds": round(self.train_seconds, 3),
+            "wall_seconds": round(time.perf_counter() - wall_start, 3),
+            "loss": round(mean_loss, 6),
+            "lr": self.lr,
+            "metric": self.task.metric,
+            "value": value,
+            "eval": metrics,
+        }
+        self.history.append(record)
+        if self.accelerator.is_main_process and self.log_path is not None:
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        for cb in self.callbacks:
+            cb.on_evaluate(self, metrics)
+        step_s = self.train_seconds / self.step
+        line = (f"step {self.step}/{self.total_steps}: loss {mean_loss:.4f}, lr {self.lr:.2e}, "
+                f"dev {self.task.metric} {value:.4f} (best {self.best_metric:.4f} @ {self.best_step}), "
+                f"{self.samples_seen / self.train_seconds:.1f} samples/s, {step_s:.3f} s/step")
+        if self.accelerator.is_main_process:
+            (bar.write if not bar.disable else print)(line)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader, task: Task, accelerator=None) -> dict[str, float]:
+    """Predictions over the whole loader, gathered across processes, scored by the task."""
+    model.eval()
+    preds, labels = [], []
+    for batch in loader:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, n_labels)
+        pred = logits.argmax(dim=-1)
+        gold = batch["labels"]
+        if accelerator is not None:
+            pred, gold = accelerator.gather_for_metrics((pred, gold))
+        preds.append(pred.cpu().numpy())
+        labels.append(gold.cpu().numpy())
+    return task.compute_metrics(np.concatenate(preds), np.concatenate(labels))

@@ -1,0 +1,54 @@
+"""Peak training memory as protocol.md defines it.
+
+CUDA: torch.cuda.max_memory_allocated() after a reset at the start of training.
+CPU: the peak resident set size above the resident size right after model and data load.
+Linux lets a process reset its own high-water mark (/proc/self/clear_refs, value 5), so the
+peak is exact rather than sampled. It includes allocator slack.
+"""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import torch
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemoryMeter:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.baseline_bytes = 0
+        self.method = ""
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
+            self.method = "cuda max_memory_allocated"
+            return
+        rss = _status_kib("VmRSS")
+        self.baseline_bytes = (rss or 0) * 1024
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.method = "cpu peak RSS (VmHWM reset after load) minus RSS after load"
+        except OSError:
+            self.method = "cpu ru_maxrss minus RSS after load (peak may include loading)"
+
+    def peak_bytes(self) -> int:
+        """Peak above the baseline (for CUDA: the allocator's peak, as the protocol defines it)."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        hwm = _status_kib("VmHWM")
+        peak = hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return max(0, peak - self.baseline_bytes)
