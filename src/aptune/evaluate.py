@@ -23,6 +23,6 @@ def evaluate_saved(model_dir: str | Path, task_name: str, data_dir: str | None =
         raise AptuneError(f"the model in {path} has {model.config.num_labels} labels but {task.name} "
                           f"has {task.num_labels}", "pass the --task the model was trained on")
     dev = task.load("dev", resolve_data_dir(data_dir), max_eval_samples, data_seed, {})
-    ds = encode(task, dev.examples, tokenizer, max_length or task.default_max_length)
+    ds = encode(task, dev.examples, tokenizer, max_length or task.default_max_length, model.config)
     scores = evaluate_model(model, make_loader(ds, tokenizer, batch_size, False, 0), task)
     return {"task": task.name, "model_dir": str(path), "rows": len(ds), "eval": scores}

@@ -86,6 +86,7 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, config=config.__class__.from_dict({**config.to_dict(), **kwargs}),
+            ignore_mismatched_sizes=True,  # a head saved for another label count is replaced
         )
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -53,7 +53,7 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]
 def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set_seed):
     data_dir = resolve_data_dir(cfg.data_dir)
     model_path = resolve_model_path(cfg.model)
-    load_config(model_path)  # unsupported families fail before any data work
+    model_config = load_config(model_path)  # unsupported families fail before any data work
     tokenizer = load_tokenizer(model_path)
     options = {"strip_trailing_periods": cfg.strip_trailing_periods}
     train_split = task.load("train", data_dir, cfg.max_train_samples, cfg.data_seed, options)
@@ -61,8 +61,8 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
     _say(accelerator, f"train: {train_split.report.summary()}")
     _say(accelerator, f"dev:   {dev_split.report.summary()}")
     max_length = cfg.max_length or task.default_max_length
-    train_ds = encode(task, train_split.examples, tokenizer, max_length)
-    dev_ds = encode(task, dev_split.examples, tokenizer, max_length)
+    train_ds = encode(task, train_split.examples, tokenizer, max_length, model_config)
+    dev_ds = encode(task, dev_split.examples, tokenizer, max_length, model_config)
 
     set_seed(cfg.seed, deterministic=True)
     model = load_classifier(model_path, task.num_labels, task.id2label)

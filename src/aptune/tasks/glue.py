@@ -80,7 +80,7 @@ class ClassificationTask(Task):
                 if not isinstance(row, dict):
                     yield None
                     continue
-                if not seen_good and all(k not in row for k in required):
+                if not seen_good and any(k not in row for k in required):
                     raise AptuneError(
                         f"{path} rows lack the keys {', '.join(required)} (found: {', '.join(row)})",
                         f"{self.name} needs JSON lines with the keys {', '.join(required)}",

@@ -27,12 +27,15 @@ class EncodedDataset(Dataset):
 
 
 def encode(task: Task, examples: list[Example], tokenizer, max_length: int,
-           chunk: int = 4096) -> EncodedDataset:
+           model_config=None, chunk: int = 4096) -> EncodedDataset:
     fn = task.tokenize_fn(tokenizer, max_length)
     merged: dict[str, list] = {}
     for start in range(0, len(examples), chunk):
         for k, v in fn(examples[start:start + chunk]).items():
             merged.setdefault(k, []).extend(v)
+    # A model with a single token type (RoBERTa) must not see a BERT tokenizer's segment ids.
+    if model_config is not None and getattr(model_config, "type_vocab_size", 2) < 2:
+        merged.pop("token_type_ids", None)
     return EncodedDataset(merged)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_begin(self)
         bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True,
+                   mininterval=0.2 if sys.stderr.isatty() else 30.0,
                    disable=not (self.show_progress and acc.is_local_main_process))
         loss_sum, loss_count, window_loss = 0.0, 0, None
         trainable = [p for p in self.model.parameters() if p.requires_grad]
