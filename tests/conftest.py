@@ -111,3 +111,16 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(params=["bert", "roberta"])
 def tiny_model_dir(request, tiny_bert_dir, tiny_roberta_dir) -> Path:
     return {"bert": tiny_bert_dir, "roberta": tiny_roberta_dir}[request.param]
+
+
+def randomize_biases_and_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random-init HF models have zero biases and unit LayerNorms, which hide many bugs
+    (e.g. LN(0 + x) = x for an already normalised x). Equivalence tests perturb them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif "LayerNorm.weight" in name:
+                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.3)
+    return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 from typing import Annotated, Optional
@@ -40,52 +41,63 @@ def user_errors(fn):
     return wrapper
 
 
-@app.command()
+_FLAG_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "str | None": str,
+               "int | None": int, "float | None": float, "list[str] | None": str}
+
+
+def _config_fields() -> list:
+    """TrainConfig's own fields first, then the APT ones, for a readable --help."""
+    from dataclasses import fields
+
+    from .config import APTConfig
+
+    apt = {f.name for f in fields(APTConfig)}
+    all_fields = list(fields(TrainConfig))
+    return [f for f in all_fields if f.name not in apt] + [f for f in all_fields if f.name in apt]
+
+
+def _train_signature() -> inspect.Signature:
+    params = []
+    for f in _config_fields():
+        kind = _FLAG_TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            flag = f"--{f.name.replace('_', '-')}"
+            option = typer.Option(f"{flag}/--no-{f.name.replace('_', '-')}", help=help_text,
+                                  show_default=False)
+        else:
+            if f.type == "list[str] | None":
+                help_text += " Comma-separated."
+            option = typer.Option(help=help_text, show_default=False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[kind], option]))
+    params.append(inspect.Parameter("recipe", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=Annotated[Optional[str], typer.Option(
+                                        help="YAML recipe (a path, or a shipped name from "
+                                             "`aptune recipes`). Flags override it.")]))
+    params.append(inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
+                                    annotation=Annotated[bool, typer.Option(
+                                        "--quiet", help="Hide the progress bar.")]))
+    return inspect.Signature(params)
+
+
 @user_errors
-def train(
-    task: Annotated[Optional[str], typer.Option(help=_h("task"))] = None,
-    method: Annotated[Optional[str], typer.Option(help=_h("method"))] = None,
-    model: Annotated[Optional[str], typer.Option(help=_h("model"))] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help=_h("data_dir"))] = None,
-    output_dir: Annotated[Optional[str], typer.Option(help=_h("output_dir"))] = None,
-    epochs: Annotated[Optional[float], typer.Option(help=_h("epochs"))] = None,
-    lr: Annotated[Optional[float], typer.Option(help=_h("lr"))] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=_h("batch_size"))] = None,
-    max_train_samples: Annotated[Optional[int], typer.Option(help=_h("max_train_samples"))] = None,
-    max_eval_samples: Annotated[Optional[int], typer.Option(help=_h("max_eval_samples"))] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help=_h("eval_every"))] = None,
-    seed: Annotated[Optional[int], typer.Option(help=_h("seed"))] = None,
-    data_seed: Annotated[Optional[int], typer.Option(help=_h("data_seed"))] = None,
-    max_length: Annotated[Optional[int], typer.Option(help=_h("max_length"))] = None,
-    warmup_ratio: Annotated[Optional[float], typer.Option(help=_h("warmup_ratio"))] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help=_h("weight_decay"))] = None,
-    r: Annotated[Optional[int], typer.Option("--r", help=_h("r"))] = None,
-    lora_alpha: Annotated[Optional[float], typer.Option(help=_h("lora_alpha"))] = None,
-    target_modules: Annotated[Optional[str], typer.Option(
-        help=_h("target_modules") + " Comma-separated.")] = None,
-    strip_trailing_periods: Annotated[Optional[bool], typer.Option(
-        "--strip-trailing-periods/--keep-trailing-periods", help=_h("strip_trailing_periods"),
-        show_default=False)] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help=_h("overwrite"),
-                                                      show_default=False)] = None,
-    recipe: Annotated[Optional[str], typer.Option(
-        help="YAML recipe (a path, or a shipped name from `aptune recipes`). Flags override it.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Hide the progress bar.")] = False,
-) -> None:
-    """Fine-tune a model on a task with one method and save the final model and its metrics."""
+def train(**kwargs) -> None:
+    """Fine-tune a model on a task with one method and save the final model and its metrics.
+
+    Every option is also a recipe key; flags override the recipe, which overrides the defaults.
+    """
     from .pipeline import run_training
 
-    overrides = dict(
-        task=task, method=method, model=model, data_dir=data_dir, output_dir=output_dir,
-        epochs=epochs, lr=lr, batch_size=batch_size, max_train_samples=max_train_samples,
-        max_eval_samples=max_eval_samples, eval_every=eval_every, seed=seed, data_seed=data_seed,
-        max_length=max_length, warmup_ratio=warmup_ratio, weight_decay=weight_decay, r=r,
-        lora_alpha=lora_alpha, strip_trailing_periods=strip_trailing_periods, overwrite=overwrite,
-        target_modules=[t.strip() for t in target_modules.split(",") if t.strip()]
-        if target_modules else None,
-    )
-    cfg = build_config(TrainConfig, recipe, overrides)
+    recipe, quiet = kwargs.pop("recipe", None), kwargs.pop("quiet", False)
+    if kwargs.get("target_modules"):
+        kwargs["target_modules"] = [t.strip() for t in kwargs["target_modules"].split(",") if t.strip()]
+    cfg = build_config(TrainConfig, recipe, kwargs)
     run_training(cfg, show_progress=not quiet)
+
+
+train.__signature__ = _train_signature()
+app.command()(train)
 
 
 @app.command("eval")

@@ -15,7 +15,8 @@ import yaml
 from .errors import AptuneError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-METHODS = ("ft", "lora")
+METHODS = ("ft", "lora", "apt")
+DEFAULT_LR = {"ft": 2e-5, "lora": 2e-4, "apt": 2e-4}
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -25,11 +26,78 @@ def _f(default: Any, help: str, **kw) -> Any:
 
 
 @dataclass
-class TrainConfig:
+class APTConfig:
+    """APT's hyperparameters (apt-method.md §12), with PEFT's names where they fit.
+
+    Every field is also a recipe key and an `aptune train` flag.
+    """
+
+    sparsity: float = _f(0.6, "APT: fraction of non-embedding parameters to remove (0.6 keeps 40%).")
+    r: int = _f(8, "LoRA/APT initial adapter rank.")
+    lora_alpha: float = _f(16.0, "LoRA/APT alpha; the scaling alpha / r is fixed at creation (2).")
+    target_modules: list[str] | None = _f(None, "Module-name suffixes that get adapters. Default: "
+                                          "the family's query and value (LoRA), plus the FFN "
+                                          "up-projection (APT).")
+    max_rank: int = _f(64, "APT: cap on any adapter's rank.")
+    tuning_budget_ratio: float = _f(4.0, "APT: tuning parameters grow linearly to this multiple "
+                                    "of their starting count by the end of pruning.")
+    rank_selection: str = _f("tophalf", "APT: which adapters grow: tophalf (by importance) or all "
+                             "(the 'w/o salience' ablation: uniform growth).")
+    rank_growth_rule: str = _f("paper", "APT: r' = floor(r * budget ratio) (paper) or budget_fill (code).")
+    new_rank_init: str = _f("gaussian", "APT: init of new adapter rows: gaussian or kaiming_uniform.")
+    num_prunings: int = _f(10, "APT: number of pruning points.")
+    schedule_mode: str = _f("auto", "APT: relative (fractions of the run), absolute (paper's step "
+                            "constants), or auto (absolute only for runs of paper length).")
+    pruning_start_frac: float = _f(0.02, "APT relative schedule: salience starts at this fraction of T.")
+    pruning_end_frac: float = _f(0.30, "APT relative schedule: the last pruning point, as a fraction of T.")
+    sparsity_warmup_frac: float = _f(1 / 3, "APT relative schedule: part of the pruning window "
+                                     "where the kept ratio stays 1.")
+    distill_end_frac: float = _f(0.50, "APT relative schedule: distillation ends at this fraction of T.")
+    pruning_start_step: int = _f(200, "APT absolute schedule: first salience step.")
+    pruning_end_epoch: float = _f(3.0, "APT absolute schedule: last pruning point, in epochs.")
+    sparsity_warmup_epochs: float = _f(1.0, "APT absolute schedule: epochs with kept ratio 1.")
+    mask_decay_window: int = _f(200, "APT absolute schedule: decay-window length in steps.")
+    mask_decay_step: float = _f(0.01, "APT absolute schedule: mask change per step in a window.")
+    distill_epochs: float = _f(20.0, "APT absolute schedule: epochs of self-distillation.")
+    pruning_schedule: str = _f("cubic", "APT: shape of the kept-ratio schedule: cubic, linear or once.")
+    salience_beta: float = _f(0.85, "APT: EMA factor of block salience and adapter importance.")
+    use_kurtosis: bool = _f(True, "APT: add the outlier (kurtosis) term to salience.")
+    prune: bool = _f(True, "APT: prune at all (off = the 'w/o A_P' ablation).")
+    grow_ranks: bool = _f(True, "APT: grow adapter ranks (off = the 'w/o A_T' ablation).")
+    distill: bool = _f(True, "APT: self-distillation (off = the 'w/o D_S' ablation).")
+    distill_temperature: float = _f(4.0, "APT: temperature of the prediction-distillation KL.")
+    lambda_pred: float = _f(1.0, "APT: weight of the prediction-distillation loss.")
+    lambda_layer: float = _f(0.9, "APT: weight of the layer-distillation loss.")
+    teacher_refresh: str = _f("on_improvement", "APT: refresh the teacher on_improvement or once.")
+    optimizer_reset: str = _f("preserve", "APT: after shape changes keep surviving AdamW state "
+                              "(preserve) or start fresh (reset, as in the paper).")
+    post_distill_lr_factor: float = _f(0.1, "APT: peak LR factor after distillation ends.")
+
+    def validate_apt(self) -> None:
+        if not 0 < self.sparsity < 1:
+            raise AptuneError(f"--sparsity must be inside (0, 1), got {self.sparsity}",
+                              "pass e.g. --sparsity 0.6 to keep 40% of the non-embedding parameters")
+        choices = {"rank_selection": ("tophalf", "all"), "rank_growth_rule": ("paper", "budget_fill"),
+                   "new_rank_init": ("gaussian", "kaiming_uniform"),
+                   "schedule_mode": ("auto", "relative", "absolute"),
+                   "pruning_schedule": ("cubic", "linear", "once"),
+                   "teacher_refresh": ("on_improvement", "once"),
+                   "optimizer_reset": ("preserve", "reset")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise AptuneError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}", f"pick one of {', '.join(allowed)}")
+        if self.max_rank < self.r:
+            raise AptuneError(f"--max-rank {self.max_rank} is below --r {self.r}", "raise --max-rank")
+
+
+@dataclass
+class TrainConfig(APTConfig):
     """Everything one `aptune train` run needs. Each field is a recipe key and a --flag."""
 
     task: str = _f("sst2", "Task to train on: sst2 or mnli.")
-    method: str = _f("lora", "Training method: ft (every weight) or lora (adapters + head).")
+    method: str = _f("lora", "Training method: ft (every weight), lora (adapters + head) or apt "
+                     "(adaptive pruning and tuning).")
     model: str = _f("minilm", "Model: the alias 'minilm' (embedded default), a local folder, "
                     "or a Hugging Face hub id.")
     data_dir: str | None = _f(None, "Folder laid out like shared/data. Default: $APTUNE_DATA_DIR, "
@@ -37,7 +105,8 @@ class TrainConfig:
     output_dir: str = _f("runs/latest", "Where the run writes its model, logs and metrics.")
     overwrite: bool = _f(False, "Replace an output folder that exists and is not an aptune run.")
     epochs: float = _f(2.0, "Training epochs (fractions allowed).")
-    lr: float = _f(5e-5, "Peak learning rate of the linear schedule.")
+    lr: float | None = _f(None, "Peak learning rate. Default per method (paper): ft 2e-5, "
+                          "lora and apt 2e-4.")
     batch_size: int = _f(32, "Training batch size (per process).")
     eval_batch_size: int = _f(128, "Evaluation batch size.")
     max_train_samples: int | None = _f(None, "Train on a fixed random subset of this many rows "
@@ -51,10 +120,6 @@ class TrainConfig:
     warmup_ratio: float = _f(0.06, "Fraction of steps for linear learning-rate warm-up.")
     weight_decay: float = _f(0.1, "AdamW weight decay (not applied to biases and norms).")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    r: int = _f(8, "LoRA rank.")
-    lora_alpha: float = _f(16.0, "LoRA alpha; the scaling is lora_alpha / r.")
-    target_modules: list[str] | None = _f(None, "Module-name suffixes that get LoRA adapters. "
-                                          "Default: the family's query and value projections.")
     strip_trailing_periods: bool = _f(True, "MNLI: strip trailing periods from dev and train text "
                                       "(the local train sample has none).")
     log_every: int = _f(10, "Refresh the progress bar's figures every N steps.")
@@ -71,6 +136,8 @@ class TrainConfig:
                                   f"{getattr(self, name)}", f"pass a positive --{name.replace('_', '-')}")
         if not self.epochs > 0:
             raise AptuneError(f"--epochs must be positive, got {self.epochs}", "pass --epochs > 0")
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.method, 2e-4)
         if not self.lr > 0:
             raise AptuneError(f"--lr must be positive, got {self.lr}", "pass a learning rate > 0")
         if not 0 <= self.warmup_ratio < 1:
@@ -83,6 +150,7 @@ class TrainConfig:
                                   f"pass a positive --{name.replace('_', '-')} or leave it out")
         if self.r <= 0:
             raise AptuneError(f"LoRA rank r must be positive, got {self.r}", "pass --r 8")
+        self.validate_apt()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

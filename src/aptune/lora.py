@@ -27,7 +27,7 @@ class LoRALinear(nn.Linear):
             raise AptuneError(f"LoRA rank r must be positive, got {r}", "pass r >= 1")
         self.r = r
         self.lora_alpha = lora_alpha
-        self.scaling = lora_alpha / r
+        self.scaling = lora_alpha / r  # fixed at creation: APT keeps s = 2 as ranks grow
         self.lora_A = nn.Parameter(torch.empty(r, in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=device, dtype=dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's init; B = 0 makes a no-op
@@ -63,6 +63,32 @@ class LoRALinear(nn.Linear):
             if self.bias is not None:
                 out.bias.copy_(self.bias)
         return out
+
+    @torch.no_grad()
+    def grow_rank(self, new_r: int, init: str = "gaussian", generator: torch.Generator | None = None
+                  ) -> tuple[nn.Parameter, nn.Parameter]:
+        """Grow to rank `new_r` in place without changing the output (apt-method.md §8.4).
+
+        New A rows ~ N(0, 1/(3·d_in)) (the variance of LoRA's Kaiming-uniform init) or
+        Kaiming-uniform; new B columns are 0. The scaling stays fixed (APT's s = 2), and the
+        existing rows and columns are kept exactly. Returns the old (A, B) for optimizer-state moves.
+        """
+        old_a, old_b = self.lora_A, self.lora_B
+        extra = new_r - self.r
+        if extra <= 0:
+            return old_a, old_b
+        rows = torch.empty(extra, self.in_features, dtype=old_a.dtype)
+        if init == "gaussian":
+            rows.normal_(0.0, (1.0 / (3.0 * self.in_features)) ** 0.5, generator=generator)
+        else:
+            bound = 1.0 / self.in_features ** 0.5
+            rows.uniform_(-bound, bound, generator=generator)
+        self.lora_A = nn.Parameter(torch.cat([old_a, rows.to(old_a.device)], 0),
+                                   requires_grad=old_a.requires_grad)  # (r', d_in)
+        zeros = torch.zeros(self.out_features, extra, dtype=old_b.dtype, device=old_b.device)
+        self.lora_B = nn.Parameter(torch.cat([old_b, zeros], 1), requires_grad=old_b.requires_grad)
+        self.r = new_r
+        return old_a, old_b
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, r={self.r}, lora_alpha={self.lora_alpha}"

@@ -20,6 +20,9 @@ from .models import load_classifier, load_config, load_tokenizer, resolve_model_
 from .tasks import get_task, resolve_data_dir
 from .train.data import encode, make_loader
 from .train.loop import LoopConfig, Trainer, evaluate_model
+from .efficiency import compare_inference
+from .export import load_pruned, save_pruned
+from .report import format_report
 from .train.run_dir import RunDir
 
 
@@ -39,7 +42,11 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]
     wall_start = time.perf_counter()
     task = get_task(cfg.task)
     method = get_method(cfg.method)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Masked-out sub-layers leave some adapter weights without gradients under DDP.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.method == "apt")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     run_dir = RunDir(cfg.output_dir, cfg.overwrite) if accelerator.is_main_process else None
     try:
         metrics = _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set_seed)
@@ -93,6 +100,15 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
     accelerator.wait_for_everyone()
     final = method.finalize(accelerator.unwrap_model(trainer.model), spec, cfg)
     final_eval = evaluate_model(final, trainer.eval_loader, task, accelerator)
+    structure = getattr(final.config, "aptune_structure", None)
+    inference = report = None
+    if structure is not None and accelerator.is_main_process:
+        _say(accelerator, "measuring inference: dense vs pruned, batch 32 and 128 x 128 tokens ...")
+        dense = load_classifier(model_path, task.num_labels, task.id2label).to(accelerator.device)
+        inference = compare_inference(dense, final)
+        del dense
+        ranks = method.describe(final, cfg).get("final_ranks")
+        report = format_report(final, structure, dense_params["non_embedding"], ranks, inference)
     metrics = {
         "task": task.name,
         "method": method.name,
@@ -116,11 +132,20 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
                  "train_rows": len(train_ds), "dev_rows": len(dev_ds), "max_length": max_length,
                  "train_mean_tokens": round(train_ds.mean_length(), 2)},
         "method_settings": method.describe(accelerator.unwrap_model(trainer.model), cfg),
+        "inference": inference,
         "history": result.history,
         "hardware": {**hardware(), "num_processes": accelerator.num_processes,
                      "device": str(accelerator.device)},
         "versions": versions(),
     }
+    if structure is not None:
+        metrics["params"]["kept_ratio"] = (metrics["params"]["non_embedding"]
+                                           / dense_params["non_embedding"])
+        metrics["structure"] = {"hidden": len(structure["hidden"]),
+                                "heads": [len(h) for h in structure["heads"]],
+                                "neurons": [len(n) for n in structure["neurons"]]}
+    if report is not None:
+        print(report, flush=True)
     if run_dir is not None:
         _save(run_dir, final, tokenizer, cfg, metrics, wall_start)
         metrics["output_dir"] = str(run_dir.final)
@@ -129,9 +154,7 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
 
 
 def _save(run_dir: RunDir, model, tokenizer, cfg: TrainConfig, metrics: dict, wall_start: float) -> None:
-    model_dir = run_dir.path("model")
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    save_pruned(model, run_dir.path("model"), tokenizer)
     (run_dir.path("config.yaml")).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     metrics["wall_seconds"] = round(time.perf_counter() - wall_start, 3)
     run_dir.write_json("metrics.json", metrics)
@@ -151,8 +174,6 @@ def _print_summary(m: dict) -> None:
 
 def load_for_inference(model_dir: str | Path):
     """A saved aptune model (a run folder or its model/ folder), loaded from safetensors only."""
-    from transformers import AutoModelForSequenceClassification
-
     path = Path(model_dir).expanduser()
     if (path / "model" / "config.json").is_file():
         path = path / "model"
@@ -164,7 +185,9 @@ def load_for_inference(model_dir: str | Path):
                           "aptune loads safetensors only; re-save the model with save_pretrained")
     load_config(str(path))
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True)
+        model = load_pruned(path)
+    except AptuneError:
+        raise
     except Exception as exc:  # noqa: BLE001 - corrupt files surface as many exception types
         raise AptuneError(f"cannot load the model in {path}: it looks corrupt "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import ArchSpec, AttentionParts, FFNParts
+from .base import ArchSpec, AttentionParts, FFNParts, SkippedSublayer
 
 
 class BertSpec(ArchSpec):
@@ -29,8 +29,84 @@ class BertSpec(ArchSpec):
     def ffn(self, layer: nn.Module) -> FFNParts:
         return FFNParts(layer.intermediate.dense, layer.output.dense)
 
-    def layer_norms(self, layer: nn.Module) -> list[nn.Module]:
-        return [layer.attention.output.LayerNorm, layer.output.LayerNorm]
 
     def embeddings(self, model: nn.Module) -> nn.Module:
         return self.backbone(model).embeddings
+
+    def attention_block(self, layer: nn.Module) -> nn.Module:
+        return layer.attention
+
+    def ffn_output_block(self, layer: nn.Module) -> nn.Module:
+        return layer.output
+
+    def ffn_input_block(self, layer: nn.Module) -> nn.Module:
+        return layer.intermediate
+
+    def skip_attention(self, layer: nn.Module) -> None:
+        layer.attention = SkippedSublayer(returns=0, tuple_output=True)
+
+    def skip_ffn(self, layer: nn.Module) -> None:
+        # BertLayer calls output(intermediate(x), x): make intermediate free and return x.
+        layer.intermediate = nn.Identity()
+        layer.output = SkippedSublayer(returns=1)
+
+    def set_num_heads(self, layer: nn.Module, n_heads: int) -> None:
+        sa = layer.attention.self
+        sa.num_attention_heads = n_heads
+        sa.all_head_size = n_heads * sa.attention_head_size
+
+    def layer_head_dim(self, layer: nn.Module) -> int:
+        return int(layer.attention.self.attention_head_size)
+
+    def max_positions(self, model: nn.Module) -> int:
+        cfg = model.config
+        # RoBERTa numbers positions from padding_idx + 1, so two slots are never used.
+        offset = (cfg.pad_token_id + 1) if cfg.model_type == "roberta" else 0
+        return int(cfg.max_position_embeddings) - offset
+
+    def embedding_tables(self, model: nn.Module) -> list[nn.Embedding]:
+        emb = self.embeddings(model)
+        return [emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings]
+
+    def embedding_norm(self, model: nn.Module) -> nn.Module:
+        return self.embeddings(model).LayerNorm
+
+    def residual_writers(self, layer: nn.Module) -> list[nn.Linear]:
+        out = []
+        if self.has_attention(layer):
+            out.append(layer.attention.output.dense)
+        if self.has_ffn(layer):
+            out.append(layer.output.dense)
+        return out
+
+    def residual_readers(self, layer: nn.Module) -> list[nn.Linear]:
+        out = []
+        if self.has_attention(layer):
+            sa = layer.attention.self
+            out += [sa.query, sa.key, sa.value]
+        if self.has_ffn(layer):
+            out.append(layer.intermediate.dense)
+        return out
+
+    def layer_norms(self, layer: nn.Module) -> list[nn.Module]:
+        out = []
+        if self.has_attention(layer):
+            out.append(layer.attention.output.LayerNorm)
+        if self.has_ffn(layer):
+            out.append(layer.output.LayerNorm)
+        return out
+
+    def head_readers(self, model: nn.Module) -> list[nn.Linear]:
+        readers = []
+        pooler = getattr(self.backbone(model), "pooler", None)
+        if pooler is not None:
+            readers.append(pooler.dense)  # BERT: the pooler reads [CLS]; its output is its own size
+        head = getattr(model, "classifier", None)
+        if head is not None and hasattr(head, "dense"):
+            readers.append(head.dense)  # RoBERTa's classification head
+        elif head is not None and pooler is None and isinstance(head, nn.Linear):
+            readers.append(head)
+        for name in ("qa_outputs",):
+            if hasattr(model, name):
+                readers.append(getattr(model, name))
+        return readers

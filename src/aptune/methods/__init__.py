@@ -5,9 +5,10 @@ from __future__ import annotations
 from ..errors import AptuneError
 from .base import Method
 from .ft import FullFineTuning
+from .apt import APT
 from .lora import LoRA
 
-METHODS: dict[str, type[Method]] = {"ft": FullFineTuning, "lora": LoRA}
+METHODS: dict[str, type[Method]] = {"ft": FullFineTuning, "lora": LoRA, "apt": APT}
 
 
 def get_method(name: str) -> Method:

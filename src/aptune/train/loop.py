@@ -76,6 +76,9 @@ class Trainer:
         self.best_step = -1
         self.best_eval: dict[str, float] = {}
         self._best_state: dict[str, torch.Tensor] | None = None
+        self.selection_open = True  # methods may close it until the model reaches its final form
+        self._untimed = 0.0
+        self._extra_params: list = []
         self.memory = PeakMemoryMeter(accelerator.device)
 
     # -- helpers that callbacks use --------------------------------------------------------------
@@ -87,12 +90,39 @@ class Trainer:
     def lr(self) -> float:
         return self.schedule(self.step)
 
-    def rebuild_optimizer(self, survivors: dict) -> None:
-        """Call after trainable parameters change shape or number; keeps surviving state."""
-        new = rebuild_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
-                                else self.optimizer, self.unwrapped_model, self.cfg.weight_decay,
-                                survivors)
-        self.optimizer = self.accelerator.prepare(new)
+    def rebuild_optimizer(self, survivors: dict, extra_params=None) -> None:
+        """Call after trainable parameters change shape or number; keeps surviving state.
+
+        `extra_params` are trainable tensors outside the model (e.g. APT's layer transform).
+        """
+        if extra_params is not None:
+            self._extra_params = list(extra_params)
+        old = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        new = rebuild_optimizer(old, self.unwrapped_model, self.cfg.weight_decay, survivors,
+                                self._extra_params)
+        if self.accelerator.num_processes > 1:
+            # DDP holds the old parameters: wrap the changed model again (this also re-syncs it).
+            self.model = self.accelerator.prepare_model(self.unwrapped_model)
+        self.optimizer = self.accelerator.prepare_optimizer(new)
+
+    def say(self, text: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(text)
+
+    def evaluate_untimed(self) -> dict[str, float]:
+        """A dev evaluation whose time is excluded from training time (TTA's definition)."""
+        t0 = time.perf_counter()
+        metrics = self.evaluate()
+        self._untimed += time.perf_counter() - t0
+        return metrics
+
+    def restore_best(self) -> None:
+        if self._best_state is not None:
+            self.restore(self._best_state)
+
+    def reset_best_to_current(self) -> None:
+        """After a change of shapes, the current (best) weights become the best snapshot."""
+        self._best_state = self.snapshot_trainable()
 
     def snapshot_trainable(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.unwrapped_model.named_parameters()
@@ -127,9 +157,15 @@ class Trainer:
                 self.train_loader.set_epoch(epoch)
             for batch in self.train_loader:
                 t0 = time.perf_counter()
+                self._untimed = 0.0
                 self.model.train()
+                for cb in self.callbacks:
+                    cb.on_step_begin(self, batch)
                 set_lr(self.optimizer, self.schedule(self.step))
-                outputs = self.model(**batch)
+                extra_kwargs = {}
+                for cb in self.callbacks:
+                    extra_kwargs.update(cb.forward_kwargs(self))
+                outputs = self.model(**batch, **extra_kwargs)
                 loss = outputs.loss
                 for cb in self.callbacks:
                     extra = cb.extra_loss(self, batch, outputs)
@@ -146,15 +182,16 @@ class Trainer:
                 self.samples_seen += batch["input_ids"].shape[0] * acc.num_processes
                 for cb in self.callbacks:
                     cb.after_step(self)
-                trainable = [p for p in self.model.parameters() if p.requires_grad]
-                self.train_seconds += time.perf_counter() - t0
+                trainable = [p for p in self.model.parameters() if p.requires_grad] + [
+                    p for p in self._extra_params if p.requires_grad]
+                self.train_seconds += time.perf_counter() - t0 - self._untimed
                 value = loss.detach().float().item()
                 loss_sum, loss_count = loss_sum + value, loss_count + 1
                 window_loss = value if window_loss is None else 0.9 * window_loss + 0.1 * value
                 bar.update(1)
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                     bar.set_postfix(loss=f"{window_loss:.4f}", lr=f"{self.lr:.2e}",
-                                    samples_s=f"{self.samples_seen / self.train_seconds:.1f}")
+                                    samples_s=f"{self.samples_seen / self.train_seconds:.1f}", refresh=False)
                 if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps:
                     self._evaluate_and_log(loss_sum / max(1, loss_count), wall_start, bar)
                     loss_sum, loss_count = 0.0, 0
@@ -167,6 +204,10 @@ class Trainer:
             cb.on_train_end(self)
         if self._best_state is not None:
             self.restore(self._best_state)
+        elif self.best_step < 0:  # selection never opened (e.g. too few evaluations): keep the last
+            self.best_metric = self.history[-1]["value"] if self.history else float("nan")
+            self.best_step = self.step
+            self.best_eval = self.history[-1]["eval"] if self.history else {}
         return TrainResult(
             steps=self.step, samples_seen=self.samples_seen, train_seconds=self.train_seconds,
             wall_seconds=time.perf_counter() - wall_start, best_metric=self.best_metric,
@@ -177,7 +218,7 @@ class Trainer:
     def _evaluate_and_log(self, mean_loss: float, wall_start: float, bar) -> None:
         metrics = self.evaluate()
         value = metrics[self.task.metric]
-        improved = value > self.best_metric
+        improved = self.selection_open and value > self.best_metric
         if improved:
             self.best_metric, self.best_step, self.best_eval = value, self.step, dict(metrics)
             self._best_state = self.snapshot_trainable()
@@ -201,7 +242,9 @@ class Trainer:
             cb.on_evaluate(self, metrics)
         step_s = self.train_seconds / self.step
         line = (f"step {self.step}/{self.total_steps}: loss {mean_loss:.4f}, lr {self.lr:.2e}, "
-                f"dev {self.task.metric} {value:.4f} (best {self.best_metric:.4f} @ {self.best_step}), "
+                f"dev {self.task.metric} {value:.4f} "
+                + (f"(best {self.best_metric:.4f} @ {self.best_step}), " if self.best_step >= 0
+                   else "(selection not open yet), ") +
                 f"{self.samples_seen / self.train_seconds:.1f} samples/s, {step_s:.3f} s/step")
         if self.accelerator.is_main_process:
             (bar.write if not bar.disable else print)(line)

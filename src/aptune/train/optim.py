@@ -13,10 +13,11 @@ from torch import nn
 NO_DECAY_SUFFIXES = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, extra_params=()) -> list[dict]:
     """Trainable parameters only (frozen ones get no optimizer state), split by weight decay."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    named = list(model.named_parameters()) + [(f"extra.{i}", p) for i, p in enumerate(extra_params)]
+    for name, p in named:
         if not p.requires_grad:
             continue
         (no_decay if name.endswith(NO_DECAY_SUFFIXES) or p.ndim < 2 else decay).append(p)
@@ -24,8 +25,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                    extra_params=()) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay, extra_params), lr=lr,
+                             betas=(0.9, 0.999), eps=1e-8)
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ Selector = Callable[[torch.Tensor], torch.Tensor]
 
 
 def rebuild_optimizer(old: torch.optim.Optimizer, model: nn.Module, weight_decay: float,
-                      survivors: dict[nn.Parameter, tuple[nn.Parameter, Selector | None]]
-                      ) -> torch.optim.AdamW:
+                      survivors: dict[nn.Parameter, tuple[nn.Parameter, Selector | None]],
+                      extra_params=()) -> torch.optim.AdamW:
     """A new AdamW over the model's trainable parameters.
 
     `survivors` maps a new parameter to (the old parameter it came from, a selector that cuts or
@@ -70,7 +73,7 @@ def rebuild_optimizer(old: torch.optim.Optimizer, model: nn.Module, weight_decay
     absent start with fresh state; parameters that are gone lose theirs.
     """
     lr = old.param_groups[0]["lr"]
-    new = build_optimizer(model, lr, weight_decay)
+    new = build_optimizer(model, lr, weight_decay, extra_params)
     for new_p, (old_p, select) in survivors.items():
         state = old.state.get(old_p)
         if not state:
@@ -83,3 +86,16 @@ def rebuild_optimizer(old: torch.optim.Optimizer, model: nn.Module, weight_decay
                 moved[key] = value.clone() if torch.is_tensor(value) else value  # e.g. `step`
         new.state[new_p] = moved
     return new
+
+
+def pad_rows(new_rows: int) -> Selector:
+    """State selector for a tensor that gained rows at the end (new rows start at zero)."""
+    def select(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t.new_zeros(new_rows - t.shape[0], *t.shape[1:])], 0)
+    return select
+
+
+def pad_cols(new_cols: int) -> Selector:
+    def select(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t.new_zeros(t.shape[0], new_cols - t.shape[1])], 1)
+    return select

@@ -1,0 +1,60 @@
+"""Inference throughput and memory, measured the protocol's way (protocol.md "Inference"):
+warm up, then the median of repeated timed batches; dense and pruned in the same process."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from .train.memory import PeakMemoryMeter
+
+
+@torch.no_grad()
+def measure_inference(model: nn.Module, batch_size: int, seq_len: int = 128, repeats: int = 5,
+                      warmup: int = 2, seed: int = 0) -> dict[str, float]:
+    """Throughput (samples/s), latency per batch and peak memory on fixed-shape inputs.
+
+    Inputs are random non-special token ids with a full attention mask, not pad tokens
+    (pitfall P14: padding-only inputs flatter nothing but the attention kernels).
+    """
+    from .arch import get_spec
+
+    model.eval()
+    seq_len = min(seq_len, get_spec(model).max_positions(model))
+    device = next(model.parameters()).device
+    vocab = int(model.config.vocab_size)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(min(1000, vocab - 1), vocab, (batch_size, seq_len), generator=g).to(device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    meter = PeakMemoryMeter(device)
+    for _ in range(warmup):
+        model(**inputs)
+    meter.start()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        model(**inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    latency = statistics.median(times)
+    return {"batch_size": batch_size, "seq_len": seq_len, "latency_s": latency,
+            "samples_per_s": batch_size / latency, "peak_memory_bytes": meter.peak_bytes(),
+            "memory_method": meter.method}
+
+
+def compare_inference(dense: nn.Module, pruned: nn.Module, batch_sizes=(32, 128), seq_len: int = 128,
+                      repeats: int = 5) -> dict:
+    """Dense against pruned at each batch size, alternating so both see the same machine state."""
+    out = {"seq_len": seq_len, "dense": {}, "pruned": {}, "speedup": {}}
+    for bs in batch_sizes:
+        d = measure_inference(dense, bs, seq_len, repeats)
+        p = measure_inference(pruned, bs, seq_len, repeats)
+        out["dense"][str(bs)], out["pruned"][str(bs)] = d, p
+        out["speedup"][str(bs)] = p["samples_per_s"] / d["samples_per_s"]
+    return out

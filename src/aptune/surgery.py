@@ -1,0 +1,147 @@
+"""Physical removal of pruned structure: small slicing functions, then whole-model compaction.
+
+Each slicing function cuts one axis of one module and updates its size attributes, so the result
+is a stock module with smaller shapes. LoRA factors follow their weight: output rows cut lora_B,
+input columns cut lora_A; the rank axis is never cut.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .arch import ArchSpec
+from .lora import LoRALinear
+from .masks import Masks
+
+
+class ParamRemap:
+    """Records, while active, how each sliced parameter maps to the one it replaced, so that an
+    optimizer rebuild can carry the surviving entries of its state (apt-method.md §8.6)."""
+
+    active: "ParamRemap | None" = None
+
+    def __init__(self) -> None:
+        self.links: dict[nn.Parameter, tuple[nn.Parameter, object]] = {}
+
+    def __enter__(self) -> "ParamRemap":
+        ParamRemap.active = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        ParamRemap.active = None
+
+    def record(self, old: nn.Parameter, new: nn.Parameter, dim: int, idx: torch.Tensor) -> None:
+        select = lambda t, d=dim, i=idx: t.index_select(d, i.to(t.device))  # noqa: E731
+        if old in self.links:  # sliced twice (e.g. heads, then hidden): compose the selectors
+            root, first = self.links.pop(old)
+            self.links[new] = (root, lambda t, f=first, g=select: g(f(t)))
+        else:
+            self.links[new] = (old, select)
+
+
+def _keep(t: torch.Tensor, dim: int, idx: torch.Tensor) -> nn.Parameter:
+    kept = t.detach().index_select(dim, idx.to(t.device)).clone()
+    new = nn.Parameter(kept, requires_grad=t.requires_grad)
+    if ParamRemap.active is not None and t.requires_grad:
+        ParamRemap.active.record(t, new, dim, idx)
+    return new
+
+
+def prune_linear_out(linear: nn.Linear, idx: torch.Tensor) -> None:
+    """Keep output features `idx`: weight rows, bias entries, lora_B rows."""
+    linear.weight = _keep(linear.weight, 0, idx)
+    if linear.bias is not None:
+        linear.bias = _keep(linear.bias, 0, idx)
+    if isinstance(linear, LoRALinear):
+        linear.lora_B = _keep(linear.lora_B, 0, idx)
+    linear.out_features = int(idx.numel())
+
+
+def prune_linear_in(linear: nn.Linear, idx: torch.Tensor) -> None:
+    """Keep input features `idx`: weight columns, lora_A columns."""
+    linear.weight = _keep(linear.weight, 1, idx)
+    if isinstance(linear, LoRALinear):
+        linear.lora_A = _keep(linear.lora_A, 1, idx)
+    linear.in_features = int(idx.numel())
+
+
+def prune_layer_norm(norm: nn.LayerNorm, idx: torch.Tensor) -> None:
+    norm.weight = _keep(norm.weight, 0, idx)
+    if norm.bias is not None:
+        norm.bias = _keep(norm.bias, 0, idx)
+    norm.normalized_shape = (int(idx.numel()),)
+
+
+def prune_embedding(emb: nn.Embedding, idx: torch.Tensor) -> None:
+    emb.weight = _keep(emb.weight, 1, idx)
+    emb.embedding_dim = int(idx.numel())
+
+
+def head_feature_index(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Feature indices of the kept heads: head h owns features [h·d_h, (h+1)·d_h)."""
+    offsets = torch.arange(head_dim, device=heads.device)
+    return (heads[:, None] * head_dim + offsets[None, :]).reshape(-1)  # (n_kept · d_h,)
+
+
+def prune_heads(spec: ArchSpec, layer: nn.Module, heads: torch.Tensor) -> None:
+    """Keep the heads `heads` of one layer; with none left, the sub-layer becomes the identity."""
+    if heads.numel() == 0:
+        spec.skip_attention(layer)
+        return
+    attn = spec.attention(layer)
+    idx = head_feature_index(heads, spec.layer_head_dim(layer))
+    for proj in (attn.query, attn.key, attn.value):
+        prune_linear_out(proj, idx)
+    prune_linear_in(attn.output, idx)
+    spec.set_num_heads(layer, int(heads.numel()))
+
+
+def prune_neurons(spec: ArchSpec, layer: nn.Module, neurons: torch.Tensor) -> None:
+    if neurons.numel() == 0:
+        spec.skip_ffn(layer)
+        return
+    ffn = spec.ffn(layer)
+    prune_linear_out(ffn.up, neurons)
+    prune_linear_in(ffn.down, neurons)
+
+
+def prune_hidden(spec: ArchSpec, model: nn.Module, dims: torch.Tensor) -> None:
+    """Keep hidden dimensions `dims` everywhere the residual stream is read or written."""
+    for table in spec.embedding_tables(model):
+        prune_embedding(table, dims)
+    prune_layer_norm(spec.embedding_norm(model), dims)
+    for layer in spec.layers(model):
+        for norm in spec.layer_norms(layer):
+            prune_layer_norm(norm, dims)
+        for reader in spec.residual_readers(layer):
+            prune_linear_in(reader, dims)
+        for writer in spec.residual_writers(layer):
+            prune_linear_out(writer, dims)
+    for reader in spec.head_readers(model):
+        prune_linear_in(reader, dims)
+
+
+def kept(mask: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero(mask != 0, as_tuple=False).flatten()
+
+
+def compact(model: nn.Module, spec: ArchSpec, masks: Masks) -> dict[str, object]:
+    """Remove every block whose mask is 0. Returns the kept indices (in the current numbering).
+
+    Kept blocks must have mask 1: a soft value has no exact physical equivalent.
+    """
+    if not all(bool(((t == 0) | (t == 1)).all()) for t in masks.all()):
+        raise ValueError("compact() needs binary masks; binarise them first")
+    structure = {"hidden": kept(masks.hidden).tolist(), "heads": [], "neurons": []}
+    for i, layer in enumerate(spec.layers(model)):
+        heads = kept(masks.head[i]) if spec.has_attention(layer) else torch.zeros(0, dtype=torch.long)
+        neurons = kept(masks.neuron[i]) if spec.has_ffn(layer) else torch.zeros(0, dtype=torch.long)
+        structure["heads"].append(heads.tolist())
+        structure["neurons"].append(neurons.tolist())
+        if spec.has_attention(layer):
+            prune_heads(spec, layer, heads)
+        if spec.has_ffn(layer):
+            prune_neurons(spec, layer, neurons)
+    prune_hidden(spec, model, kept(masks.hidden))
+    return structure
