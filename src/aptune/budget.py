@@ -1,7 +1,12 @@
 """The parameter budget: model size C, block costs, salience density, and the keep-set search
 (apt-method.md §4, §6.1).
 
-C = d_m' · (4·d_h·N_h' + 2·N_f')   (encoder-only; biases and norms ignored, paper Eq. 6)
+paper: C = d_m' · (4·d_h·N_h' + 2·N_f')                        (biases and norms ignored, Eq. 6)
+code:  C = d_m' · (4·d_h·N_h' + 2·N_f' + 6·n_L) + 3·d_h·N_h' + N_f'   (with biases and LayerNorms)
+
+aptune's default is `code`: it is the count that the pruned model's own tensors give
+(protocol.md's "parameters kept"), so a 40% budget really yields at most 40% by that count. With
+`paper`, biases and norms that cannot be pruned can push the reported count above the target.
 """
 
 from __future__ import annotations
@@ -20,17 +25,28 @@ class Counts:
     hidden: int  # d_m'
     head_dim: int  # d_h
     ffn_factor: int = 2  # 3 for gated FFNs
+    layers: int = 0  # n_L, used by the `code` convention
+    mode: str = "paper"  # or "code" (param_count_mode)
+
+    def formula(self, h, f, d):
+        """C for kept counts h, f, d (ints or tensors of prefix counts)."""
+        if self.mode == "code":
+            return d * (4 * self.head_dim * h + self.ffn_factor * f + 6 * self.layers) \
+                + 3 * self.head_dim * h + f
+        return d * (4 * self.head_dim * h + self.ffn_factor * f)
 
     @property
     def size(self) -> int:
-        """C, the non-embedding size by the paper's formula."""
-        return self.hidden * (4 * self.head_dim * self.heads + self.ffn_factor * self.neurons)
+        """C, the non-embedding size, by this convention."""
+        return int(self.formula(self.heads, self.neurons, self.hidden))
 
     def costs(self) -> dict[str, float]:
         """Cost of one block of each type at the current counts (§4.2)."""
-        return {"head": 4 * self.hidden * self.head_dim,
-                "neuron": self.ffn_factor * self.hidden,
-                "hidden": 4 * self.head_dim * self.heads + self.ffn_factor * self.neurons}
+        extra = self.mode == "code"
+        return {"head": 4 * self.hidden * self.head_dim + (3 * self.head_dim if extra else 0),
+                "neuron": self.ffn_factor * self.hidden + (1 if extra else 0),
+                "hidden": 4 * self.head_dim * self.heads + self.ffn_factor * self.neurons
+                + (6 * self.layers if extra else 0)}
 
 
 @dataclass
@@ -63,7 +79,7 @@ def select_keep_set(salience: dict[str, torch.Tensor], alive: dict[str, torch.Te
     order = order[torch.argsort(-dens_all[order], stable=True)]
     kind_sorted = kind_all[order]
     cum = [torch.cumsum((kind_sorted == c).long(), 0) for c in range(3)]  # prefix counts per type
-    sizes = cum[2] * (4 * counts.head_dim * cum[0] + counts.ffn_factor * cum[1])  # C_top-i, i = 1..N
+    sizes = counts.formula(cum[0], cum[1], cum[2])  # C_top-i for i = 1..N
     n = _largest_prefix_below(sizes, target_size)
     keep, prune = {}, {}
     for code, t in enumerate(BLOCK_TYPES):

@@ -60,6 +60,8 @@ class APTConfig:
     mask_decay_step: float = _f(0.01, "APT absolute schedule: mask change per step in a window.")
     distill_epochs: float = _f(20.0, "APT absolute schedule: epochs of self-distillation.")
     pruning_schedule: str = _f("cubic", "APT: shape of the kept-ratio schedule: cubic, linear or once.")
+    param_count_mode: str = _f("code", "APT: size formula of the budget: code (weights, biases and "
+                               "LayerNorms: the count the pruned tensors give) or paper (Eq. 6).")
     salience_beta: float = _f(0.85, "APT: EMA factor of block salience and adapter importance.")
     use_kurtosis: bool = _f(True, "APT: add the outlier (kurtosis) term to salience.")
     prune: bool = _f(True, "APT: prune at all (off = the 'w/o A_P' ablation).")
@@ -82,7 +84,8 @@ class APTConfig:
                    "schedule_mode": ("auto", "relative", "absolute"),
                    "pruning_schedule": ("cubic", "linear", "once"),
                    "teacher_refresh": ("on_improvement", "once"),
-                   "optimizer_reset": ("preserve", "reset")}
+                   "optimizer_reset": ("preserve", "reset"),
+                   "param_count_mode": ("code", "paper")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise AptuneError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "

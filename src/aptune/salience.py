@@ -21,10 +21,13 @@ from .lora import LoRALinear
 
 def excess_kurtosis(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Fisher kurtosis mean(z⁴) - 3 along `dim`, z standardised with the unbiased std; z = 0 if std = 0."""
+    dtype = v.dtype
+    v = v.double()  # float32 rounding makes a constant vector look non-constant
     mean = v.mean(dim, keepdim=True)
     std = v.std(dim, keepdim=True, unbiased=True)
-    z = torch.where(std > 0, (v - mean) / std.clamp_min(1e-30), torch.zeros_like(v))
-    return z.pow(4).mean(dim) - 3.0
+    tiny = 1e-12 * v.abs().amax(dim, keepdim=True).clamp_min(1e-300)
+    z = torch.where(std > tiny, (v - mean) / std.clamp_min(1e-300), torch.zeros_like(v))
+    return (z.pow(4).mean(dim) - 3.0).to(dtype)
 
 
 def effective_weight(linear: nn.Linear) -> torch.Tensor:
@@ -92,10 +95,10 @@ class SalienceCollector:
             if head is not None:
                 # Registered after the mask hooks, so it sees the masked context.
                 self._pre(spec.attention(layer).output, head)
-                self._pre(spec.attention_block(layer), self._hidden_tap())
+                self._pre(spec.attention_block(layer), self._hidden_tap(), block_only=True)
             if neuron is not None:
                 self._pre(spec.ffn(layer).down, neuron)
-                self._pre(spec.ffn_input_block(layer), self._hidden_tap())
+                self._pre(spec.ffn_input_block(layer), self._hidden_tap(), block_only=True)
         final = self._hidden_tap()
         self._handles.append(layers[-1].register_forward_hook(
             lambda m, a, out: final.observe(out[0] if isinstance(out, tuple) else out)))
@@ -108,10 +111,21 @@ class SalienceCollector:
         self.hidden_taps.append(tap)
         return tap
 
-    def _pre(self, module: nn.Module, tap: _Tap) -> None:
+    def _pre(self, module: nn.Module, tap: _Tap, block_only: bool = False) -> None:
+        """Tap a module's first input. With `block_only`, the module gets an alias of it, so the
+        gradient seen is the one through this block alone, not the residual path or a
+        distillation loss on the same hidden state (§5.1)."""
         def hook(mod, args, kwargs):
-            h = args[0] if args else kwargs.get("hidden_states")
+            positional = bool(args)
+            h = args[0] if positional else kwargs.get("hidden_states")
+            if block_only and self.active and torch.is_grad_enabled() and h.requires_grad:
+                h = h.view_as(h)  # a new autograd node: only this block's gradient reaches it
+                tap.observe(h)
+                if positional:
+                    return (h, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": h}
             tap.observe(h)
+            return None
         self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
     def _leaf_with_grad(self, module, args, output):

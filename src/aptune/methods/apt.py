@@ -83,7 +83,8 @@ class APTCallback(Callback):
         self.transform: nn.Module | None = None  # Tr, alive during distillation
         self.rank_history: list[dict] = []
         self.pruning_log: list[dict] = []
-        self.consistency: list[dict] = []  # per-process mask fingerprints (multi-process runs)
+        self.consistency: list[dict] = []
+        self.collect_importance = False  # per-process mask fingerprints (multi-process runs)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.structure = self._identity_structure()
 
@@ -91,7 +92,8 @@ class APTCallback(Callback):
     def counts(self) -> Counts:
         heads = sum(int((m > 0).sum()) for m in self.masks.head)
         neurons = sum(int((m > 0).sum()) for m in self.masks.neuron)
-        return Counts(heads, neurons, int((self.masks.hidden > 0).sum()), self.head_dim)
+        return Counts(heads, neurons, int((self.masks.hidden > 0).sum()), self.head_dim,
+                      layers=len(self.masks.head), mode=self.cfg.param_count_mode)
 
     def _identity_structure(self) -> dict:
         return {"hidden": list(range(self.masks.hidden.numel())),
@@ -139,7 +141,9 @@ class APTCallback(Callback):
             self._start_distillation(trainer)
         if t in sched.window_starts():
             self._maybe_refresh_teacher(trainer)
-        self.salience.active = self.cfg.prune and sched.start <= t <= sched.end
+        in_window = sched.start <= t <= sched.end
+        self.salience.active = self.cfg.prune and in_window
+        self.collect_importance = self.cfg.grow_ranks and in_window
 
     def forward_kwargs(self, trainer) -> dict:
         return {"output_hidden_states": True} if self.schedule.in_distillation(trainer.step) else {}
@@ -164,6 +168,7 @@ class APTCallback(Callback):
             reduce = (lambda x: trainer.accelerator.reduce(x, "sum")) \
                 if trainer.accelerator.num_processes > 1 else None
             self.salience.update_ema(self.salience.step_scores(reduce))
+        if self.collect_importance:  # DDP has averaged W_B's gradients: identical on every rank
             self.importance.update(self.sites)
         if self.transform is not None and trainer.accelerator.num_processes > 1:
             for p in self.transform.parameters():  # Tr lives outside DDP: average its gradients
