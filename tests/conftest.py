@@ -108,6 +108,21 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train ~50x faster on one thread when the CPUs are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_env_data_dir(monkeypatch):
+    """CLI tests pass --data-dir explicitly; an inherited APTUNE_DATA_DIR must not leak in."""
+    monkeypatch.delenv("APTUNE_DATA_DIR", raising=False)
+
+
 @pytest.fixture(params=["bert", "roberta"])
 def tiny_model_dir(request, tiny_bert_dir, tiny_roberta_dir) -> Path:
     return {"bert": tiny_bert_dir, "roberta": tiny_roberta_dir}[request.param]

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -25,18 +24,7 @@ RUNNER = CliRunner()
 FAST = ["--epochs", "1", "--eval-every", "5", "--quiet", "--batch-size", "16"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny models train ~50x faster on one thread when the CPUs are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _no_env_data_dir(monkeypatch):
-    monkeypatch.delenv("APTUNE_DATA_DIR", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_env_data_dir")
 
 
 def invoke(*args):

@@ -28,18 +28,7 @@ METRIC_KEYS = {"task", "method", "model", "eval", "params", "train_seconds",
 NUM_LABELS = {"sst2": 2, "mnli": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny models train ~50x faster on one thread when the CPUs are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _no_env_data_dir(monkeypatch):
-    monkeypatch.delenv("APTUNE_DATA_DIR", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_env_data_dir")
 
 
 def invoke(*args):
@@ -201,7 +190,8 @@ def test_shipped_recipe_with_overrides(tmp_path, tiny_bert_dir, tiny_data_dir):
            "--output-dir", run, "--quiet", "--epochs", "1", "--max-train-samples", "32",
            "--eval-every", "5", "--batch-size", "16")
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert (config["task"], config["method"], config["lr"], config["max_length"]) == ("sst2", "lora", 5e-4, 64)
+    assert (config["task"], config["method"], config["lr"], config["max_length"]) == \
+        ("sst2", "lora", 5e-4, 64)
     assert (config["model"], config["max_train_samples"], config["epochs"]) == (str(tiny_bert_dir), 32, 1)
 
 
@@ -264,3 +254,20 @@ def test_learned_scores_agree_everywhere(tmp_path, learnable_bert_dir, tiny_data
     assert line(stdout, "result:").startswith(f"result: {task} {method} dev accuracy {expected} ")
     evaluated = invoke("eval", "--model-dir", run, "--task", task, "--data-dir", tiny_data_dir).stdout
     assert evaluated.strip() == f"{task} dev (64 rows): accuracy {expected}"
+
+
+def test_apt_cli_prints_before_after_report(tiny_roberta_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "apt"
+    result = invoke("train", "--task", "sst2", "--method", "apt", "--model", tiny_roberta_dir,
+                    "--data-dir", tiny_data_dir, "--output-dir", out, "--epochs", "7",
+                    "--batch-size", "16", "--eval-every", "30", "--lr", "2e-3", "--quiet")
+    text = result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "APT before -> after" in text and "APT schedule:" in text
+    kept = metrics["params"]["non_embedding"] / metrics["params"]["dense_non_embedding"]
+    assert kept <= 0.40 and f"(kept {kept:.2%}" in text
+    assert "inference @ batch 128" in text and set(metrics["inference"]["speedup"]) == {"32", "128"}
+    assert metrics["method_settings"]["rank_history"][-1]["ranks"] != \
+        metrics["method_settings"]["rank_history"][0]["ranks"]
+    reloaded = invoke("eval", "--model-dir", out, "--task", "sst2", "--data-dir", tiny_data_dir)
+    assert f"accuracy {metrics['eval']['accuracy']:.4f}" in reloaded.stdout

@@ -357,7 +357,8 @@ def hidden_tap_reference(folder):
 
     order = []
     for i, layer in enumerate(spec.layers(model)):
-        for name, module in ((f"attn{i}", spec.attention_block(layer)), (f"ffn{i}", spec.ffn_input_block(layer))):
+        for name, module in ((f"attn{i}", spec.attention_block(layer)),
+                             (f"ffn{i}", spec.ffn_input_block(layer))):
             fwd, bwd = record(name)
             module.register_forward_pre_hook(fwd, with_kwargs=True)
             module.register_full_backward_hook(bwd)

@@ -103,7 +103,8 @@ app.command()(train)
 @app.command("eval")
 @user_errors
 def eval_(
-    model_dir: Annotated[str, typer.Option(help="A run folder written by `aptune train`, or its model/ folder.")],
+    model_dir: Annotated[str, typer.Option(
+        help="A run folder written by `aptune train`, or its model/ folder.")],
     task: Annotated[str, typer.Option(help=_h("task"))],
     data_dir: Annotated[Optional[str], typer.Option(help=_h("data_dir"))] = None,
     max_eval_samples: Annotated[Optional[int], typer.Option(help=_h("max_eval_samples"))] = None,

@@ -33,8 +33,8 @@ class Masks:
     def ones_like(cls, model: nn.Module, spec: ArchSpec) -> "Masks":
         layers = spec.layers(model)
         dev = next(model.parameters()).device
-        heads = [torch.ones(_n_heads(spec, l), device=dev) for l in layers]
-        neurons = [torch.ones(_n_neurons(spec, l), device=dev) for l in layers]
+        heads = [torch.ones(_n_heads(spec, layer), device=dev) for layer in layers]
+        neurons = [torch.ones(_n_neurons(spec, layer), device=dev) for layer in layers]
         hidden = torch.ones(spec.embedding_norm(model).weight.shape[0], device=dev)
         return cls(heads, neurons, hidden)
 

@@ -87,7 +87,7 @@ class SalienceCollector:
         spec, model = self.spec, self.model
         self.head_taps, self.neuron_taps, self.hidden_taps = [], [], []
         layers = spec.layers(model)
-        for i, layer in enumerate(layers):
+        for layer in layers:
             head = _Tap(self) if spec.has_attention(layer) else None
             neuron = _Tap(self) if spec.has_ffn(layer) else None
             self.head_taps.append(head)

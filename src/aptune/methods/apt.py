@@ -178,7 +178,8 @@ class APTCallback(Callback):
     def after_step(self, trainer) -> None:
         t, step, sched = trainer.step - 1, trainer.step, self.schedule
         k = sched.window_of(t)
-        if k is not None and self.cfg.prune:
+        # Soft steps until p_k - 2, exact 0/1 there, then frozen until the next window (§6.2-6.3).
+        if k is not None and self.cfg.prune and t <= sched.points[k] - 2:
             self._update_masks(k, binarise=(t == sched.points[k] - 2))
         point = sched.point_index(step)
         if point is not None:

@@ -1,8 +1,9 @@
 """Extension points of the training loop. Methods plug in here instead of forking the loop.
 
 Order within one optimizer step:
-    on_step_begin -> forward -> loss = task loss + Σ extra_loss -> backward -> after_backward (gradients exist:
-    salience) -> clip, optimizer step -> after_step (masks, schedules, shape changes)
+    on_step_begin -> forward -> loss = task loss + Σ extra_loss -> backward
+    -> after_backward (gradients exist: salience) -> clip, optimizer step
+    -> after_step (masks, schedules, shape changes)
 """
 
 from __future__ import annotations

@@ -158,9 +158,9 @@ class Trainer:
             for batch in self.train_loader:
                 t0 = time.perf_counter()
                 self._untimed = 0.0
-                self.model.train()
                 for cb in self.callbacks:
-                    cb.on_step_begin(self, batch)
+                    cb.on_step_begin(self, batch)  # may evaluate (eval mode) or reshape the model
+                self.model.train()
                 set_lr(self.optimizer, self.schedule(self.step))
                 extra_kwargs = {}
                 for cb in self.callbacks:
