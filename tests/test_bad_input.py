@@ -341,7 +341,7 @@ def test_previous_run_is_replaced_without_overwrite(tmp_path, tiny_bert_dir, tin
 
 # -- aptune eval ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def saved_run(tmp_path_factory, tiny_bert_dir, tiny_data_dir, _one_thread) -> Path:
+def saved_run(tmp_path_factory, tiny_bert_dir, tiny_data_dir, one_thread) -> Path:
     """One finished tiny sst2 run (2 labels)."""
     out = tmp_path_factory.mktemp("saved") / "run"
     args, _ = train_args(out.parent, tiny_bert_dir, tiny_data_dir,
