@@ -45,7 +45,7 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]
     from accelerate.utils import DistributedDataParallelKwargs
 
     # Masked-out sub-layers leave some adapter weights without gradients under DDP.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.method == "apt")
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=method.has_unused_parameters)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     run_dir = RunDir(cfg.output_dir, cfg.overwrite) if accelerator.is_main_process else None
     try:

@@ -37,6 +37,7 @@ PAPER_STEPS = 40_000  # below this many steps a run counts as short (§7.5): rel
 class APT(Method):
     name = "apt"
     description = "adaptive pruning and tuning with self-distillation"
+    has_unused_parameters = True
 
     def prepare(self, model: nn.Module, spec: ArchSpec, cfg) -> nn.Module:
         targets = cfg.target_modules or list(spec.apt_target_modules)

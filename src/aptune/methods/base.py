@@ -13,6 +13,8 @@ from ..train.events import Callback
 class Method:
     name: str = ""
     description: str = ""
+    # Under DDP: parameters may go without gradients (e.g. adapters in a fully masked sub-layer).
+    has_unused_parameters: bool = False
 
     def prepare(self, model: nn.Module, spec: ArchSpec, cfg: Any) -> nn.Module:
         """Make the model trainable the method's way (freeze, add adapters) and return it."""
