@@ -8,7 +8,6 @@ No pickle is involved anywhere.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -91,16 +90,3 @@ def load_pruned(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mo
             f"unexpected {unexpected[:3]})",
             "the folder mixes files from different runs; re-export the model")
     return model.to(device).eval()
-
-
-def structure_summary(structure: dict, config) -> dict:
-    """Per-layer counts for reports: heads, neurons and hidden dims kept of the dense sizes."""
-    return {"hidden": f"{len(structure['hidden'])}/{config.hidden_size}",
-            "layers": [{"heads": f"{len(h)}/{config.num_attention_heads}",
-                        "neurons": f"{len(n)}/{config.intermediate_size}"}
-                       for h, n in zip(structure["heads"], structure["neurons"])]}
-
-
-def read_structure(folder: str | Path) -> dict | None:
-    with open(Path(folder) / "config.json") as fh:
-        return json.load(fh).get(STRUCTURE_KEY)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 from .arch import spec_for_model_type, supported_model_types
@@ -92,14 +91,6 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
         hf_logging.set_verbosity(verbosity)
     return model
 
-
-def describe_model_source(name: str, path: str) -> str:
-    return name if name == path else f"{name} ({path})"
-
-
-def read_saved_config(folder: str | Path) -> dict:
-    with open(Path(folder) / "config.json") as fh:
-        return json.load(fh)
 
 
 __all__ = ["DEFAULT_MODEL", "MODEL_ALIASES", "load_classifier", "load_config", "load_tokenizer",

@@ -113,7 +113,7 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
         "task": task.name,
         "method": method.name,
         "model": cfg.model,
-        "model_path": resolve_model_path(cfg.model),
+        "model_path": model_path,
         "eval": final_eval,
         "selection": {"metric": task.metric, "rule": "best dev score over the evaluations",
                       "step": result.best_step, "value_during_training": result.best_metric},

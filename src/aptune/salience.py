@@ -197,11 +197,6 @@ class SalienceCollector:
             for old, new in zip(self.ema[k], vs):
                 old.mul_(self.beta).add_(new.to(old.device), alpha=1 - self.beta)
 
-    def reset_taps(self) -> None:
-        for t in self.head_taps + self.neuron_taps + self.hidden_taps:
-            if t is not None:
-                t.reset()
-
 
 def _product(tap: _Tap) -> torch.Tensor:
     if tap.act is None:

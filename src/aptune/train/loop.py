@@ -104,6 +104,12 @@ class Trainer:
             # DDP holds the old parameters: wrap the changed model again (this also re-syncs it).
             self.model = self.accelerator.prepare_model(self.unwrapped_model)
         self.optimizer = self.accelerator.prepare_optimizer(new)
+        self._trainable = self._trainable_params()
+
+    def _trainable_params(self) -> list:
+        """What gradient clipping covers; refreshed only when the parameter set changes."""
+        return [p for p in self.model.parameters() if p.requires_grad] + [
+            p for p in self._extra_params if p.requires_grad]
 
     def say(self, text: str) -> None:
         if self.accelerator.is_main_process:
@@ -150,7 +156,7 @@ class Trainer:
                    mininterval=0.2 if sys.stderr.isatty() else 30.0,
                    disable=not (self.show_progress and acc.is_local_main_process))
         loss_sum, loss_count, window_loss = 0.0, 0, None
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self._trainable = self._trainable_params()
         epoch = 0
         while self.step < self.total_steps:
             if hasattr(self.train_loader, "set_epoch"):
@@ -175,15 +181,13 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.after_backward(self)
                 if self.cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
+                    acc.clip_grad_norm_(self._trainable, self.cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 self.samples_seen += batch["input_ids"].shape[0] * acc.num_processes
                 for cb in self.callbacks:
                     cb.after_step(self)
-                trainable = [p for p in self.model.parameters() if p.requires_grad] + [
-                    p for p in self._extra_params if p.requires_grad]
                 self.train_seconds += time.perf_counter() - t0 - self._untimed
                 value = loss.detach().float().item()
                 loss_sum, loss_count = loss_sum + value, loss_count + 1
