@@ -15,8 +15,8 @@ import yaml
 from .errors import AptuneError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-METHODS = ("ft", "lora", "apt")
-DEFAULT_LR = {"ft": 2e-5, "lora": 2e-4, "apt": 2e-4}
+METHODS = ("ft", "lora", "apt", "lora-prune")
+DEFAULT_LR = {"ft": 2e-5, "lora": 2e-4, "apt": 2e-4, "lora-prune": 2e-4}
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -95,12 +95,49 @@ class APTConfig:
 
 
 @dataclass
-class TrainConfig(APTConfig):
+class LoRAPruneConfig:
+    """LoRA+Prune (baselines.md §3): Mask Tuning on a LoRA-tuned model, then LoRA retraining.
+
+    `--epochs` and `--lr` are the retraining's (0 epochs: prune only); `--sparsity` is shared.
+    """
+
+    base_run: str | None = _f(None, "LoRA+Prune: a finished `aptune train --method lora` run to "
+                              "prune. Default: train one inline first (into <output>/base-lora).")
+    base_epochs: float = _f(40.0, "LoRA+Prune: epochs of the inline LoRA run.")
+    base_lr: float = _f(2e-4, "LoRA+Prune: learning rate of the inline LoRA run.")
+    mt_constraint: str = _f("params", "LoRA+Prune: what the budget limits: params (non-embedding "
+                            "parameters, as APT's 40% kept) or mac (MACs at the mean dev length, "
+                            "Kwon et al.'s original).")
+    mt_num_samples: int = _f(2048, "LoRA+Prune: calibration examples for the mask gradients.")
+    mt_batch_size: int = _f(32, "LoRA+Prune: calibration batch size (2048 / 32 = 64 batches).")
+    mt_sample_with_replacement: bool = _f(True, "LoRA+Prune: draw the calibration set with "
+                                          "replacement (Kwon et al.) or without (APT's port).")
+    mt_teacher: str = _f("full", "LoRA+Prune: rescaling teacher: full (the unpruned model, as in "
+                         "APT's port) or ta_sqrt (Kwon et al.'s sqrt(C) teacher-assistant mask).")
+    mt_rescale: bool = _f(True, "LoRA+Prune: run the layer-wise least-squares rescaling.")
+
+    def validate_lora_prune(self) -> None:
+        choices = {"mt_constraint": ("params", "mac"), "mt_teacher": ("full", "ta_sqrt")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise AptuneError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}", f"pick one of {', '.join(allowed)}")
+        for name in ("mt_num_samples", "mt_batch_size"):
+            if int(getattr(self, name)) <= 0:
+                raise AptuneError(f"--{name.replace('_', '-')} must be positive",
+                                  f"pass a positive --{name.replace('_', '-')}")
+        if not self.base_epochs > 0 or not self.base_lr > 0:
+            raise AptuneError("--base-epochs and --base-lr must be positive", "pass positive values")
+
+
+@dataclass
+class TrainConfig(APTConfig, LoRAPruneConfig):
     """Everything one `aptune train` run needs. Each field is a recipe key and a --flag."""
 
     task: str = _f("sst2", "Task to train on: sst2 or mnli.")
-    method: str = _f("lora", "Training method: ft (every weight), lora (adapters + head) or apt "
-                     "(adaptive pruning and tuning).")
+    method: str = _f("lora", "Training method: ft (every weight), lora (adapters + head), apt "
+                     "(adaptive pruning and tuning) or lora-prune (LoRA, then Mask Tuning, then "
+                     "LoRA retraining).")
     model: str = _f("minilm", "Model: the alias 'minilm' (embedded default), a local folder, "
                     "or a Hugging Face hub id.")
     data_dir: str | None = _f(None, "Folder laid out like shared/data. Default: $APTUNE_DATA_DIR, "
@@ -111,7 +148,8 @@ class TrainConfig(APTConfig):
     lr: float | None = _f(None, "Peak learning rate. Default per method (paper): ft 2e-5, "
                           "lora and apt 2e-4.")
     batch_size: int = _f(32, "Training batch size (per process).")
-    eval_batch_size: int = _f(128, "Evaluation batch size.")
+    eval_batch_size: int = _f(32, "Evaluation batch size. Evaluations run inside training, so "
+                              "this also bounds their share of the peak training memory.")
     max_train_samples: int | None = _f(None, "Train on a fixed random subset of this many rows "
                                        "(drawn with --data-seed).")
     max_eval_samples: int | None = _f(None, "Evaluate on a fixed random subset of this many dev rows.")
@@ -137,8 +175,9 @@ class TrainConfig(APTConfig):
             if int(getattr(self, name)) <= 0:
                 raise AptuneError(f"--{name.replace('_', '-')} must be positive, got "
                                   f"{getattr(self, name)}", f"pass a positive --{name.replace('_', '-')}")
-        if not self.epochs > 0:
-            raise AptuneError(f"--epochs must be positive, got {self.epochs}", "pass --epochs > 0")
+        if not (self.epochs > 0 or (self.method == "lora-prune" and self.epochs == 0)):
+            raise AptuneError(f"--epochs must be positive, got {self.epochs}",
+                              "pass --epochs > 0 (only lora-prune takes 0: prune without retraining)")
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.method, 2e-4)
         if not self.lr > 0:
@@ -154,6 +193,7 @@ class TrainConfig(APTConfig):
         if self.r <= 0:
             raise AptuneError(f"LoRA rank r must be positive, got {self.r}", "pass --r 8")
         self.validate_apt()
+        self.validate_lora_prune()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

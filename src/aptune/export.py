@@ -27,9 +27,13 @@ def compose(previous: dict | None, current: dict) -> dict:
     if previous is None:
         return current
     pick = lambda orig, idx: [orig[i] for i in idx]  # noqa: E731
-    return {"hidden": pick(previous["hidden"], current["hidden"]),
-            "heads": [pick(o, c) for o, c in zip(previous["heads"], current["heads"])],
-            "neurons": [pick(o, c) for o, c in zip(previous["neurons"], current["neurons"])]}
+    out = {"hidden": pick(previous["hidden"], current["hidden"]),
+           "heads": [pick(o, c) for o, c in zip(previous["heads"], current["heads"])],
+           "neurons": [pick(o, c) for o, c in zip(previous["neurons"], current["neurons"])]}
+    empty = current.get("empty_sublayer", previous.get("empty_sublayer"))
+    if empty:
+        out["empty_sublayer"] = empty
+    return out
 
 
 def masks_from_structure(model: nn.Module, spec: ArchSpec, structure: dict) -> Masks:
@@ -76,7 +80,8 @@ def load_pruned(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mo
     model = AutoModelForSequenceClassification.from_config(config)
     if structure:
         spec = get_spec(model)
-        compact(model, spec, masks_from_structure(model, spec, structure))
+        compact(model, spec, masks_from_structure(model, spec, structure),
+                structure.get("empty_sublayer", "identity"))
     try:
         state = load_file(str(weights))
     except Exception as exc:  # noqa: BLE001 - a corrupt header or truncated file

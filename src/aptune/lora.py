@@ -126,7 +126,10 @@ def inject_lora(model: nn.Module, r: int, lora_alpha: float, target_modules: Ite
     for p in model.parameters():
         p.requires_grad_(False)
     for n in names:
-        _set_submodule(model, n, LoRALinear.from_linear(model.get_submodule(n), r, lora_alpha))
+        linear = model.get_submodule(n)
+        if linear.in_features == 0 or linear.out_features == 0:
+            continue  # a projection pruned to zero width (Mask Tuning's empty sub-layer) has nothing to adapt
+        _set_submodule(model, n, LoRALinear.from_linear(linear, r, lora_alpha))
     unfreeze(model, trainable_modules)
     return names
 

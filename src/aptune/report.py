@@ -21,11 +21,11 @@ def structure_rows(model: nn.Module, structure: dict) -> list[dict]:
 
 
 def format_report(model: nn.Module, structure: dict, dense_non_embedding: int,
-                  ranks: dict[str, int] | None, inference: dict | None) -> str:
+                  ranks: dict[str, int] | None, inference: dict | None, title: str = "APT") -> str:
     cfg = model.config
     spec = get_spec(model)
     kept = non_embedding_parameters(model)
-    lines = ["", "APT before -> after", f"{'layer':>5} {'heads':>9} {'neurons':>11} {'params':>21}"]
+    lines = ["", f"{title} before -> after", f"{'layer':>5} {'heads':>9} {'neurons':>11} {'params':>21}"]
     for row, layer in zip(structure_rows(model, structure), spec.layers(model)):
         params = sum(p.numel() for m in _layer_modules(spec, layer) for p in m.parameters(recurse=False))
         lines.append(f"{row['layer']:>5} {row['heads']:>4}/{row['heads_dense']:<4} "

@@ -84,9 +84,15 @@ def head_feature_index(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (heads[:, None] * head_dim + offsets[None, :]).reshape(-1)  # (n_kept · d_h,)
 
 
-def prune_heads(spec: ArchSpec, layer: nn.Module, heads: torch.Tensor) -> None:
-    """Keep the heads `heads` of one layer; with none left, the sub-layer becomes the identity."""
-    if heads.numel() == 0:
+def prune_heads(spec: ArchSpec, layer: nn.Module, heads: torch.Tensor,
+                empty_sublayer: str = "identity") -> None:
+    """Keep the heads `heads` of one layer.
+
+    With none left, `empty_sublayer` decides: "identity" (APT, CoFi) replaces the sub-layer by the
+    identity on the residual stream; "bias_ln" (Mask Tuning) keeps zero-width projections, so the
+    sub-layer still computes LayerNorm(b_O + x), exactly as its all-zero-masked version did.
+    """
+    if heads.numel() == 0 and empty_sublayer == "identity":
         spec.skip_attention(layer)
         return
     attn = spec.attention(layer)
@@ -97,8 +103,9 @@ def prune_heads(spec: ArchSpec, layer: nn.Module, heads: torch.Tensor) -> None:
     spec.set_num_heads(layer, int(heads.numel()))
 
 
-def prune_neurons(spec: ArchSpec, layer: nn.Module, neurons: torch.Tensor) -> None:
-    if neurons.numel() == 0:
+def prune_neurons(spec: ArchSpec, layer: nn.Module, neurons: torch.Tensor,
+                  empty_sublayer: str = "identity") -> None:
+    if neurons.numel() == 0 and empty_sublayer == "identity":
         spec.skip_ffn(layer)
         return
     ffn = spec.ffn(layer)
@@ -126,10 +133,12 @@ def kept(mask: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask != 0, as_tuple=False).flatten()
 
 
-def compact(model: nn.Module, spec: ArchSpec, masks: Masks) -> dict[str, object]:
+def compact(model: nn.Module, spec: ArchSpec, masks: Masks,
+            empty_sublayer: str = "identity") -> dict[str, object]:
     """Remove every block whose mask is 0. Returns the kept indices (in the current numbering).
 
     Kept blocks must have mask 1: a soft value has no exact physical equivalent.
+    `empty_sublayer` is the semantics of a sub-layer with nothing left (see `prune_heads`).
     """
     if not all(bool(((t == 0) | (t == 1)).all()) for t in masks.all()):
         raise ValueError("compact() needs binary masks; binarise them first")
@@ -140,8 +149,10 @@ def compact(model: nn.Module, spec: ArchSpec, masks: Masks) -> dict[str, object]
         structure["heads"].append(heads.tolist())
         structure["neurons"].append(neurons.tolist())
         if spec.has_attention(layer):
-            prune_heads(spec, layer, heads)
+            prune_heads(spec, layer, heads, empty_sublayer)
         if spec.has_ffn(layer):
-            prune_neurons(spec, layer, neurons)
+            prune_neurons(spec, layer, neurons, empty_sublayer)
     prune_hidden(spec, model, kept(masks.hidden))
+    if empty_sublayer != "identity":
+        structure["empty_sublayer"] = empty_sublayer
     return structure

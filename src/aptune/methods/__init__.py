@@ -7,8 +7,10 @@ from .base import Method
 from .ft import FullFineTuning
 from .apt import APT
 from .lora import LoRA
+from .lora_prune import LoRAPrune
 
-METHODS: dict[str, type[Method]] = {"ft": FullFineTuning, "lora": LoRA, "apt": APT}
+METHODS: dict[str, type[Method]] = {"ft": FullFineTuning, "lora": LoRA, "apt": APT,
+                                    "lora-prune": LoRAPrune}
 
 
 def get_method(name: str) -> Method:

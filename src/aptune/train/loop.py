@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..tasks import Task
 from .events import Callback
-from .memory import PeakMemoryMeter
+from .memory import PeakMemoryMeter, release_freed_memory
 from .optim import LinearWarmupDecay, build_optimizer, rebuild_optimizer, set_lr
 
 
@@ -35,6 +35,7 @@ class LoopConfig:
     max_grad_norm: float = 1.0
     seed: int = 128
     log_every: int = 10
+    time_offset: float = 0.0  # training seconds charged before this loop (logged as total_train_seconds)
 
 
 @dataclass
@@ -63,7 +64,8 @@ class Trainer:
         self.show_progress = show_progress
         steps_per_epoch = math.ceil(len(train_loader.dataset) / (cfg.batch_size * accelerator.num_processes))
         self.steps_per_epoch = max(1, steps_per_epoch)
-        self.total_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        # 0 epochs is allowed for methods whose work happens before the loop (lora-prune).
+        self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else 0
         self.schedule = LinearWarmupDecay.from_ratio(cfg.lr, self.total_steps, cfg.warmup_ratio)
         optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
@@ -80,6 +82,7 @@ class Trainer:
         self._untimed = 0.0
         self._extra_params: list = []
         self.memory = PeakMemoryMeter(accelerator.device)
+        self._trim_each_step = accelerator.device.type == "cpu"
 
     # -- helpers that callbacks use --------------------------------------------------------------
     @property
@@ -184,6 +187,8 @@ class Trainer:
                     acc.clip_grad_norm_(self._trainable, self.cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self._trim_each_step:
+                    release_freed_memory()
                 self.step += 1
                 self.samples_seen += batch["input_ids"].shape[0] * acc.num_processes
                 for cb in self.callbacks:
@@ -231,6 +236,7 @@ class Trainer:
             "epoch": round(self.step / self.steps_per_epoch, 4),
             "samples_seen": self.samples_seen,
             "train_seconds": round(self.train_seconds, 3),
+            "total_train_seconds": round(self.cfg.time_offset + self.train_seconds, 3),
             "wall_seconds": round(time.perf_counter() - wall_start, 3),
             "loss": round(mean_loss, 6),
             "lr": self.lr,
@@ -267,4 +273,6 @@ def evaluate_model(model: nn.Module, loader, task: Task, accelerator=None) -> di
             pred, gold = accelerator.gather_for_metrics((pred, gold))
         preds.append(pred.cpu().numpy())
         labels.append(gold.cpu().numpy())
+        if pred.device.type == "cpu":
+            release_freed_memory()  # dynamic shapes again: keep allocator slack out of the peak
     return task.compute_metrics(np.concatenate(preds), np.concatenate(labels))

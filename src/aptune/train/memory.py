@@ -8,10 +8,36 @@ peak is exact rather than sampled. It includes allocator slack.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 from pathlib import Path
 
 import torch
+
+
+def _load_malloc_trim():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give memory that the CPU allocator holds but no tensor uses back to the OS.
+
+    glibc keeps freed chunks in its arenas. With dynamically padded batches every step frees and
+    allocates tensors of new sizes, and a run whose shapes change during training (APT) ends up
+    holding about twice its working set: measured on SST-2, 2.7 GB of peak RSS against 1.3 GB
+    with a trim after each step, at the same speed. Called once per optimizer step on CPU, for
+    every method alike, so that peak-memory comparisons measure tensors, not allocator history.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _status_kib(key: str) -> int | None:
