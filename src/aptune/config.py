@@ -12,11 +12,12 @@ from typing import Any
 
 import yaml
 
+from .cofi.config import CoFiConfig
 from .errors import AptuneError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-METHODS = ("ft", "lora", "apt", "lora-prune")
-DEFAULT_LR = {"ft": 2e-5, "lora": 2e-4, "apt": 2e-4, "lora-prune": 2e-4}
+METHODS = ("ft", "lora", "apt", "lora-prune", "cofi", "cofi-lora")
+DEFAULT_LR = {"ft": 2e-5, "lora": 2e-4, "apt": 2e-4, "lora-prune": 2e-4, "cofi": 2e-5, "cofi-lora": 2e-4}
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -131,7 +132,7 @@ class LoRAPruneConfig:
 
 
 @dataclass
-class TrainConfig(APTConfig, LoRAPruneConfig):
+class TrainConfig(APTConfig, LoRAPruneConfig, CoFiConfig):
     """Everything one `aptune train` run needs. Each field is a recipe key and a --flag."""
 
     task: str = _f("sst2", "Task to train on: sst2 or mnli.")
@@ -194,6 +195,7 @@ class TrainConfig(APTConfig, LoRAPruneConfig):
             raise AptuneError(f"LoRA rank r must be positive, got {self.r}", "pass --r 8")
         self.validate_apt()
         self.validate_lora_prune()
+        self.validate_cofi()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

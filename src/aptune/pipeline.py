@@ -90,7 +90,8 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
 
     train_loader = make_loader(train_ds, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
     dev_loader = make_loader(dev_ds, tokenizer, cfg.eval_batch_size, shuffle=False, seed=cfg.seed)
-    loop_cfg = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+    epochs = method.loop_epochs(cfg)
+    loop_cfg = LoopConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                           eval_every=cfg.eval_every, warmup_ratio=cfg.warmup_ratio,
                           weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
                           seed=cfg.seed, log_every=cfg.log_every,
@@ -99,7 +100,7 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
     trainer = Trainer(model, task, train_loader, dev_loader, loop_cfg, accelerator,
                       callbacks=method.callbacks(model, spec, cfg), log_path=log_path,
                       show_progress=show_progress)
-    _say(accelerator, f"training {trainer.total_steps:,} steps ({cfg.epochs:g} epochs of "
+    _say(accelerator, f"training {trainer.total_steps:,} steps ({epochs:g} epochs of "
          f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
          f"eval every {cfg.eval_every} steps")
     result = trainer.train()
@@ -129,7 +130,7 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
                    "total_during_training": total,
                    "dense_non_embedding": dense_params["non_embedding"]},
         "steps": result.steps,
-        "epochs": cfg.epochs,
+        "epochs": epochs,
         "samples_seen": result.samples_seen,
         "train_seconds": round(result.train_seconds, 3),
         # What TTA charges: time spent before this loop (a base run, Mask Tuning) plus the loop.
@@ -137,7 +138,7 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
         "total_train_seconds": round(method.seconds_before_training + result.train_seconds, 3),
         "seconds_per_step": round(result.train_seconds / max(1, result.steps), 4),
         "samples_per_second": round(result.samples_seen / max(result.train_seconds, 1e-9), 2),
-        "peak_train_memory_bytes": max(result.peak_train_memory_bytes,
+        "peak_train_memory_bytes": max(result.peak_train_memory_bytes + method.extra_resident_bytes,
                                        method.peak_memory_before_training),
         "peak_train_memory_method": result.memory_method,
         "data": {"train": train_split.report.summary(), "dev": dev_split.report.summary(),

@@ -29,6 +29,9 @@ class CoFiConfig:
     cofi_teacher_path: str | None = _f(None, "CoFi: the frozen teacher, a finished `aptune train "
                                        "--method ft` run or a saved model folder (baselines.md "
                                        "B15: our FT baseline's best checkpoint).")
+    cofi_teacher_epochs: float = _f(10.0, "CoFi: epochs of the inline FT teacher run (when "
+                                    "--cofi-teacher-path is not given).")
+    cofi_teacher_lr: float = _f(2e-5, "CoFi: learning rate of the inline FT teacher run.")
     cofi_prepruning: str = _f("100steps", "CoFi: length of the distillation-only warm-up before "
                               "the gates switch on: 100steps (--cofi-prepruning-steps; what the "
                               "code ran) or 1epoch (CoFi's README).")

@@ -109,7 +109,7 @@ def rescale_masks(model: nn.Module, spec: ArchSpec, batches: list[dict[str, torc
     head, neuron = head.clone().float(), neuron.clone().float()
     t_head, t_neuron = list(teacher_head.float()), list(teacher_neuron.float())
     result = RescaleResult(head, neuron)
-    for i, layer in enumerate(layers):
+    for i in range(len(layers)):
         kept_heads = torch.nonzero(head[i]).flatten()
         if i > 0 and kept_heads.numel() > 0:
             normal, rhs = _mha_normal_equations(model, spec, batches, i, head, neuron,

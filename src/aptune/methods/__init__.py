@@ -7,10 +7,11 @@ from .base import Method
 from .ft import FullFineTuning
 from .apt import APT
 from .lora import LoRA
+from .cofi import CoFi, CoFiLoRA
 from .lora_prune import LoRAPrune
 
 METHODS: dict[str, type[Method]] = {"ft": FullFineTuning, "lora": LoRA, "apt": APT,
-                                    "lora-prune": LoRAPrune}
+                                    "lora-prune": LoRAPrune, "cofi": CoFi, "cofi-lora": CoFiLoRA}
 
 
 def get_method(name: str) -> Method:

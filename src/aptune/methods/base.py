@@ -66,6 +66,12 @@ class Method:
     # run and Mask Tuning under LoRA+Prune).
     seconds_before_training: float = 0.0
     peak_memory_before_training: int = 0
+    # Tensors loaded before the memory baseline but resident during training (CoFi's teacher).
+    extra_resident_bytes: int = 0
+
+    def loop_epochs(self, cfg: Any) -> float:
+        """Epochs of this method's training loop (CoFi: its pruning plus fine-tuning stages)."""
+        return cfg.epochs
 
     def start_model(self, model: nn.Module, spec: ArchSpec, ctx: RunContext) -> nn.Module:
         """The model the method starts from; by default the pretrained one, as loaded."""

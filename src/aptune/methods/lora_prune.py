@@ -9,31 +9,17 @@ plus Mask Tuning) is charged to this method's training time.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import time
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..errors import AptuneError
 from ..mask_tuning import MaskTuningConfig, run_mask_tuning
 from ..mask_tuning.materialize import materialize
 from ..train.memory import PeakMemoryMeter
-from .base import Method, RunContext
+from .base import RunContext
 from .lora import LoRA
-
-
-def _base_seconds(metrics: dict) -> float:
-    """Training seconds of a run up to its selected checkpoint (evaluations excluded)."""
-    step = metrics.get("selection", {}).get("step")
-    for record in metrics.get("history", []):
-        if record["step"] == step:
-            return float(record.get("total_train_seconds", record["train_seconds"]))
-    return float(metrics.get("train_seconds", 0.0))
+from .prerequisite import prerequisite_model
 
 
 class LoRAPrune(LoRA):
@@ -46,45 +32,12 @@ class LoRAPrune(LoRA):
         self.seconds_before_training = 0.0
         self.peak_memory_before_training = 0
 
-    # -- 1. the LoRA-tuned starting point --------------------------------------------------------
-    def _base_folder(self, ctx: RunContext) -> Path:
-        cfg = ctx.cfg
-        if cfg.base_run:
-            return Path(cfg.base_run).expanduser()
-        from ..pipeline import run_training  # inline: a full LoRA run of its own
-
-        base_cfg = dataclasses.replace(
-            cfg, method="lora", epochs=cfg.base_epochs, lr=cfg.base_lr, base_run=None,
-            output_dir=str(ctx.scratch("base-lora")), overwrite=True)
-        ctx.say(f"lora-prune: training the LoRA base inline ({cfg.base_epochs:g} epochs, "
-                f"lr {cfg.base_lr:g}) into {base_cfg.output_dir}")
-        run_training(base_cfg, show_progress=ctx.show_progress)
-        return Path(base_cfg.output_dir)
-
-    def _load_base(self, ctx: RunContext) -> nn.Module:
-        from ..export import load_pruned
-
-        folder = self._base_folder(ctx)
-        metrics_path = folder / "metrics.json"
-        if not metrics_path.is_file() or not (folder / "model").is_dir():
-            raise AptuneError(f"--base-run {folder} is not a finished aptune run (no metrics.json "
-                              "or model/)", "pass the folder of an `aptune train --method lora` run")
-        metrics = json.loads(metrics_path.read_text())
-        if metrics.get("method") != "lora" or metrics.get("task") != ctx.task.name:
-            raise AptuneError(
-                f"--base-run {folder} is a {metrics.get('method')} run on {metrics.get('task')}; "
-                f"lora-prune needs a lora run on {ctx.task.name}",
-                "train one with `aptune train --method lora`, or leave --base-run out")
-        self.base = {"run": str(folder), "dev": metrics["eval"], "selected_step": metrics["selection"]["step"],
-                     "train_seconds_to_selected": _base_seconds(metrics),
-                     "peak_train_memory_bytes": metrics.get("peak_train_memory_bytes", 0)}
-        return load_pruned(folder / "model", ctx.accelerator.device)
-
-    # -- 2. Mask Tuning --------------------------------------------------------------------------
+    # -- the LoRA run, then Mask Tuning ----------------------------------------------------------
     def start_model(self, model: nn.Module, spec, ctx: RunContext) -> nn.Module:
         del model  # the pretrained weights are not used: the LoRA run is the starting point
-        base = self._load_base(ctx)
         cfg = ctx.cfg
+        base, self.base = prerequisite_model(ctx, cfg.base_run, "lora", "--base-run",
+                                             {"epochs": cfg.base_epochs, "lr": cfg.base_lr})
         batches = ctx.calibration_batches(cfg.mt_num_samples, cfg.mt_batch_size,
                                           cfg.mt_sample_with_replacement)
         base_eval = ctx.evaluate(base)
@@ -112,7 +65,7 @@ class LoRAPrune(LoRA):
                                                self.mask_tuning["peak_memory_bytes"])
         return base
 
-    # -- 3. retraining: plain LoRA on the compacted model (inherited prepare/finalize) -----------
+    # -- retraining: plain LoRA on the compacted model (inherited prepare/finalize) -----------
     def describe(self, model: nn.Module, cfg) -> dict:
         return {**super().describe(model, cfg), "base": self.base, "mask_tuning": self.mask_tuning,
                 "retrain_epochs": cfg.epochs, "retrain_lr": cfg.lr}

@@ -36,6 +36,9 @@ class Callback:
 
     def after_step(self, trainer: "Trainer") -> None: ...
 
+    def on_evaluate_begin(self, trainer: "Trainer") -> None:
+        """Before a scheduled evaluation (e.g. switch sampled gates to deterministic ones)."""
+
     def on_evaluate(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
 
     def on_train_end(self, trainer: "Trainer") -> None: ...

@@ -225,6 +225,8 @@ class Trainer:
         )
 
     def _evaluate_and_log(self, mean_loss: float, wall_start: float, bar) -> None:
+        for cb in self.callbacks:
+            cb.on_evaluate_begin(self)
         metrics = self.evaluate()
         value = metrics[self.task.metric]
         improved = self.selection_open and value > self.best_metric
