@@ -196,6 +196,14 @@ TRAIN_CASES = [
     ("output-unrelated-no-overwrite", output_unrelated, ["exists and is not an aptune run"]),
     ("recipe-missing", recipe_missing, ["recipe", "not found"]),
     ("recipe-unknown-key", recipe_unknown_key, ["unknown key(s): learning_rate"]),
+    ("lora-prune-base-absent", flags("--method", "lora-prune", "--base-run", "./no/such/run"),
+     ["--base-run", "is not a finished aptune run"]),
+    ("lora-prune-constraint", flags("--method", "lora-prune", "--mt-constraint", "flops"),
+     ["--mt-constraint must be one of params, mac"]),
+    ("cofi-teacher-absent", flags("--method", "cofi", "--cofi-teacher-path", "./no/such/run"),
+     ["--cofi-teacher-path", "is not a finished aptune run"]),
+    ("cofi-existing-layers", flags("--method", "cofi", "--cofi-existing-layers", "all"),
+     ["--cofi-existing-layers must be one of"]),
 ]
 
 

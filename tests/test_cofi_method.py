@@ -75,7 +75,8 @@ class _Probe(Callback):
 
     def _gates(self) -> dict:
         gates, control = self.method.callback.gates, self.method.callback.control
-        return {k: v.detach().clone() for k, v in [*gates.state_dict().items(), *control.state_dict().items()]}
+        state = [*gates.state_dict().items(), *control.state_dict().items()]
+        return {k: v.detach().clone() for k, v in state}
 
     def on_train_begin(self, trainer) -> None:  # after CoFi's own: the gates exist now
         self.gates_at_start = self._gates()
@@ -83,7 +84,7 @@ class _Probe(Callback):
     def after_step(self, trainer) -> None:
         if trainer.step == self.at:
             self.gates_then = self._gates()
-            opt = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+            opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
             with_state = {id(p) for p, s in opt.state.items() if s}
             self.seen = ({n: p.detach().clone() for n, p in trainer.unwrapped_model.named_parameters()},
                          {n for n, p in trainer.unwrapped_model.named_parameters() if id(p) in with_state})

@@ -142,8 +142,11 @@ def _layer_error(model, spec, batches, head, neuron, t_head, t_neuron, layer_ind
     for batch in batches:
         outs = []
         for h, n in ((t_head, t_neuron), (head, neuron)):
-            seen = {}
-            handle = layer.register_forward_hook(lambda m, a, o: seen.setdefault("y", o[0] if isinstance(o, tuple) else o))
+            seen: dict[str, torch.Tensor] = {}
+
+            def record(module, args, out, seen=seen):
+                seen.setdefault("y", out[0] if isinstance(out, tuple) else out)
+            handle = layer.register_forward_hook(record)
             with unit_masks(model, spec, list(h), list(n)), torch.no_grad():
                 model(**batch)
             handle.remove()
@@ -188,7 +191,8 @@ def test_mask_gradients_match_finite_differences(model_dir):
             head[layer, h] += sign * eps
             with unit_masks(model, spec, list(head), None), torch.no_grad():
                 losses.append(float(model(**batch).loss))
-        assert grads.head[0, layer, h] == pytest.approx((losses[0] - losses[1]) / (2 * eps), rel=2e-2, abs=1e-4)
+        numeric = (losses[0] - losses[1]) / (2 * eps)
+        assert grads.head[0, layer, h] == pytest.approx(numeric, rel=2e-2, abs=1e-4)
 
 
 def test_masked_equals_materialized_with_empty_sublayers(model_dir, tmp_path):

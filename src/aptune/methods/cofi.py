@@ -214,7 +214,8 @@ class CoFiCallback(Callback):
         trainer.say(f"CoFi step {step}: expected sparsity {s_hat:.4f} (target {record['target']:.4f}), "
                     f"deterministic {det:.4f}, λ1 {record['lambda_1']:.3f}, λ2 {record['lambda_2']:.3f}")
         qualifies = s_hat >= self.cfg.sparsity - self.cfg.sparsity_epsilon
-        if step < self.pruning_end and qualifies and (self._best_pruned is None or value > self._best_pruned[0]):
+        better = self._best_pruned is None or value > self._best_pruned[0]
+        if step < self.pruning_end and qualifies and better:
             self._best_pruned = (value, self._snapshot(trainer))
 
     def _snapshot(self, trainer) -> dict:
