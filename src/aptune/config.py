@@ -160,7 +160,8 @@ class TrainConfig(APTConfig, LoRAPruneConfig, CoFiConfig):
     eval_every: int = _f(500, "Evaluate on the dev set every N optimizer steps (and at the end).")
     seed: int = _f(128, "Seed for initialisation, shuffling and dropout.")
     warmup_ratio: float = _f(0.06, "Fraction of steps for linear learning-rate warm-up.")
-    weight_decay: float = _f(0.1, "AdamW weight decay (not applied to biases and norms).")
+    weight_decay: float | None = _f(None, "AdamW weight decay (not applied to biases and norms). "
+                                    "Default per method: 0 for cofi and cofi-lora (CoFi), 0.1 otherwise.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
     strip_trailing_periods: bool = _f(True, "MNLI: strip trailing periods from dev and train text "
                                       "(the local train sample has none).")
@@ -179,6 +180,8 @@ class TrainConfig(APTConfig, LoRAPruneConfig, CoFiConfig):
         if not (self.epochs > 0 or (self.method == "lora-prune" and self.epochs == 0)):
             raise AptuneError(f"--epochs must be positive, got {self.epochs}",
                               "pass --epochs > 0 (only lora-prune takes 0: prune without retraining)")
+        if self.weight_decay is None:
+            self.weight_decay = 0.0 if self.method in ("cofi", "cofi-lora") else 0.1
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.method, 2e-4)
         if not self.lr > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,10 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
         "model_path": model_path,
         "eval": final_eval,
         "selection": {"metric": task.metric, "rule": "best dev score over the evaluations",
-                      "step": result.best_step, "value_during_training": result.best_metric},
+                      "step": result.best_step,
+                      # None when the loop never evaluated (lora-prune with --epochs 0)
+                      "value_during_training": result.best_metric
+                      if math.isfinite(result.best_metric) else None},
         "params": {**parameter_summary(final), "trainable": trainable,
                    "total_during_training": total,
                    "dense_non_embedding": dense_params["non_embedding"]},

@@ -27,8 +27,8 @@ class CoFiConfig:
     """CoFi (Prune+Distill) and CoFi-LoRA (LoRA+Prune+Distill), baselines.md §4-§5."""
 
     cofi_teacher_path: str | None = _f(None, "CoFi: the frozen teacher, a finished `aptune train "
-                                       "--method ft` run or a saved model folder (baselines.md "
-                                       "B15: our FT baseline's best checkpoint).")
+                                       "--method ft` run folder (baselines.md B15: our FT "
+                                       "baseline's best checkpoint). Default: train it inline.")
     cofi_teacher_epochs: float = _f(10.0, "CoFi: epochs of the inline FT teacher run (when "
                                     "--cofi-teacher-path is not given).")
     cofi_teacher_lr: float = _f(2e-5, "CoFi: learning rate of the inline FT teacher run.")
@@ -56,8 +56,10 @@ class CoFiConfig:
     cofi_ft_epochs: float = _f(20.0, "CoFi: epochs of the fine-tuning stage after compaction "
                                "(0: stop after compaction).")
     cofi_ft_lr: float = _f(2e-5, "CoFi: constant learning rate of the fine-tuning stage.")
-    cofi_ft_upstream: bool = _f(False, "CoFi: fine-tune as upstream CoFi's README suggests (batch "
-                                "64, distillation kept on) instead of the APT author's fork (B16).")
+    cofi_hidden_fold: str = _f("exact", "CoFi: how compaction folds the hidden-dim gates: exact "
+                               "(into every LayerNorm, so the compacted model equals the gated one) "
+                               "or cofi (CoFi's update_params: into the readers' columns, exact "
+                               "only where z_hid = 1; §4.8).")
     cofi_lora_head: str = _f("trainable", "CoFi-LoRA: the new task head is trainable (default) "
                              "or frozen (the fork's behaviour, B17).")
     cofi_lora_tr: str = _f("frozen_identity", "CoFi-LoRA: the layer-distillation map W_tr stays "
@@ -65,7 +67,8 @@ class CoFiConfig:
                            "trained (full).")
 
     def validate_cofi(self) -> None:
-        choices = {"cofi_prepruning": PREPRUNING_MODES, "cofi_existing_layers": EXISTING_LAYER_RULES,
+        choices = {"cofi_prepruning": PREPRUNING_MODES, "cofi_hidden_fold": ("exact", "cofi"),
+                   "cofi_existing_layers": EXISTING_LAYER_RULES,
                    "cofi_lora_head": LORA_HEAD_MODES, "cofi_lora_tr": LAYER_TRANSFORMS,
                    "cofi_layer_distill_version": LAYER_DISTILL_VERSIONS}
         for name, allowed in choices.items():

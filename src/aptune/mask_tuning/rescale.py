@@ -88,6 +88,9 @@ def _capture(model, spec, layer_index, part, batch, head, neuron) -> dict[str, t
 
     The mask hooks are registered first, so the captured inner input is already masked.
     """
+    device = next(model.parameters()).device
+    head = [h.to(device) if h is not None else None for h in head]
+    neuron = [n.to(device) if n is not None else None for n in neuron]
     with unit_masks(model, spec, head, neuron):
         return _Capture(model, spec, layer_index, part).run(model, batch)
 
@@ -106,8 +109,8 @@ def rescale_masks(model: nn.Module, spec: ArchSpec, batches: list[dict[str, torc
     """Tune the kept entries of binary masks head (L, H) and neuron (L, F) layer by layer."""
     model.eval()
     layers = spec.layers(model)
-    head, neuron = head.clone().float(), neuron.clone().float()
-    t_head, t_neuron = list(teacher_head.float()), list(teacher_neuron.float())
+    head, neuron = head.detach().float().cpu(), neuron.detach().float().cpu()
+    t_head, t_neuron = list(teacher_head.float().cpu()), list(teacher_neuron.float().cpu())
     result = RescaleResult(head, neuron)
     for i in range(len(layers)):
         kept_heads = torch.nonzero(head[i]).flatten()
@@ -116,7 +119,7 @@ def rescale_masks(model: nn.Module, spec: ArchSpec, batches: list[dict[str, torc
                                                 t_head, t_neuron, kept_heads)
             scales, ok = lsmr_scales(normal, rhs)
             scales = scales[:-1]  # the free constant column is discarded
-            if not ok or np.abs(scales).max() > 10:
+            if not ok or not np.isfinite(scales).all() or np.abs(scales).max() > 10:
                 result.stopped = f"mha{i}: " + ("LSMR did not converge" if not ok else
                                                 f"scale {np.abs(scales).max():.2f} outside [-10, 10]")
                 break
@@ -128,7 +131,7 @@ def rescale_masks(model: nn.Module, spec: ArchSpec, batches: list[dict[str, torc
             normal, rhs = _ffn_normal_equations(model, spec, batches, i, head, neuron,
                                                 t_head, t_neuron, kept_neurons, first_only)
             scales, ok = lsmr_scales(normal, rhs)
-            if not ok or np.abs(scales).max() > 10:
+            if not ok or not np.isfinite(scales).all() or np.abs(scales).max() > 10:
                 result.stopped = f"ffn{i}: " + ("LSMR did not converge" if not ok else
                                                 f"scale {np.abs(scales).max():.2f} outside [-10, 10]")
                 break
@@ -168,8 +171,9 @@ def _mha_normal_equations(model, spec, batches, i, head, neuron, t_head, t_neuro
         a = contrib.permute(0, 2, 1).reshape(-1, kept.numel())  # (rows·d, k)
         a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)  # (rows·d, k+1)
         b = (target - bias - residual).reshape(-1)  # (rows·d,)
-        normal += (a.t() @ a).double()
-        rhs += (a.t() @ b).double()
+        a, b = a.double(), b.double()  # the Gram sums run over many rows: accumulate in float64
+        normal += (a.t() @ a).cpu()  # LSMR (SciPy) runs on the CPU
+        rhs += (a.t() @ b).cpu()
     return normal, rhs
 
 
@@ -190,6 +194,7 @@ def _ffn_normal_equations(model, spec, batches, i, head, neuron, t_head, t_neuro
         student = _capture(model, spec, i, "ffn", batch, s_head, s_neuron)
         h = _rows(student["inner"], mask, first_only)[:, kept]  # (rows, k)
         residual = _rows(student["residual"], mask, first_only)  # (rows, d)
-        normal += (gram_w * (h.t() @ h)).double()
-        rhs += (h * ((target - bias - residual) @ w_sel.t())).sum(0).double()  # (k,)
+        h, gap = h.double(), (target - bias - residual).double()
+        normal += (gram_w.double() * (h.t() @ h)).cpu()
+        rhs += (h * (gap @ w_sel.t().double())).sum(0).cpu()  # (k,)
     return normal, rhs

@@ -52,15 +52,15 @@ def search_masks(head_importance: torch.Tensor, neuron_importance: torch.Tensor,
     zero = head_sorted.new_zeros(1)
     head_cum = torch.cat([zero, head_sorted.cumsum(0)])  # (L·H + 1,) total of the top-k
     neuron_cum = torch.cat([zero, neuron_sorted.cumsum(0)])  # (L·F + 1,)
-    k = torch.arange(1, head_sorted.numel() + 1)  # (L·H,) candidate head counts
+    k = torch.arange(1, head_sorted.numel() + 1, device=head_sorted.device)  # (L·H,) head counts
     left = budget - k.double() * costs.head  # (L·H,) budget left for neurons
     n = (left / costs.neuron).floor().clamp(0, neuron_sorted.numel()).long()  # (L·H,)
     score = head_cum[k] + neuron_cum[n]  # (L·H,)
     score[(left < 0) & (k > 1)] = float("-inf")
     best = int(score.argmax())
     n_heads, n_neurons = int(k[best]), int(n[best])
-    head_mask = torch.zeros(head_sorted.numel())
+    head_mask = torch.zeros(head_sorted.numel(), device=head_importance.device)
     head_mask[head_order[:n_heads]] = 1
-    neuron_mask = torch.zeros(neuron_sorted.numel())
+    neuron_mask = torch.zeros(neuron_sorted.numel(), device=neuron_importance.device)
     neuron_mask[neuron_order[:n_neurons]] = 1
     return head_mask.view_as(head_importance), neuron_mask.view_as(neuron_importance)

@@ -67,9 +67,11 @@ class CoFi(Method):
             {"epochs": cfg.cofi_teacher_epochs, "lr": cfg.cofi_teacher_lr})
         self.teacher = teacher.eval().requires_grad_(False)
         self.seconds_before_training = self.teacher_run["train_seconds_to_selected"]
-        # The teacher is loaded before the memory baseline is taken, yet it is resident while
-        # the student trains (§4.11): count its tensors explicitly.
-        self.extra_resident_bytes = sum(p.numel() * p.element_size() for p in self.teacher.parameters())
+        # On CPU the teacher is loaded before the memory baseline is taken, yet it is resident
+        # while the student trains (§4.11): count its tensors explicitly. (CUDA's
+        # max_memory_allocated is absolute and already includes it.)
+        if ctx.accelerator.device.type == "cpu":
+            self.extra_resident_bytes = sum(p.numel() * p.element_size() for p in self.teacher.parameters())
         return model  # the student starts from the pretrained model with a new head (CoFi's way)
 
     def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:
@@ -177,6 +179,10 @@ class CoFiCallback(Callback):
         return loss - outputs.loss  # no hard-label cross-entropy in this stage (§4.7)
 
     def after_backward(self, trainer) -> None:
+        if trainer.accelerator.num_processes > 1 and trainer.step < self.pruning_end:
+            for p in self._tr_params():  # W_tr lives outside DDP: average its gradients
+                if p.grad is not None:
+                    p.grad = trainer.accelerator.reduce(p.grad, "mean")
         if self._pruning(trainer.step):
             params = list(self.gates.parameters()) + list(self.control.parameters())
             if trainer.accelerator.num_processes > 1:  # identical gates on every process
@@ -200,8 +206,8 @@ class CoFiCallback(Callback):
 
     def on_evaluate(self, trainer, metrics: dict[str, float]) -> None:
         step = trainer.step
-        if step > self.pruning_end or not step > self.prepruning:
-            return
+        if step >= self.pruning_end or not step > self.prepruning:
+            return  # at pruning_end the model was just compacted: that is a fine-tuning candidate
         with torch.no_grad():
             s_hat = float(expected_sparsity(self.gates, self.shape))
             det = deterministic_sparsity(self.gates.deterministic(), self.shape)
@@ -236,7 +242,9 @@ class CoFiCallback(Callback):
         self.hooks.remove()
         with torch.no_grad():
             s_hat = float(expected_sparsity(self.gates, self.shape))
-        result = compact_with_gates(model, self.spec, gates, hidden_fold="exact")
+        # "exact" folds z_hid into the LayerNorms, so the compacted model equals the gated one that
+        # selection evaluated; CoFi's own fold ("cofi", --cofi-hidden-fold) is exact only for z = 1.
+        result = compact_with_gates(model, self.spec, gates, hidden_fold=self.cfg.cofi_hidden_fold)
         self.compaction = {"source": source, "expected_sparsity": s_hat,
                            "deterministic_sparsity": deterministic_sparsity(gates, self.shape),
                            "empty_unit_sublayers": result.empty_unit_sublayers,

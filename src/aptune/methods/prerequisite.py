@@ -38,6 +38,10 @@ def prerequisite_model(ctx: RunContext, folder: str | None, method: str, flag: s
     if folder is None:
         from ..pipeline import run_training
 
+        if ctx.accelerator.num_processes > 1:
+            raise AptuneError(f"{ctx.cfg.method} cannot train its {method} run inline under "
+                              "several processes (each would need the main process's files)",
+                              f"train it first with `aptune train --method {method}` and pass {flag}")
         out = ctx.scratch(f"base-{method}")
         cfg = dataclasses.replace(ctx.cfg, method=method, output_dir=str(out), overwrite=True,
                                   base_run=None, cofi_teacher_path=None, **inline)
@@ -56,6 +60,10 @@ def prerequisite_model(ctx: RunContext, folder: str | None, method: str, flag: s
             f"{flag} {path} is a {metrics.get('method')} run on {metrics.get('task')}; "
             f"{ctx.cfg.method} needs a {method} run on {ctx.task.name}",
             f"train one with `aptune train --method {method}`, or leave {flag} out")
+    if metrics.get("model") != ctx.cfg.model:
+        raise AptuneError(f"{flag} {path} was trained from --model {metrics.get('model')}, this run "
+                          f"uses --model {ctx.cfg.model}",
+                          f"pass the same --model, or a {method} run of {ctx.cfg.model}")
     summary = {"run": str(path), "dev": metrics["eval"], "selected_step": metrics["selection"]["step"],
                "train_seconds_to_selected": seconds_to_selected(metrics),
                "peak_train_memory_bytes": metrics.get("peak_train_memory_bytes", 0)}
