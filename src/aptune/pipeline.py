@@ -60,6 +60,7 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]
 
 
 def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set_seed):
+    run_versions = versions()  # read at the start: the commit that the run's code came from
     data_dir = resolve_data_dir(cfg.data_dir)
     model_path = resolve_model_path(cfg.model)
     model_config = load_config(model_path)  # unsupported families fail before any data work
@@ -153,7 +154,7 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
         "history": result.history,
         "hardware": {**hardware(), "num_processes": accelerator.num_processes,
                      "device": str(accelerator.device)},
-        "versions": versions(),
+        "versions": run_versions,
     }
     if structure is not None:
         metrics["params"]["kept_ratio"] = (metrics["params"]["non_embedding"]
