@@ -112,7 +112,7 @@ def rescale_masks(model: nn.Module, spec: ArchSpec, batches: list[dict[str, torc
     """Tune the kept entries of binary masks head (L, H) and neuron (L, F) layer by layer."""
     model.eval()
     layers = spec.layers(model)
-    head, neuron = head.detach().float().cpu(), neuron.detach().float().cpu()
+    head, neuron = head.detach().float().cpu().clone(), neuron.detach().float().cpu().clone()
     t_head, t_neuron = list(teacher_head.float().cpu()), list(teacher_neuron.float().cpu())
     result = RescaleResult(head, neuron)
     for i in range(len(layers)):
