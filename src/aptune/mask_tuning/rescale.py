@@ -122,9 +122,8 @@ def rescale_masks(model: nn.Module, spec: ArchSpec, batches: list[dict[str, torc
                                                 t_head, t_neuron, kept_heads)
             scales, ok = lsmr_scales(normal, rhs)
             scales = scales[:-1]  # the free constant column is discarded
-            if not ok or not np.isfinite(scales).all() or np.abs(scales).max() > 10:
-                result.stopped = f"mha{i}: " + ("LSMR did not converge" if not ok else
-                                                f"scale {np.abs(scales).max():.2f} outside [-10, 10]")
+            result.stopped = _rejection(f"mha{i}", scales, ok)
+            if result.stopped:
                 break
             head[i, kept_heads] *= torch.as_tensor(scales, dtype=head.dtype)
             result.tuned.append(f"mha{i}")
@@ -134,13 +133,21 @@ def rescale_masks(model: nn.Module, spec: ArchSpec, batches: list[dict[str, torc
             normal, rhs = _ffn_normal_equations(model, spec, batches, i, head, neuron,
                                                 t_head, t_neuron, kept_neurons, first_only)
             scales, ok = lsmr_scales(normal, rhs)
-            if not ok or not np.isfinite(scales).all() or np.abs(scales).max() > 10:
-                result.stopped = f"ffn{i}: " + ("LSMR did not converge" if not ok else
-                                                f"scale {np.abs(scales).max():.2f} outside [-10, 10]")
+            result.stopped = _rejection(f"ffn{i}", scales, ok)
+            if result.stopped:
                 break
             neuron[i, kept_neurons] *= torch.as_tensor(scales, dtype=neuron.dtype)
             result.tuned.append(f"ffn{i}")
     return result
+
+
+def _rejection(sublayer: str, scales: np.ndarray, ok: bool) -> str | None:
+    """The original's stop rule: a failed solve, or any scale outside [-10, 10] (or not finite)."""
+    if not ok:
+        return f"{sublayer}: LSMR did not converge"
+    if not np.isfinite(scales).all() or np.abs(scales).max() > 10:
+        return f"{sublayer}: scale {np.abs(scales).max():.2f} outside [-10, 10]"
+    return None
 
 
 def _student_masks(head, neuron, i, part):
