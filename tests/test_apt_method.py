@@ -62,6 +62,10 @@ def test_schedule_and_structure_are_reported(full_run):
     assert sched["end"] == sched["points"][-1] == 39  # 30 % of T
     assert sched["distill_start"] is not None and sched["distill_end"] == 65  # 50 % of T
     assert len(sched["budgets"]) == len(sched["points"])
+    # TTA counts only evaluations at the final structure: after the last pruning point
+    final = [r["step"] for r in metrics["history"] if r["at_final_size"]]
+    assert final and min(final) > sched["end"]
+    assert all(r["at_final_size"] == (r["step"] >= min(final)) for r in metrics["history"])
     structure = ms["structure"]
     assert set(structure) >= {"hidden", "heads", "neurons"}
     assert len(structure["heads"]) == len(structure["neurons"]) == 2

@@ -51,7 +51,17 @@ def test_cofi_methods_end_compacted_and_reloadable(method, teacher_run, tiny_rob
     teacher = json.loads((teacher_run / "metrics.json").read_text())
     assert metrics["seconds_before_training"] > 0
     assert metrics["seconds_before_training"] <= teacher["train_seconds"] + 1e-6
-    assert all(r["total_train_seconds"] >= metrics["seconds_before_training"] for r in read_log(out))
+    log = read_log(out)
+    assert all(r["total_train_seconds"] >= metrics["seconds_before_training"] for r in log)
+    # TTA counts pruning-stage evaluations only once ŝ reaches the target, then every later one
+    stages = settings["stages"]
+    for r in log:
+        if r["step"] >= stages["pruning_end"]:
+            assert r["at_final_size"]
+        elif r["step"] <= stages["prepruning_end"]:
+            assert not r["at_final_size"]
+    reached = {h["step"]: h["expected_sparsity"] >= 0.6 for h in settings["sparsity_history"]}
+    assert all(r["at_final_size"] == reached[r["step"]] for r in log if r["step"] in reached)
     model = load_pruned(out / "model")
     reloaded = invoke("eval", "--model-dir", out, "--task", "sst2", "--data-dir", tiny_data_dir)
     assert f"accuracy {metrics['eval']['accuracy']:.4f}" in reloaded.stdout

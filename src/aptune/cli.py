@@ -1,4 +1,4 @@
-"""The `aptune` command line: train, eval, recipes."""
+"""The `aptune` command line: train, eval, bench, recipes."""
 
 from __future__ import annotations
 
@@ -123,6 +123,48 @@ def eval_(
     else:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics["eval"].items())
         typer.echo(f"{metrics['task']} dev ({metrics['rows']:,} rows): {scores}")
+
+
+@app.command()
+@user_errors
+def bench(
+    suite: Annotated[str, typer.Option(help="table2 (the six methods at 60% sparsity, paper Table 2), "
+                                       "ablations (APT variants, Table 4) or sweep (APT at 40-95% "
+                                       "sparsity and LoRA+Prune at 40/60/80%, Figure 3).")] = "table2",
+    scale: Annotated[str, typer.Option(help="smoke (tiny random model, seconds), cpu (MiniLM on "
+                                       "subsets, hours on 2 cores) or paper (RoBERTa-base, GPU).")] = "cpu",
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks: sst2, mnli.")] = "sst2",
+    run: Annotated[Optional[str], typer.Option(help="Name of the results folder; default "
+                                               "<scale>-<suite>. Suites that share a name share "
+                                               "their FT, LoRA and APT runs.")] = None,
+    results_dir: Annotated[str, typer.Option(help="Where result folders go.")] = "results",
+    data_dir: Annotated[Optional[str], typer.Option(help=_h("data_dir"))] = None,
+    only: Annotated[Optional[str], typer.Option(help="Comma-separated job names to run (plus "
+                                                "what they need), e.g. apt,lora-prune.")] = None,
+    rerun: Annotated[Optional[str], typer.Option(help="Comma-separated job names to run again "
+                                                 "although they finished, or 'all'.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="key=value applied to every job's "
+                                                      "recipe, e.g. --set max_train_samples=12000. "
+                                                      "Repeatable.")] = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Train nothing: rebuild the "
+                                              "tables, plots and results.json from finished jobs.")] = False,
+    inference_rounds: Annotated[Optional[int], typer.Option(help="Timed rounds per model (median); "
+                                                            "default 5, smoke 2.")] = None,
+) -> None:
+    """Run a benchmark suite: every method in its own fresh process, then inference against FT in
+    one process, then table.md / ablations.md / sweep.md, plots and results.json.
+
+    Finished jobs are reused, so rerunning the same command resumes an interrupted run.
+    """
+    from .bench import parse_settings, run_bench
+
+    def split(text: str | None) -> list[str]:
+        return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+    run_bench(suite, scale, split(tasks), results_dir=results_dir, run=run, data_dir=data_dir,
+              only=split(only) or None, rerun=split(rerun), settings=parse_settings(set_),
+              report_only=report_only, inference_rounds=inference_rounds,
+              say=lambda text: typer.echo(text))
 
 
 @app.command()

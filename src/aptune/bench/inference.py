@@ -1,0 +1,124 @@
+"""Inference of every final model against dense FT, in one process (protocol.md, "Inference").
+
+Per model: throughput on fixed 128-token inputs (the paper's columns) and on the real dev set,
+each at batch 32 and 128, as the median over rounds that visit the models in turn so that all
+see the same machine state; and peak memory, weights included, measured alone per model.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..efficiency import measure_inference
+from ..train.memory import _status_kib, release_freed_memory
+
+
+class _ModelMemory:
+    """Peak memory of loading and running one model: weights plus activations.
+
+    CUDA: max_memory_allocated above what was allocated before the load. CPU: the resident
+    high-water mark above the resident size before the load (Linux lets a process reset it).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        gc.collect()
+        release_freed_memory()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            self.before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.method = "cuda max_memory_allocated above the allocation before the load"
+        else:
+            self.before = (_status_kib("VmRSS") or 0) * 1024
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self.method = "cpu peak RSS above the RSS before the load (includes allocator slack)"
+            except OSError:
+                self.method = "unavailable"
+
+    def peak(self) -> int | None:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device) - self.before)
+        if self.method == "unavailable":
+            return None
+        return max(0, (_status_kib("VmHWM") or 0) * 1024 - self.before)
+
+
+@torch.inference_mode()
+def _dev_pass(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for batch in batches:
+        model(**batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dict[int, list[dict]],
+                   batch_sizes: tuple[int, ...] = (32, 128), seq_len: int = 128, rounds: int = 5,
+                   device: torch.device | None = None,
+                   say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Measure each model that `loaders` builds. `dev_batches[bs]` is the real dev set at batch bs."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models: dict[str, nn.Module] = {}
+    out: dict[str, dict[str, Any]] = {}
+    # A throwaway pass first: the process's first forward allocates thread pools and kernel
+    # workspaces once, which would otherwise be charged to whichever model came first.
+    warm = next(iter(loaders.values()))().to(device).eval()
+    measure_inference(warm, max(batch_sizes), seq_len, repeats=1, warmup=1)
+    _dev_pass(warm, dev_batches[max(batch_sizes)][:2])
+    del warm
+    for name, load in loaders.items():  # memory, one model at a time, before the others load
+        meter = _ModelMemory(device)
+        model = load().to(device).eval()
+        measure_inference(model, max(batch_sizes), seq_len, repeats=1, warmup=1)
+        _dev_pass(model, dev_batches[max(batch_sizes)][:2])
+        out[name] = {"peak_memory_bytes": meter.peak(), "memory_method": meter.method,
+                     "fixed": {}, "dev": {}}
+        models[name] = model.cpu() if device.type == "cuda" else model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    timings: dict[tuple[str, str, int], list[float]] = {}
+    for r in range(rounds):
+        say(f"inference round {r + 1}/{rounds}: {len(models)} models x batch {batch_sizes}, "
+            f"{seq_len}-token and real dev inputs")
+        for name, model in models.items():
+            model.to(device)
+            for bs in batch_sizes:
+                fixed = measure_inference(model, bs, seq_len, repeats=1, warmup=1 if r == 0 else 0)
+                timings.setdefault((name, "fixed", bs), []).append(fixed["latency_s"])
+                timings.setdefault((name, "dev", bs), []).append(_dev_pass(model, dev_batches[bs]))
+            if device.type == "cuda":
+                model.cpu()
+    for (name, kind, bs), values in timings.items():
+        seconds = statistics.median(values)
+        samples = bs if kind == "fixed" else sum(b["input_ids"].shape[0] for b in dev_batches[bs])
+        out[name][kind][str(bs)] = {"seconds": seconds, "samples": samples,
+                                    "samples_per_s": samples / seconds,
+                                    "latency_ms_per_batch": 1000 * seconds * bs / samples}
+    for name in out:
+        out[name]["seq_len"] = seq_len
+        out[name]["rounds"] = rounds
+    return out
+
+
+def dev_batches_for(task, dev_examples, tokenizer, max_length: int, model_config,
+                    batch_sizes: tuple[int, ...], seed: int = 0) -> dict[int, list[dict]]:
+    """The real dev set, tokenised and dynamically padded, at each batch size."""
+    from ..train.data import encode, make_loader
+
+    ds = encode(task, dev_examples, tokenizer, max_length, model_config)
+    return {bs: [{k: v for k, v in b.items() if k != "labels"}
+                 for b in make_loader(ds, tokenizer, bs, shuffle=False, seed=seed)]
+            for bs in batch_sizes}

@@ -1,0 +1,34 @@
+"""The paper's RoBERTa-base numbers that our tables print beside ours (paper-results.md §1, §3).
+
+Efficiency columns are % of FT on SST-2 (A100). Compare ratios, never absolute times.
+"""
+
+from __future__ import annotations
+
+# job name -> SST-2, MNLI, TTA %, train memory %, inference time %, inference memory %
+TABLE2 = {
+    "ft": (94.8, 87.6, 100.0, 100.0, 100.0, 100.0),
+    "lora": (95.1, 87.5, 2137.0, 60.5, 100.0, 100.0),
+    "lora-prune": (93.0, 84.0, 5128.3, 60.5, 38.0, 75.1),
+    "cofi": (94.5, 87.3, 1495.3, 168.5, 38.6, 79.2),
+    "cofi-lora": (91.9, 84.2, 6534.6, 141.4, 39.4, 82.3),
+    "apt": (94.5, 86.4, 592.1, 70.1, 41.3, 78.1),
+}
+
+# job name -> SST-2, MNLI, train time (TTA) %, train memory %  (Table 4)
+TABLE4 = {
+    "apt": (94.5, 86.4, 592.1, 70.1),
+    "apt-no-ap": (94.4, 87.5, 82.6, 62.2),
+    "apt-uniform": (94.3, 84.7, 609.8, 65.0),
+    "apt-no-at": (93.2, 84.5, 684.9, 64.4),
+    "apt-no-ds": (92.9, 85.3, 483.1, 61.9),
+}
+
+# Figure 3 baseline points (paper-results.md §7): inference speed-up and memory reduction vs FT.
+FIGURE3_BASELINES = {
+    "lora-prune": (2.629, 1 / 0.751),
+    "cofi": (2.592, 1 / 0.792),
+    "cofi-lora": (2.537, 1 / 0.823),
+}
+
+PAPER_PARAMS_KEPT = {"ft": 1.0, "lora": 1.0}  # every pruning row of Table 2 keeps 40%

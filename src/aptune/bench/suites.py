@@ -1,0 +1,128 @@
+"""What a benchmark suite runs: one job per (task, method variant), with its recipe and overrides.
+
+A job's recipe is the shipped `<scale>/<task>-<method>` recipe; the suite adds overrides (a
+sparsity, an ablation switch) and wires prerequisites: LoRA+Prune prunes the suite's own LoRA
+run, and the CoFi methods distil from the suite's own FT run, so both are trained once and their
+time is charged to the methods that need them (protocol.md, "Prerequisite stages count").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import load_recipe
+from ..errors import AptuneError
+
+SUITES = ("table2", "ablations", "sweep")
+SCALES = ("smoke", "cpu", "paper")
+TASKS = ("sst2", "mnli")
+
+# Table 2 rows in the paper's order, with the paper's labels.
+TABLE2_METHODS = (("ft", "FT"), ("lora", "LoRA"), ("lora-prune", "LoRA+Prune"),
+                  ("cofi", "Prune+Distill"), ("cofi-lora", "LoRA+Prune+Distill"), ("apt", "APT"))
+# Table 4 (apt-method.md §13): job name, label, overrides of the APT recipe.
+ABLATIONS = (("apt-no-ap", "w/o A_P", {"prune": False, "distill": False}),
+             ("apt-uniform", "w/o salience", {"rank_selection": "all"}),
+             ("apt-no-at", "w/o A_T", {"grow_ranks": False}),
+             ("apt-no-ds", "w/o D_S", {"distill": False}))
+APT_SWEEP = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+LORA_PRUNE_SWEEP = (0.4, 0.6, 0.8)
+PAPER_SPARSITY = 0.6
+
+
+@dataclass(frozen=True)
+class Job:
+    task: str
+    name: str  # folder name under results/<run>/<task>/, unique within a task
+    label: str  # the row label in tables and plots
+    method: str
+    recipe: str  # shipped recipe name, e.g. cpu/sst2-apt
+    overrides: dict[str, Any] = field(default_factory=dict)
+    needs: str | None = None  # the job (same task) whose run this one starts from
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.name}"
+
+    @property
+    def sparsity(self) -> float | None:
+        return self.overrides.get("sparsity", PAPER_SPARSITY) if self.method not in ("ft", "lora") else None
+
+
+def _recipe(scale: str, task: str, method: str) -> str:
+    return f"{scale}/{task}-{method}"
+
+
+def _base_jobs(scale: str, task: str, methods: tuple[str, ...]) -> list[Job]:
+    labels = dict(TABLE2_METHODS)
+    needs = {"lora-prune": "lora", "cofi": "ft", "cofi-lora": "ft"}
+    return [Job(task, m, labels[m], m, _recipe(scale, task, m), {"sparsity": PAPER_SPARSITY}
+                if m not in ("ft", "lora") else {}, needs.get(m)) for m in methods]
+
+
+def _sparsity_tag(s: float) -> str:
+    return f"s{round(s * 100):02d}"
+
+
+def suite_jobs(suite: str, scale: str, tasks: list[str]) -> list[Job]:
+    """Every job of a suite, prerequisites before the jobs that need them."""
+    if suite not in SUITES:
+        raise AptuneError(f"unknown suite '{suite}'", f"choose one of: {', '.join(SUITES)}")
+    if scale not in SCALES:
+        raise AptuneError(f"unknown scale '{scale}'", f"choose one of: {', '.join(SCALES)}")
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise AptuneError(f"unknown task(s): {', '.join(bad) or '(none given)'}",
+                          f"pass --tasks with some of: {', '.join(TASKS)}")
+    jobs: list[Job] = []
+    for task in tasks:
+        if suite == "table2":
+            jobs += _base_jobs(scale, task, tuple(m for m, _ in TABLE2_METHODS))
+        elif suite == "ablations":
+            jobs += _base_jobs(scale, task, ("ft", "apt"))
+            apt_recipe = _recipe(scale, task, "apt")
+            for name, label, overrides in ABLATIONS:
+                jobs.append(Job(task, name, label, "apt", apt_recipe,
+                                {"sparsity": PAPER_SPARSITY, **overrides}))
+            jobs.append(_kurtosis_job(task, apt_recipe))
+        else:  # sweep
+            jobs += _base_jobs(scale, task, ("ft", "lora", "lora-prune", "apt"))
+            for s in APT_SWEEP:
+                if s != PAPER_SPARSITY:
+                    jobs.append(Job(task, f"apt-{_sparsity_tag(s)}", "APT", "apt",
+                                    _recipe(scale, task, "apt"), {"sparsity": s}))
+            for s in LORA_PRUNE_SWEEP:
+                if s != PAPER_SPARSITY:
+                    jobs.append(Job(task, f"lora-prune-{_sparsity_tag(s)}", "LoRA+Prune", "lora-prune",
+                                    _recipe(scale, task, "lora-prune"), {"sparsity": s}, "lora"))
+    return jobs
+
+
+def _kurtosis_job(task: str, apt_recipe: str) -> Job:
+    """The kurtosis row flips whatever the recipe chose (cpu recipes turn kurtosis off)."""
+    recipe_uses_kurtosis = bool(load_recipe(apt_recipe).get("use_kurtosis", True))
+    if recipe_uses_kurtosis:
+        return Job(task, "apt-no-kurtosis", "w/o kurtosis", "apt", apt_recipe,
+                   {"sparsity": PAPER_SPARSITY, "use_kurtosis": False})
+    return Job(task, "apt-kurtosis", "w/ kurtosis", "apt", apt_recipe,
+               {"sparsity": PAPER_SPARSITY, "use_kurtosis": True})
+
+
+def select_jobs(jobs: list[Job], only: list[str] | None) -> list[Job]:
+    """Keep the named jobs (by name or task/name) and whatever they need."""
+    if not only:
+        return jobs
+    by_key = {j.key: j for j in jobs}
+    wanted = {j.key for j in jobs if j.name in only or j.key in only}
+    unknown = [o for o in only if not any(o in (j.name, j.key) for j in jobs)]
+    if unknown:
+        raise AptuneError(f"--only names no job of this suite: {', '.join(unknown)}",
+                          f"pick from: {', '.join(sorted({j.name for j in jobs}))}")
+    frontier = list(wanted)
+    while frontier:
+        job = by_key[frontier.pop()]
+        if job.needs and f"{job.task}/{job.needs}" not in wanted:
+            wanted.add(f"{job.task}/{job.needs}")
+            frontier.append(f"{job.task}/{job.needs}")
+    return [j for j in jobs if j.key in wanted]
