@@ -130,6 +130,5 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
     return model
 
 
-
-__all__ = ["DEFAULT_MODEL", "GENERATED_MODELS", "MODEL_ALIASES", "load_classifier", "load_config", "load_tokenizer",
-           "resolve_model_path", "supported_model_types"]
+__all__ = ["DEFAULT_MODEL", "GENERATED_MODELS", "MODEL_ALIASES", "load_classifier", "load_config",
+           "load_tokenizer", "resolve_model_path", "supported_model_types"]

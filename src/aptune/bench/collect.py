@@ -76,7 +76,7 @@ def collect(jobs: list[Job], run_dir: Path) -> dict[str, dict[str, Any]]:
         if ft is None or not ft["curve"]:
             continue
         threshold = threshold_from([{"value": c["value"]} for c in ft["curve"]])
-        for key, s in out.items():
+        for s in out.values():
             if s["task"] != task:
                 continue
             history = [{"step": c["step"], "value": c["value"], "at_final_size": c["at_final_size"],
@@ -111,7 +111,8 @@ def add_inference(summaries: dict[str, dict], inference: dict[str, dict[str, dic
             rel = s.setdefault("relative", {})
             for kind in ("fixed", "dev"):
                 for bs, f in figures[kind].items():
-                    rel[f"inf_time_pct_{kind}_{bs}"] = 100 * ft[kind][bs]["samples_per_s"] / f["samples_per_s"]
+                    ft_thr = ft[kind][bs]["samples_per_s"]
+                    rel[f"inf_time_pct_{kind}_{bs}"] = 100 * ft_thr / f["samples_per_s"]
             if figures.get("peak_memory_bytes") and ft.get("peak_memory_bytes"):
                 rel["inf_memory_pct"] = 100 * figures["peak_memory_bytes"] / ft["peak_memory_bytes"]
 

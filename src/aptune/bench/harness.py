@@ -21,8 +21,8 @@ from ..env_info import hardware, versions
 from ..errors import AptuneError
 from . import plots, tables
 from .collect import add_inference, collect
-from .runner import job_config, job_dir, run_jobs
-from .suites import Job, select_jobs, suite_jobs
+from .runner import check_finished_jobs, check_same_eval_interval, job_config, job_dir, run_jobs
+from .suites import PAPER_SPARSITY, TASKS, Job, select_jobs, suite_jobs
 
 
 def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
@@ -31,8 +31,15 @@ def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise AptuneError(f"--set expects key=value, got '{pair}'", "write e.g. --set max_train_samples=12000")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+            raise AptuneError(f"--set expects key=value, got '{pair}'",
+                              "write e.g. --set max_train_samples=12000")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 5e-4 as text; users mean a number
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip().replace("-", "_")] = parsed
     return out
 
 
@@ -43,13 +50,22 @@ def run_bench(suite: str, scale: str, tasks: list[str], results_dir: str | Path 
               inference_dev_rows: int = 2048, say: Callable[[str], None] = print) -> dict[str, Any]:
     start = time.perf_counter()
     settings = settings or {}
-    jobs = select_jobs(suite_jobs(suite, scale, tasks), only)
     run_dir = Path(results_dir).expanduser().resolve() / (run or f"{scale}-{suite}")
+    to_run = select_jobs(suite_jobs(suite, scale, tasks), only)
+    # Reports cover every finished job of the suite in this folder, whichever tasks ran before.
+    tasks = [t for t in TASKS if t in tasks or any(
+        (job_dir(run_dir, j) / "metrics.json").is_file() for j in suite_jobs(suite, scale, [t]))]
+    jobs = suite_jobs(suite, scale, tasks)
     run_dir.mkdir(parents=True, exist_ok=True)
-    say(f"bench: suite {suite}, scale {scale}, tasks {','.join(tasks)}: {len(jobs)} jobs -> {run_dir}")
+    say(f"bench: suite {suite}, scale {scale}, tasks {','.join(tasks)}: {len(to_run)} jobs to check "
+        f"-> {run_dir}")
     outcomes = []
     if not report_only:
-        outcomes = run_jobs(jobs, run_dir, data_dir, settings, set(rerun or []), say)
+        rerun_set = set(rerun or [])
+        configs = {j.key: job_config(j, run_dir, data_dir, settings) for j in jobs}
+        check_same_eval_interval(configs)
+        check_finished_jobs(jobs, configs, run_dir, rerun_set)
+        outcomes = run_jobs(to_run, configs, run_dir, rerun_set, say)
     summaries = collect(jobs, run_dir)
     if not summaries:
         raise AptuneError(f"no job of this suite has finished in {run_dir}",
@@ -70,7 +86,11 @@ def run_bench(suite: str, scale: str, tasks: list[str], results_dir: str | Path 
         "configs": {j.key: _read_config(run_dir, j) for j in jobs},
         "bench_seconds": round(time.perf_counter() - start, 1), "files": written,
     }
-    _write_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    # Suites may share a run folder (and its FT, LoRA and APT jobs): results.json keeps one entry each.
+    path = run_dir / "results.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged = {**{k: v for k, v in merged.items() if k in ("table2", "ablations", "sweep")}, suite: results}
+    _write_atomic(path, json.dumps(merged, indent=2, default=str) + "\n")
     failed = [o.job.key for o in outcomes if o.status in ("failed", "skipped")]
     say((run_dir / written[0]).read_text())
     say(f"bench: wrote {', '.join(written)} and results.json in {run_dir} "
@@ -91,14 +111,15 @@ def _read_config(run_dir: Path, job: Job) -> dict | None:
 
 def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir: str | None,
                         settings: dict, rounds: int, dev_rows: int, say) -> dict[str, dict]:
-    """Measure the task's final models, or reuse the last measurement if none has changed."""
+    """Measure every finished model of the task in this run folder (whichever suite trained it, so
+    that suites sharing a folder quote one measurement), or reuse it if no model has changed."""
     from ..export import load_pruned
     from ..models import load_config, load_tokenizer
     from ..tasks import get_task, resolve_data_dir
     from .inference import dev_batches_for, measure_models
 
-    finished = {j.name: job_dir(run_dir, j) for j in jobs
-                if j.task == task_name and (job_dir(run_dir, j) / "metrics.json").is_file()}
+    finished = {folder.name: folder for folder in sorted((run_dir / task_name).iterdir())
+                if (folder / "metrics.json").is_file() and (folder / "model").is_dir()}
     stamp = {name: os.path.getmtime(folder / "metrics.json") for name, folder in finished.items()}
     cache = run_dir / task_name / "inference.json"
     if cache.is_file():
@@ -109,7 +130,7 @@ def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir
     ft_job = next(j for j in jobs if j.task == task_name and j.name == "ft")
     cfg = _read_config(run_dir, ft_job) or job_config(ft_job, run_dir, data_dir, settings)
     task = get_task(task_name)
-    split = task.load("dev", resolve_data_dir(cfg.get("data_dir", data_dir)), cfg.get("max_eval_samples"),
+    split = task.load("dev", resolve_data_dir(data_dir or cfg.get("data_dir")), cfg.get("max_eval_samples"),
                       cfg.get("data_seed", 0),
                       {"strip_trailing_periods": cfg.get("strip_trailing_periods", True)})
     examples = split.examples[:dev_rows]
@@ -142,8 +163,11 @@ def _write_reports(suite: str, tasks: list[str], summaries: dict, run_dir: Path)
     _write_atomic(run_dir / name, header + body)
     written.append(name)
     for task in tasks:
-        if any(s["task"] == task for s in summaries.values()):
-            path = plots.learning_curves(summaries, task, run_dir / "plots" / f"{task}-curves.png")
+        # the sweep's curves show the 60% runs; its other sparsities are points on the trade-off plot
+        curves = {k: s for k, s in summaries.items() if s["task"] == task
+                  and (suite != "sweep" or s["sparsity_target"] in (None, PAPER_SPARSITY))}
+        if curves:
+            path = plots.learning_curves(curves, task, run_dir / "plots" / f"{suite}-{task}-curves.png")
             written.append(str(path.relative_to(run_dir)))
         apt = summaries.get(f"{task}/apt")
         if apt is not None and apt.get("apt_trace"):

@@ -21,10 +21,12 @@ from ..train.memory import _status_kib, release_freed_memory
 
 
 class _ModelMemory:
-    """Peak memory of loading and running one model: weights plus activations.
+    """Peak memory of one model while it runs: its weights plus activations.
 
     CUDA: max_memory_allocated above what was allocated before the load. CPU: the resident
     high-water mark above the resident size before the load (Linux lets a process reset it).
+    The high-water mark is reset again after the load (measure_inference starts its own meter),
+    so a transient copy made while loading is not counted; the weights, resident by then, are.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -67,10 +69,19 @@ def _dev_pass(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float
 
 def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dict[int, list[dict]],
                    batch_sizes: tuple[int, ...] = (32, 128), seq_len: int = 128, rounds: int = 5,
-                   device: torch.device | None = None,
+                   device: torch.device | None = None, batches_per_round: int | None = None,
                    say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """Measure each model that `loaders` builds. `dev_batches[bs]` is the real dev set at batch bs."""
+    """Measure each model that `loaders` builds. `dev_batches[bs]` is the real dev set at batch bs.
+
+    Every model stays resident while the rounds visit them in turn. A round times
+    `batches_per_round` fixed-shape batches per model (GPU default 20, so 5 rounds give the
+    paper's 100 timed batches after 10 warm-up ones; CPU default 1: a batch takes seconds there).
+    """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    per_round = batches_per_round or (20 if device.type == "cuda" else 1)
+    warmup = 10 if device.type == "cuda" else 1
+    dev_batches = {bs: [{k: v.to(device) for k, v in b.items()} for b in batches]
+                   for bs, batches in dev_batches.items()}
     models: dict[str, nn.Module] = {}
     out: dict[str, dict[str, Any]] = {}
     # A throwaway pass first: the process's first forward allocates thread pools and kernel
@@ -86,21 +97,17 @@ def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dic
         _dev_pass(model, dev_batches[max(batch_sizes)][:2])
         out[name] = {"peak_memory_bytes": meter.peak(), "memory_method": meter.method,
                      "fixed": {}, "dev": {}}
-        models[name] = model.cpu() if device.type == "cuda" else model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        models[name] = model
     timings: dict[tuple[str, str, int], list[float]] = {}
     for r in range(rounds):
         say(f"inference round {r + 1}/{rounds}: {len(models)} models x batch {batch_sizes}, "
             f"{seq_len}-token and real dev inputs")
         for name, model in models.items():
-            model.to(device)
             for bs in batch_sizes:
-                fixed = measure_inference(model, bs, seq_len, repeats=1, warmup=1 if r == 0 else 0)
+                fixed = measure_inference(model, bs, seq_len, repeats=per_round,
+                                          warmup=warmup if r == 0 else 0)
                 timings.setdefault((name, "fixed", bs), []).append(fixed["latency_s"])
                 timings.setdefault((name, "dev", bs), []).append(_dev_pass(model, dev_batches[bs]))
-            if device.type == "cuda":
-                model.cpu()
     for (name, kind, bs), values in timings.items():
         seconds = statistics.median(values)
         samples = bs if kind == "fixed" else sum(b["input_ids"].shape[0] for b in dev_batches[bs])
@@ -110,6 +117,7 @@ def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dic
     for name in out:
         out[name]["seq_len"] = seq_len
         out[name]["rounds"] = rounds
+        out[name]["fixed_batches_per_round"] = per_round
     return out
 
 

@@ -30,5 +30,3 @@ FIGURE3_BASELINES = {
     "cofi": (2.592, 1 / 0.792),
     "cofi-lora": (2.537, 1 / 0.823),
 }
-
-PAPER_PARAMS_KEPT = {"ft": 1.0, "lora": 1.0}  # every pruning row of Table 2 keeps 40%

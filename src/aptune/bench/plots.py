@@ -25,14 +25,12 @@ def learning_curves(summaries: dict[str, dict], task: str, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     threshold = None
-    for key, s in summaries.items():
-        if s["task"] != task or not s["curve"] or (s["method"] == "apt" and s["name"] != "apt"
-                                                   and s["overrides"].keys() - {"sparsity"}):
+    for s in summaries.values():
+        if s["task"] != task or not s["curve"]:
             continue
         minutes = [c["seconds"] / 60 for c in s["curve"]]
         values = [100 * c["value"] for c in s["curve"]]
-        label = s["label"] if s["name"] in ("ft", "lora", "lora-prune", "cofi", "cofi-lora", "apt") \
-            else f"{s['label']} ({s['name']})"
+        label = s["label"] if s["name"] in COLORS else f"{s['label']} ({s['name']})"
         ax.plot(minutes, values, marker=".", lw=1.2, label=label, color=COLORS.get(s["name"]))
         tta = s.get("tta", {})
         threshold = tta.get("threshold", threshold)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..config import TrainConfig, build_config, load_recipe
+from ..config import RECIPES_DIR, TrainConfig, build_config, load_recipe
 from ..errors import AptuneError
 from .suites import Job
 
@@ -36,9 +36,17 @@ def job_dir(run_dir: Path, job: Job) -> Path:
     return run_dir / job.task / job.name
 
 
+def scale_settings(scale: str, task: str) -> dict[str, Any]:
+    """recipes/bench.yaml: what the benchmark changes in a scale's recipes (e.g. a subset size)."""
+    data = yaml.safe_load((RECIPES_DIR / "bench.yaml").read_text()) or {}
+    return dict((data.get(scale) or {}).get(task) or {})
+
+
 def job_config(job: Job, run_dir: Path, data_dir: str | None, settings: dict[str, Any]) -> dict:
-    """The full recipe one job trains with: shipped recipe < suite overrides < --set values."""
-    values = {**load_recipe(job.recipe), **job.overrides, **settings}
+    """The full recipe one job trains with: shipped recipe < recipes/bench.yaml < suite
+    overrides < --set values."""
+    values = {**load_recipe(job.recipe), **scale_settings(job.scale, job.task), **job.overrides,
+              **settings}
     if data_dir is not None:
         values["data_dir"] = str(Path(data_dir).expanduser().resolve())
     if job.needs:
@@ -61,10 +69,50 @@ def check_same_eval_interval(configs: dict[str, dict]) -> None:
                               "--set eval_every=125")
 
 
-def run_jobs(jobs: list[Job], run_dir: Path, data_dir: str | None, settings: dict[str, Any],
-             rerun: set[str], say: Callable[[str], None]) -> list[JobOutcome]:
-    configs = {job.key: job_config(job, run_dir, data_dir, settings) for job in jobs}
-    check_same_eval_interval(configs)
+# Keys that may differ between a finished job and the same job now without making it stale.
+_NOT_COMPARED = {"data_dir", "output_dir", "overwrite"}
+
+
+def stale_settings(job: Job, run_dir: Path, config: dict[str, Any]) -> list[str]:
+    """Keys of `config` that the finished job in run_dir was trained with differently."""
+    saved_path = job_dir(run_dir, job) / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else {}
+    return sorted(k for k, v in config.items() if k not in _NOT_COMPARED and saved.get(k) != v)
+
+
+def check_finished_jobs(jobs: list[Job], configs: dict[str, dict], run_dir: Path, rerun: set[str]) -> None:
+    """Refuse to mix finished jobs trained with other settings into this run's comparisons."""
+    for job in jobs:
+        if (job_dir(run_dir, job) / "metrics.json").is_file() and not wants_rerun(job, rerun):
+            changed = stale_settings(job, run_dir, configs[job.key])
+            if changed:
+                raise AptuneError(f"{job.key} finished earlier with other settings ({', '.join(changed)})",
+                                  f"pass --rerun {job.name} to retrain it with these settings, or use "
+                                  "another --run name")
+
+
+def wants_rerun(job: Job, rerun: set[str]) -> bool:
+    return bool({"all", job.name, job.key} & rerun)
+
+
+def _must_run(job: Job, run_dir: Path, rerun: set[str], outcomes: dict[str, JobOutcome]) -> str | None:
+    """Why a job runs now, or None to reuse its finished run."""
+    metrics = job_dir(run_dir, job) / "metrics.json"
+    if not metrics.is_file():
+        return "not finished"
+    if wants_rerun(job, rerun):
+        return "--rerun"
+    if job.needs:
+        needed = outcomes[f"{job.task}/{job.needs}"]
+        needed_metrics = job_dir(run_dir, needed.job) / "metrics.json"
+        if needed.status == "done" or needed_metrics.stat().st_mtime > metrics.stat().st_mtime:
+            return f"{needed.job.key} was retrained"
+    return None
+
+
+def run_jobs(jobs: list[Job], configs: dict[str, dict], run_dir: Path, rerun: set[str],
+             say: Callable[[str], None]) -> list[JobOutcome]:
+    """Run each job that is not finished (or must rerun), prerequisites first."""
     (run_dir / "configs").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, JobOutcome] = {}
@@ -76,7 +124,8 @@ def run_jobs(jobs: list[Job], run_dir: Path, data_dir: str | None, settings: dic
             outcomes[job.key] = JobOutcome(job, "skipped", detail=f"{needed} did not finish")
             say(f"{prefix}: skipped ({needed} did not finish)")
             continue
-        if (folder / "metrics.json").is_file() and not ({"all", job.name, job.key} & rerun):
+        reason = _must_run(job, run_dir, rerun, outcomes)
+        if reason is None:
             outcomes[job.key] = JobOutcome(job, "reused", detail=str(folder))
             say(f"{prefix}: finished earlier, reused ({folder})")
             continue
@@ -84,9 +133,10 @@ def run_jobs(jobs: list[Job], run_dir: Path, data_dir: str | None, settings: dic
         config_path.write_text(f"# {job.label} ({job.method}) on {job.task}: {job.recipe} with the "
                                f"bench's overrides\n" + yaml.safe_dump(configs[job.key], sort_keys=False))
         log_path = run_dir / "logs" / f"{job.task}-{job.name}.log"
-        say(f"{prefix}: running {job.label} ({job.recipe}); log {log_path}")
+        say(f"{prefix}: running {job.label} ({job.recipe}; {reason}); log {log_path}")
         start = time.perf_counter()
-        rc = _train_in_fresh_process(config_path, folder, log_path, lambda line, p=prefix: say(f"  {p}: {line}"))
+        rc = _train_in_fresh_process(config_path, folder, log_path,
+                                     lambda line, p=prefix: say(f"  {p}: {line}"))
         seconds = time.perf_counter() - start
         if rc == 0 and (folder / "metrics.json").is_file():
             outcomes[job.key] = JobOutcome(job, "done", seconds)

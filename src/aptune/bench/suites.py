@@ -46,6 +46,10 @@ class Job:
         return f"{self.task}/{self.name}"
 
     @property
+    def scale(self) -> str:
+        return self.recipe.split("/")[0]
+
+    @property
     def sparsity(self) -> float | None:
         return self.overrides.get("sparsity", PAPER_SPARSITY) if self.method not in ("ft", "lora") else None
 

@@ -24,9 +24,10 @@ def time_to_accuracy(history: list[dict[str, Any]], threshold: float) -> dict[st
     that field existed are counted). Seconds are `total_train_seconds`, which include the time
     charged for prerequisite runs, else `train_seconds`.
     """
-    best = max((r["value"] for r in history), default=None)
-    for r in sorted(history, key=lambda r: r["step"]):
-        if r.get("at_final_size", True) and r["value"] >= threshold:
+    counting = [r for r in sorted(history, key=lambda r: r["step"]) if r.get("at_final_size", True)]
+    best = max((r["value"] for r in counting), default=None)  # of the final-size model only
+    for r in counting:
+        if r["value"] >= threshold:
             return {"reached": True, "seconds": float(r.get("total_train_seconds", r["train_seconds"])),
                     "step": r["step"], "value": r["value"], "best": best}
     return {"reached": False, "seconds": None, "step": None, "value": None, "best": best}
