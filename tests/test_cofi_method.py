@@ -48,6 +48,8 @@ def test_cofi_methods_end_compacted_and_reloadable(method, teacher_run, tiny_rob
     assert "CoFi: compacted" in text and "expected sparsity" in text
     assert settings["stages"]["pruning_end"] < metrics["steps"]
     assert settings["sparsity_history"] and settings["compaction"]["kept_hidden"] > 0
+    assert 0 <= settings["compaction"]["expected_sparsity_at_pruning_end"] <= 1
+    assert "CoFi: pruning stage ended at expected sparsity" in text
     teacher = json.loads((teacher_run / "metrics.json").read_text())
     assert metrics["seconds_before_training"] > 0
     assert metrics["seconds_before_training"] <= teacher["train_seconds"] + 1e-6

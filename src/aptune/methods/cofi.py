@@ -238,6 +238,8 @@ class CoFiCallback(Callback):
     # -- compaction, then the fine-tuning stage --------------------------------------------------
     def _compact(self, trainer) -> None:
         model = trainer.unwrapped_model
+        with torch.no_grad():  # where the Lagrangian left ŝ, before a snapshot is restored
+            stage_end = float(expected_sparsity(self.gates, self.shape))
         if self._best_pruned is not None:
             value, state = self._best_pruned
             trainer.restore(state["model"])
@@ -253,6 +255,7 @@ class CoFiCallback(Callback):
         # selection evaluated; CoFi's own fold ("cofi", --cofi-hidden-fold) is exact only for z = 1.
         result = compact_with_gates(model, self.spec, gates, hidden_fold=self.cfg.cofi_hidden_fold)
         self.compaction = {"source": source, "expected_sparsity": s_hat,
+                           "expected_sparsity_at_pruning_end": stage_end,
                            "deterministic_sparsity": deterministic_sparsity(gates, self.shape),
                            "empty_unit_sublayers": result.empty_unit_sublayers,
                            "kept_heads": [len(h) for h in result.structure["heads"]],
@@ -267,5 +270,7 @@ class CoFiCallback(Callback):
         self.method.teacher = None  # not needed after the pruning stage: free its memory
         trainer.rebuild_optimizer({}, extra_params=[])
         trainer.selection_open = True
+        trainer.say(f"CoFi: pruning stage ended at expected sparsity {stage_end:.4f} (target "
+                    f"{self.cfg.sparsity:g})")
         trainer.say(f"CoFi: compacted {source}; expected sparsity {s_hat:.4f}; fine-tuning the "
                     f"compacted model at a constant lr {self.cfg.cofi_ft_lr:g}")
