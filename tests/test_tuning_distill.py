@@ -38,7 +38,9 @@ def test_grow_rank_keeps_output_and_old_weights():
     old_a, old_b = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
     returned = layer.grow_rank(13, generator=torch.Generator().manual_seed(1))
     after = layer(x).detach()
-    assert (after - before).abs().max() < 1e-6
+    # New B columns are zero, so only fp32 summation order differs (the inner dimension grew):
+    # a few ulps of outputs near 5, depending on the CPU's BLAS kernels.
+    torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-5)
     assert layer.r == 13
     assert layer.scaling == 2.0  # s stays at α / r_0
     assert layer.lora_A.shape == (13, 16) and layer.lora_B.shape == (12, 13)
