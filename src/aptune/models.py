@@ -17,8 +17,9 @@ MODEL_ALIASES: dict[str, tuple[str, str, str]] = {
 DEFAULT_MODEL = "minilm"
 # Random-init models that aptune builds on first use (the `smoke` benchmark scale and quick
 # experiments): no download, the embedded model's tokenizer, a cached folder per name.
-GENERATED_MODELS = {"tiny-random-bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                             intermediate_size=64, max_position_embeddings=512)}
+GENERATED_MODELS = {"tiny-random-bert": dict(model_type="bert", hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=64,
+                                             max_position_embeddings=512)}
 
 
 def resolve_model_path(name: str) -> str:
@@ -60,14 +61,14 @@ def _generated_model(name: str) -> Path:
     if (folder / "config.json").is_file():
         return folder
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(resolve_model_path(DEFAULT_MODEL))
-    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                        **GENERATED_MODELS[name])
+    config = AutoConfig.for_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                  **GENERATED_MODELS[name])
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = BertForSequenceClassification(config)
+        model = AutoModelForSequenceClassification.from_config(config)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     os.chmod(tmp, 0o755)

@@ -10,48 +10,29 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..efficiency import measure_inference
-from ..train.memory import _status_kib, release_freed_memory
+from ..train.memory import PeakMemoryMeter, release_freed_memory
 
 
-class _ModelMemory:
-    """Peak memory of one model while it runs: its weights plus activations.
+def _start_model_memory(device: torch.device) -> PeakMemoryMeter:
+    """Start the training loop's meter before a model loads, so its peak holds that model's
+    weights plus activations. (measure_inference resets the high-water mark once more after the
+    load, so a transient copy made while loading is not counted; the resident weights are.)"""
+    gc.collect()
+    release_freed_memory()
+    meter = PeakMemoryMeter(device)
+    meter.start()
+    return meter
 
-    CUDA: max_memory_allocated above what was allocated before the load. CPU: the resident
-    high-water mark above the resident size before the load (Linux lets a process reset it).
-    The high-water mark is reset again after the load (measure_inference starts its own meter),
-    so a transient copy made while loading is not counted; the weights, resident by then, are.
-    """
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        gc.collect()
-        release_freed_memory()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            self.before = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            self.method = "cuda max_memory_allocated above the allocation before the load"
-        else:
-            self.before = (_status_kib("VmRSS") or 0) * 1024
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-                self.method = "cpu peak RSS above the RSS before the load (includes allocator slack)"
-            except OSError:
-                self.method = "unavailable"
-
-    def peak(self) -> int | None:
-        if self.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.device) - self.before)
-        if self.method == "unavailable":
-            return None
-        return max(0, (_status_kib("VmHWM") or 0) * 1024 - self.before)
+def _model_peak_bytes(meter: PeakMemoryMeter) -> int:
+    # CUDA's figure is the allocator's absolute peak: take off what other models already hold.
+    return meter.peak_bytes() - (meter.baseline_bytes if meter.device.type == "cuda" else 0)
 
 
 @torch.inference_mode()
@@ -91,11 +72,11 @@ def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dic
     _dev_pass(warm, dev_batches[max(batch_sizes)][:2])
     del warm
     for name, load in loaders.items():  # memory, one model at a time, before the others load
-        meter = _ModelMemory(device)
+        meter = _start_model_memory(device)
         model = load().to(device).eval()
         measure_inference(model, max(batch_sizes), seq_len, repeats=1, warmup=1)
         _dev_pass(model, dev_batches[max(batch_sizes)][:2])
-        out[name] = {"peak_memory_bytes": meter.peak(), "memory_method": meter.method,
+        out[name] = {"peak_memory_bytes": _model_peak_bytes(meter), "memory_method": meter.method,
                      "fixed": {}, "dev": {}}
         models[name] = model
     timings: dict[tuple[str, str, int], list[float]] = {}

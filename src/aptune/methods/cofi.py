@@ -204,11 +204,13 @@ class CoFiCallback(Callback):
         if trainer.step < self.pruning_end:  # deterministic gates at evaluation (§4.4)
             self.hooks.gates = self.gates.deterministic() if trainer.step > self.prepruning else None
             # TTA counts pruning-stage evaluations once the expected sparsity reaches the target.
-            trainer.at_final_size = trainer.step > self.prepruning and self._reached_target()
+            trainer.at_final_size = False
+            if trainer.step > self.prepruning:
+                with torch.no_grad():
+                    s_hat = float(expected_sparsity(self.gates, self.shape))
+                trainer.at_final_size = self._reached_target(s_hat)
 
-    def _reached_target(self) -> bool:
-        with torch.no_grad():
-            s_hat = float(expected_sparsity(self.gates, self.shape))
+    def _reached_target(self, s_hat: float) -> bool:
         return s_hat >= self.cfg.sparsity - self.cfg.sparsity_epsilon
 
     def on_evaluate(self, trainer, metrics: dict[str, float]) -> None:
@@ -226,7 +228,7 @@ class CoFiCallback(Callback):
         self.history.append(record)
         trainer.say(f"CoFi step {step}: expected sparsity {s_hat:.4f} (target {record['target']:.4f}), "
                     f"deterministic {det:.4f}, λ1 {record['lambda_1']:.3f}, λ2 {record['lambda_2']:.3f}")
-        qualifies = self._reached_target()
+        qualifies = self._reached_target(s_hat)
         better = self._best_pruned is None or value > self._best_pruned[0]
         if step < self.pruning_end and qualifies and better:
             self._best_pruned = (value, self._snapshot(trainer))
