@@ -107,7 +107,7 @@ def test_job_config_wires_prerequisites_and_settings(tmp_path):
     assert cfg["base_run"] == str((tmp_path / "sst2" / "lora").resolve())
     assert cfg["max_train_samples"] == 1000 and cfg["sparsity"] == 0.6
     # recipes/bench.yaml sizes the cpu SST-2 bench; the shipped recipe keeps its own subset
-    assert job_config(jobs["apt"], tmp_path, None, {})["max_train_samples"] == 12000
+    assert job_config(jobs["apt"], tmp_path, None, {})["max_train_samples"] == 8000
     assert load_recipe("cpu/sst2-apt")["max_train_samples"] == 20000
     assert job_config(jobs["cofi"], tmp_path, None, {})["cofi_teacher_path"].endswith("sst2/ft")
     with pytest.raises(AptuneError, match="invalid configuration"):
