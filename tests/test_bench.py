@@ -340,3 +340,11 @@ def test_bench_reports_a_failed_job_and_skips_what_needs_it(isolated_cache, tmp_
     assert "FAILED" in result.stdout and "skipped (sst2/ft did not finish)" in result.stdout
     assert "no job of this suite has finished" in result.stderr and "fix:" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_report_only_without_a_run_folder_says_so_and_creates_nothing(tmp_path):
+    result = RUNNER.invoke(app, ["bench", "--suite", "table2", "--scale", "smoke", "--tasks", "sst2",
+                                 "--report-only", "--results-dir", str(tmp_path / "results")])
+    assert result.exit_code == 2, result.output
+    assert "no bench run folder" in result.stderr and "fix:" in result.stderr
+    assert not (tmp_path / "results").exists()

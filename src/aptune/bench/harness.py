@@ -56,6 +56,10 @@ def run_bench(suite: str, scale: str, tasks: list[str], results_dir: str | Path 
     tasks = [t for t in TASKS if t in tasks or any(
         (job_dir(run_dir, j) / "metrics.json").is_file() for j in suite_jobs(suite, scale, [t]))]
     jobs = suite_jobs(suite, scale, tasks)
+    if report_only and not run_dir.is_dir():
+        raise AptuneError(f"no bench run folder at {run_dir}",
+                          "run the bench without --report-only first, or pass the --run and "
+                          "--results-dir of an earlier run")
     run_dir.mkdir(parents=True, exist_ok=True)
     say(f"bench: suite {suite}, scale {scale}, tasks {','.join(tasks)}: {len(to_run)} jobs to check "
         f"-> {run_dir}")
