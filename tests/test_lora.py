@@ -95,3 +95,16 @@ def test_target_modules_that_match_nothing_fail_clearly(tiny_bert_dir, targets):
     model = _model(tiny_bert_dir)
     with pytest.raises(AptuneError, match="match no nn.Linear"):
         inject_lora(model, 8, 16, targets)
+
+
+def test_lora_method_reports_its_adapted_modules_after_the_merge(tiny_bert_dir):
+    from aptune.config import TrainConfig
+    from aptune.methods.lora import LoRA
+
+    model = _model(tiny_bert_dir)
+    method, cfg = LoRA(), TrainConfig(method="lora")
+    model = method.prepare(model, get_spec(model), cfg)
+    adapted = [n for n, _ in lora_modules(model)]
+    merged = method.finalize(model, get_spec(model), cfg)
+    assert not lora_modules(merged) and adapted
+    assert method.describe(merged, cfg)["adapted_modules"] == adapted

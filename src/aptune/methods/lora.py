@@ -15,13 +15,14 @@ class LoRA(Method):
     def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:
         targets = cfg.target_modules or list(spec.lora_target_modules)
         inject_lora(model, cfg.r, cfg.lora_alpha, targets, trainable_modules=spec.head_modules)
+        # kept because describe() runs after finalize() has merged the adapters away
+        self._adapted = [n for n, _ in lora_modules(model)]
         return model
 
     def finalize(self, model: nn.Module, spec, cfg) -> nn.Module:
         return merge_and_unload(model)
 
     def describe(self, model: nn.Module, cfg) -> dict:
-        adapters = lora_modules(model)
+        adapted = [n for n, _ in lora_modules(model)] or getattr(self, "_adapted", [])
         return {"r": cfg.r, "lora_alpha": cfg.lora_alpha,
-                "target_modules": cfg.target_modules or None,
-                "adapted_modules": [n for n, _ in adapters]}
+                "target_modules": cfg.target_modules or None, "adapted_modules": adapted}
