@@ -11,20 +11,25 @@ data="${1:-../shared/data}"
 aptune bench --suite table2 --tasks sst2 --scale cpu --run cpu --data-dir "$data"
 
 # The ablations and the sparsity sweep on SST-2 at a smaller fixed scale, so that they fit the
-# same 3-hour session: 1,000 training sentences, evaluation every 50 steps, in their own folder
-# (they share its FT, LoRA and APT runs). About 45 min.
-small=(--scale cpu --run cpu-small --data-dir "$data" --set max_train_samples=1000 --set eval_every=50)
+# same 3-hour session: 1,000 training sentences, evaluation every 50 steps, 3 inference rounds,
+# in their own folder (the suites share its FT, LoRA and APT runs). APT's sweep points first.
+small=(--scale cpu --run cpu-small --data-dir "$data" --set max_train_samples=1000 --set eval_every=50
+       --inference-rounds 3)
+aptune bench --suite sweep --tasks sst2 "${small[@]}" --only ft,apt,apt-s40,apt-s80,apt-s95
 aptune bench --suite ablations --tasks sst2 "${small[@]}"
 aptune bench --suite sweep --tasks sst2 "${small[@]}" \
-  --only ft,apt,apt-s40,apt-s80,apt-s95,lora-prune,lora-prune-s40,lora-prune-s80
+  --only ft,apt,apt-s40,apt-s80,apt-s95,lora-prune-s40,lora-prune,lora-prune-s80
 
 publish() {  # results/<run> -> docs/results/<run>: the reports, not the models
   local run="$1"; shift
   mkdir -p "docs/results/$run/plots"
-  cp "results/$run"/{"$@",results.json} "docs/results/$run/"
+  for file in "$@" results.json; do cp "results/$run/$file" "docs/results/$run/"; done
   cp "results/$run"/plots/*.png "docs/results/$run/plots/"
 }
-publish cpu table.md
+# Inference memory again, one fresh process per model (see the script's docstring for why).
+python bench/inference_memory_fresh.py results/cpu/sst2
+cp results/cpu/sst2/inference_memory_fresh.{md,json} results/cpu/
+publish cpu table.md inference_memory_fresh.md inference_memory_fresh.json
 publish cpu-small ablations.md sweep.md
 
 # Not run yet (see the README): Table 2 on MNLI at cpu scale.
