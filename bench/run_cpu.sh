@@ -30,7 +30,9 @@ publish() {  # results/<run> -> docs/results/<run>: the reports, not the models
 python bench/inference_memory_fresh.py results/cpu/sst2
 cp results/cpu/sst2/inference_memory_fresh.{md,json} results/cpu/
 publish cpu table.md inference_memory_fresh.md inference_memory_fresh.json
-publish cpu-small ablations.md sweep.md
+python bench/inference_memory_fresh.py results/cpu-small/sst2
+cp results/cpu-small/sst2/inference_memory_fresh.{md,json} results/cpu-small/
+publish cpu-small ablations.md sweep.md inference_memory_fresh.md inference_memory_fresh.json
 
 # Not run yet (see the README): Table 2 on MNLI at cpu scale.
 # aptune bench --suite table2 --tasks mnli --scale cpu --run cpu --data-dir "$data"
