@@ -48,6 +48,12 @@ def one_pass(model_dir: str, batch: int, seq_len: int) -> dict:
     return {"forward_peak_bytes": peak, "weight_bytes": weights}
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task_dir", nargs="?", help="results/<run>/<task>")
@@ -72,8 +78,11 @@ def main() -> None:
         for _ in range(args.repeats):
             out = subprocess.run([sys.executable, __file__, "--one", str(job / "model"), "--batch",
                                   str(args.batch), "--seq-len", str(args.seq_len)],
-                                 capture_output=True, text=True, check=True,
+                                 capture_output=True, text=True,
                                  env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+            if out.returncode != 0:
+                sys.exit(f"error: measuring {job.name} failed:\n{out.stderr.strip()[-2000:]}\n"
+                         f"fix: check that {job / 'model'} loads with aptune.export.load_pruned")
             passes.append(json.loads(out.stdout.strip().splitlines()[-1]))
         peak = statistics.median(p["forward_peak_bytes"] for p in passes)
         rows[job.name] = {"forward_peak_bytes": peak, "weight_bytes": passes[0]["weight_bytes"],
@@ -96,9 +105,9 @@ def main() -> None:
                      f"{r['weight_bytes'] / MiB:,.1f} | "
                      f"{pct_of_ft(r['weight_bytes'], ft and ft['weight_bytes'])} | "
                      f"{pct_of_ft(total, ft and ft['forward_peak_bytes'] + ft['weight_bytes'])} |")
-    (task_dir / "inference_memory_fresh.json").write_text(json.dumps(
+    _write_atomic(task_dir / "inference_memory_fresh.json", json.dumps(
         {"batch": args.batch, "seq_len": args.seq_len, "repeats": args.repeats, "models": rows}, indent=2))
-    (task_dir / "inference_memory_fresh.md").write_text("\n".join(lines) + "\n")
+    _write_atomic(task_dir / "inference_memory_fresh.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
