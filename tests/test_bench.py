@@ -250,6 +250,32 @@ def test_inference_ratios_and_relative_accuracy():
     assert relative_accuracy(s, "apt", ["sst2", "mnli"]) == pytest.approx((0.88 + 0.68) / 1.6)
 
 
+def test_inference_memory_column_prefers_the_fresh_process_figure():
+    s = _synthetic()
+    fresh = {"ft": 500, "apt": 400}  # the one-process figures say 400 and 300
+    inference = {"sst2": {n: {**s[f"sst2/{n}"]["inference"], "fresh_memory": {"peak_memory_bytes": b}}
+                          for n, b in fresh.items()}}
+    add_inference(s, inference)
+    rel = s["sst2/apt"]["relative"]
+    assert rel["inf_memory_pct"] == pytest.approx(80.0)
+    assert rel["inf_memory_pct_one_process"] == pytest.approx(75.0)
+    assert s["mnli/apt"]["relative"]["inf_memory_pct"] == pytest.approx(75.0)  # no fresh figure: fallback
+
+
+def test_fresh_process_memory_of_a_saved_model(tiny_bert_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from aptune.bench import fresh_memory
+
+    figures = fresh_memory.measure_model(tiny_bert_dir, batch=64, seq_len=64, repeats=1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    assert figures["weight_bytes"] == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert figures["forward_peak_bytes"] > 0 and len(figures["passes"]) == 1
+    assert figures["peak_memory_bytes"] == figures["forward_peak_bytes"] + figures["weight_bytes"]
+    with pytest.raises(AptuneError, match="measuring the inference memory of .*not-a-model"):
+        fresh_memory.measure_model(tmp_path / "not-a-model", repeats=1)
+
+
 def test_tables_render_every_suite_layout():
     s = _synthetic()
     t2 = tables.table2(s, ["sst2", "mnli"])
@@ -307,6 +333,11 @@ def test_smoke_table2_end_to_end_then_resumes(isolated_cache, tiny_data_dir, tmp
     for s in results["jobs"].values():
         assert s["inference"]["fixed"]["128"]["samples_per_s"] > 0 and "tta" in s
         assert s["relative"]["inf_time_pct_fixed_128"] > 0
+        fresh = s["inference"]["fresh_memory"]
+        assert fresh["peak_memory_bytes"] > fresh["weight_bytes"] > 0 and s["relative"]["inf_memory_pct"] > 0
+    jobs = results["jobs"]
+    assert (jobs["sst2/apt"]["inference"]["fresh_memory"]["weight_bytes"]
+            < jobs["sst2/ft"]["inference"]["fresh_memory"]["weight_bytes"])
     lp = json.loads((run / "sst2" / "lora-prune" / "metrics.json").read_text())
     lora = json.loads((run / "sst2" / "lora" / "metrics.json").read_text())
     charged = lp["method_settings"]["base"]["train_seconds_to_selected"]
@@ -324,7 +355,8 @@ def test_smoke_table2_end_to_end_then_resumes(isolated_cache, tiny_data_dir, tmp
 
     again = invoke(*args).stdout  # resumes: nothing retrains, inference is reused
     assert again.count("finished earlier, reused") == 6
-    assert "no model changed since the last measurement, reused" in again
+    assert "no model changed since the last throughput measurement, reused" in again
+    assert "inference memory (sst2): no model changed since the last measurement, reused" in again
     assert os.path.getmtime(run / "sst2" / "apt" / "metrics.json") == stamp
 
     report = invoke("bench", "--suite", "table2", "--scale", "smoke", "--report-only", "--tasks", "sst2",

@@ -150,9 +150,13 @@ def bench(
                                               "tables, plots and results.json from finished jobs.")] = False,
     inference_rounds: Annotated[Optional[int], typer.Option(help="Timed rounds per model (median); "
                                                             "default 5, smoke 2.")] = None,
+    inference_memory_repeats: Annotated[Optional[int], typer.Option(
+        help="Fresh processes per model for the inference memory column (median); default 3, "
+             "smoke 1.")] = None,
 ) -> None:
-    """Run a benchmark suite: every method in its own fresh process, then inference against FT in
-    one process, then table.md / ablations.md / sweep.md, plots and results.json.
+    """Run a benchmark suite: every method in its own fresh process, then inference against FT
+    (throughput in one process; memory in one fresh process per pass), then table.md /
+    ablations.md / sweep.md, plots and results.json.
 
     Finished jobs are reused, so rerunning the same command resumes an interrupted run.
     """
@@ -164,7 +168,7 @@ def bench(
     run_bench(suite, scale, split(tasks), results_dir=results_dir, run=run, data_dir=data_dir,
               only=split(only) or None, rerun=split(rerun), settings=parse_settings(set_),
               report_only=report_only, inference_rounds=inference_rounds,
-              say=lambda text: typer.echo(text))
+              inference_memory_repeats=inference_memory_repeats, say=lambda text: typer.echo(text))
 
 
 @app.command()

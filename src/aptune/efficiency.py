@@ -12,23 +12,28 @@ from torch import nn
 from .train.memory import PeakMemoryMeter
 
 
-@torch.no_grad()
-def measure_inference(model: nn.Module, batch_size: int, seq_len: int = 128, repeats: int = 5,
-                      warmup: int = 2, seed: int = 0) -> dict[str, float]:
-    """Throughput (samples/s), latency per batch and peak memory on fixed-shape inputs.
-
-    Inputs are random non-special token ids with a full attention mask, not pad tokens
-    (pitfall P14: padding-only inputs flatter nothing but the attention kernels).
-    """
+def fixed_inputs(model: nn.Module, batch_size: int, seq_len: int = 128, seed: int = 0) -> dict:
+    """The protocol's fixed-shape inference batch: random non-special token ids with a full
+    attention mask, not pad tokens (pitfall P14: padding-only inputs flatter nothing but the
+    attention kernels). seq_len is capped at the model's position table."""
     from .arch import get_spec
 
-    model.eval()
     seq_len = min(seq_len, get_spec(model).max_positions(model))
     device = next(model.parameters()).device
     vocab = int(model.config.vocab_size)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(min(1000, vocab - 1), vocab, (batch_size, seq_len), generator=g).to(device)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}  # [batch, seq_len] each
+
+
+@torch.no_grad()
+def measure_inference(model: nn.Module, batch_size: int, seq_len: int = 128, repeats: int = 5,
+                      warmup: int = 2, seed: int = 0) -> dict[str, float]:
+    """Throughput (samples/s), latency per batch and peak memory on fixed_inputs."""
+    model.eval()
+    inputs = fixed_inputs(model, batch_size, seq_len, seed)
+    seq_len = inputs["input_ids"].shape[1]
+    device = inputs["input_ids"].device
     meter = PeakMemoryMeter(device)
     for _ in range(warmup):
         model(**inputs)

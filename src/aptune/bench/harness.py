@@ -2,7 +2,8 @@
 
 results/<run>/
   <task>/<job>/            one `aptune train` run per job (model/, metrics.json, log.jsonl)
-  <task>/inference.json    every final model against dense FT, measured in one process
+  <task>/inference.json    every final model against dense FT: throughput measured in one
+                           process, memory in one fresh process per pass (fresh_memory.py)
   configs/, logs/          the exact recipe and the full output of each job
   table.md | ablations.md | sweep.md, results.json, plots/*.png
 """
@@ -47,7 +48,8 @@ def run_bench(suite: str, scale: str, tasks: list[str], results_dir: str | Path 
               run: str | None = None, data_dir: str | None = None, only: list[str] | None = None,
               rerun: list[str] | None = None, settings: dict[str, Any] | None = None,
               report_only: bool = False, inference_rounds: int | None = None,
-              inference_dev_rows: int = 2048, say: Callable[[str], None] = print) -> dict[str, Any]:
+              inference_dev_rows: int = 2048, inference_memory_repeats: int | None = None,
+              say: Callable[[str], None] = print) -> dict[str, Any]:
     start = time.perf_counter()
     settings = settings or {}
     run_dir = Path(results_dir).expanduser().resolve() / (run or f"{scale}-{suite}")
@@ -75,8 +77,9 @@ def run_bench(suite: str, scale: str, tasks: list[str], results_dir: str | Path 
         raise AptuneError(f"no job of this suite has finished in {run_dir}",
                           "run the bench without --report-only first")
     rounds = inference_rounds or (2 if scale == "smoke" else 5)
+    memory_repeats = inference_memory_repeats or (1 if scale == "smoke" else 3)
     inference = {task: _inference_for_task(task, jobs, run_dir, data_dir, settings, rounds,
-                                           inference_dev_rows, say)
+                                           inference_dev_rows, memory_repeats, say)
                  for task in tasks if f"{task}/ft" in summaries}
     add_inference(summaries, inference)
     written = _write_reports(suite, tasks, summaries, run_dir)
@@ -114,23 +117,49 @@ def _read_config(run_dir: Path, job: Job) -> dict | None:
 
 
 def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir: str | None,
-                        settings: dict, rounds: int, dev_rows: int, say) -> dict[str, dict]:
+                        settings: dict, rounds: int, dev_rows: int, memory_repeats: int,
+                        say) -> dict[str, dict]:
     """Measure every finished model of the task in this run folder (whichever suite trained it, so
-    that suites sharing a folder quote one measurement), or reuse it if no model has changed."""
-    from ..export import load_pruned
-    from ..models import load_config, load_tokenizer
-    from ..tasks import get_task, resolve_data_dir
-    from .inference import dev_batches_for, measure_models
+    that suites sharing a folder quote one measurement), or reuse it if no model has changed.
+    Each model's figures carry `fresh_memory`, the fresh-process memory measurement."""
+    from . import fresh_memory
 
     finished = {folder.name: folder for folder in sorted((run_dir / task_name).iterdir())
                 if (folder / "metrics.json").is_file() and (folder / "model").is_dir()}
     stamp = {name: os.path.getmtime(folder / "metrics.json") for name, folder in finished.items()}
     cache = run_dir / task_name / "inference.json"
-    if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("stamp") == stamp and cached.get("rounds") == rounds:
-            say(f"inference ({task_name}): no model changed since the last measurement, reused")
-            return cached["models"]
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    same_models = cached.get("stamp") == stamp
+    if same_models and cached.get("rounds") == rounds:
+        say(f"inference ({task_name}): no model changed since the last throughput measurement, reused")
+        measured, dev_rows_used = cached["models"], cached.get("dev_rows")
+    else:
+        measured, dev_rows_used = _throughput_for_task(task_name, jobs, run_dir, data_dir, settings,
+                                                       finished, rounds, dev_rows, say)
+    memory = cached.get("fresh_memory") if same_models else None
+    if memory is None or cached.get("fresh_memory_repeats") != memory_repeats:
+        say(f"inference memory ({task_name}): {len(finished)} models, batch 128 x 128 tokens, one fresh "
+            f"process per pass, median of {memory_repeats}")
+        memory = fresh_memory.measure_models({n: f / "model" for n, f in finished.items()},
+                                             repeats=memory_repeats, say=say)
+    else:
+        say(f"inference memory ({task_name}): no model changed since the last measurement, reused")
+    _write_atomic(cache, json.dumps({"stamp": stamp, "rounds": rounds, "dev_rows": dev_rows_used,
+                                     "models": measured, "fresh_memory": memory,
+                                     "fresh_memory_repeats": memory_repeats}, indent=2) + "\n")
+    return {name: {**figures, "fresh_memory": memory[name]} for name, figures in measured.items()}
+
+
+def _throughput_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir: str | None,
+                         settings: dict, finished: dict[str, Path], rounds: int, dev_rows: int,
+                         say) -> tuple[dict[str, dict], int]:
+    """Every finished model against dense FT in one process: throughput, and the one-process
+    memory figure kept for reference."""
+    from ..export import load_pruned
+    from ..models import load_config, load_tokenizer
+    from ..tasks import get_task, resolve_data_dir
+    from .inference import dev_batches_for, measure_models
+
     ft_job = next(j for j in jobs if j.task == task_name and j.name == "ft")
     cfg = _read_config(run_dir, ft_job) or job_config(ft_job, run_dir, data_dir, settings)
     task = get_task(task_name)
@@ -146,10 +175,7 @@ def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir
     say(f"inference ({task_name}): {len(finished)} final models against dense FT, {len(examples):,} "
         f"dev rows and 128-token inputs, batch 32 and 128, median of {rounds} rounds")
     loaders = {name: (lambda f=folder: load_pruned(f / "model")) for name, folder in finished.items()}
-    measured = measure_models(loaders, batches, rounds=rounds, say=say)
-    _write_atomic(cache, json.dumps({"stamp": stamp, "rounds": rounds, "dev_rows": len(examples),
-                                     "models": measured}, indent=2) + "\n")
-    return measured
+    return measure_models(loaders, batches, rounds=rounds, say=say), len(examples)
 
 
 def _write_reports(suite: str, tasks: list[str], summaries: dict, run_dir: Path) -> list[str]:

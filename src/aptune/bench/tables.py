@@ -60,7 +60,8 @@ def table2(summaries: dict[str, dict], tasks: list[str]) -> str:
              "(lower is better); the paper's are RoBERTa-base on an A100.",
              *_threshold_notes(summaries, tasks),
              "Inf time = FT throughput / method throughput on fixed batch-128 × 128-token inputs; "
-             "Inf mem = peak inference memory (weights included) / FT's."]
+             "Inf mem = weights + the peak memory rise of one forward pass at batch 128 × 128 "
+             "tokens, one fresh process per pass (median of the passes), / FT's."]
     return _render(rows) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
@@ -70,7 +71,7 @@ def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
     for task in tasks:
         head = ["Method", "dev score", "TTA (s)", "TTA step", "train s (total)", "s/step",
                 "train mem (MiB)", "inf fixed@32 (samples/s)", "inf fixed@128", "inf dev@32",
-                "inf dev@128", "inf mem (MiB)", "non-emb params", "wall (min)"]
+                "inf dev@128", "inf mem (MiB)", "one-process (MiB)", "non-emb params", "wall (min)"]
         rows = [head, ["---"] * len(head)]
         for s in summaries.values():
             if s["task"] != task:
@@ -85,16 +86,24 @@ def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
                 f"{s['peak_train_memory_bytes'] / MiB:,.0f}",
                 *[_thr(inf, kind, bs) for kind, bs in (("fixed", "32"), ("fixed", "128"),
                                                          ("dev", "32"), ("dev", "128"))],
-                f"{inf['peak_memory_bytes'] / MiB:,.0f}" if inf.get("peak_memory_bytes") else "—",
+                _mib(inf.get("fresh_memory", {}).get("peak_memory_bytes")),
+                _mib(inf.get("peak_memory_bytes")),
                 f"{s['params_non_embedding']:,} ({100 * s['params_kept']:.2f}%)",
                 f"{s['wall_seconds'] / 60:.1f}" if s.get("wall_seconds") else "—"])
         dev_rows = next((s["inference"]["dev"]["32"]["samples"] for s in summaries.values()
                          if s["task"] == task and s.get("inference", {}).get("dev", {}).get("32")), None)
         note = (f"\n- Inference: fixed = batch × 128 random-token inputs; dev = the real dev set "
-                f"({dev_rows:,} rows, dynamic padding); each the median over rounds in one process.\n"
+                f"({dev_rows:,} rows, dynamic padding); each the median over rounds in one process. "
+                f"Inf mem = weights + forward peak at batch 128 × 128 tokens, one fresh process per "
+                f"pass; one-process = the same models measured one after another in one process "
+                f"(on CPU, peak RSS there carries allocator history).\n"
                 if dev_rows else "")
         out.append(f"### {TASK_TITLES[task]}\n\n" + _render(rows) + note)
     return "\n".join(out)
+
+
+def _mib(value: float | None) -> str:
+    return f"{value / MiB:,.0f}" if value else "—"
 
 
 def _thr(inf: dict, kind: str, bs: str) -> str:
@@ -157,7 +166,8 @@ def sweep_table(points: list[dict], tasks: list[str]) -> str:
                      "—" if p["memory_reduction"] is None else f"{p['memory_reduction']:.2f}×"])
     task_names = " + ".join(TASK_TITLES[t] for t in tasks)
     notes = [f"Relative accuracy = ({task_names}) / FT's ({task_names}) in this run. Speed-up and "
-             "memory reduction are against dense FT at batch 128 × 128 tokens, measured in one process."]
+             "memory reduction are against dense FT at batch 128 × 128 tokens: speed measured in one "
+             "process, memory in one fresh process per pass."]
     if set(tasks) != {"sst2", "mnli"}:
         notes.insert(0, f"**Relative accuracy here uses {task_names} only; the paper's (§5.5) is "
                         "(SST-2 + MNLI) / FT's. Run the sweep on both tasks to compare with it.**")
