@@ -24,6 +24,11 @@ MiB = 2**20
 
 
 def train(config: Path, out: Path, threshold: int) -> dict:
+    """Retrain one job under the fixed threshold; a finished retraining in `out` is reused."""
+    if (out / "metrics.json").is_file() and (out / "allocator.json").is_file():
+        if json.loads((out / "allocator.json").read_text()).get("threshold") == threshold:
+            print(f"  reusing {out} (finished earlier with this threshold)", flush=True)
+            return json.loads((out / "metrics.json").read_text())
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(threshold), "PYTHONUNBUFFERED": "1"}
     log = out.with_suffix(".log")
     with open(log, "w") as handle:
@@ -32,6 +37,7 @@ def train(config: Path, out: Path, threshold: int) -> dict:
                             stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0 or not (out / "metrics.json").is_file():
         sys.exit(f"error: training {config.name} failed (exit {rc})\nfix: read {log}")
+    (out / "allocator.json").write_text(json.dumps({"threshold": threshold}))
     return json.loads((out / "metrics.json").read_text())
 
 
