@@ -24,6 +24,13 @@ aptune bench --suite sweep --tasks sst2 "${small[@]}" \
 # recipes/bench.yaml): about 1.3 h. Its report covers SST-2 and MNLI, whose jobs share results/cpu.
 aptune bench --suite table2 --tasks mnli --scale cpu --run cpu --data-dir "$data"
 
+# Training memory under a fixed glibc mmap threshold: the 1k FT and APT jobs retrained (~10 min).
+python bench/train_memory_allocator.py results/cpu-small --jobs ft,apt
+
+# Diagnosis of APT's MNLI result: the same job without self-distillation (~18 min).
+aptune train --recipe results/cpu/configs/mnli-apt.yaml --no-distill --output-dir results/diag/mnli-apt-no-ds \
+  --overwrite
+
 publish() {  # results/<run> -> docs/results/<run>: the reports, not the models
   local run="$1"; shift
   mkdir -p "docs/results/$run/plots"
@@ -32,3 +39,4 @@ publish() {  # results/<run> -> docs/results/<run>: the reports, not the models
 }
 publish cpu table.md
 publish cpu-small ablations.md sweep.md
+cp results/cpu-small/allocator/train_memory_allocator.{md,json} docs/results/cpu-small/
