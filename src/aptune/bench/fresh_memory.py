@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import AptuneError
+from .tables import MiB
 
-MiB = 2**20
 METHOD = "one fresh process per pass, MALLOC_MMAP_THRESHOLD_=65536; forward peak + weight bytes"
 
 
@@ -37,6 +37,7 @@ def one_pass(model_dir: str, batch: int, seq_len: int) -> dict[str, int]:
     from ..efficiency import fixed_inputs
     from ..export import load_pruned
     from ..train.memory import PeakMemoryMeter, release_freed_memory
+    from .inference import model_peak_bytes
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_pruned(model_dir).to(device).eval()
@@ -47,7 +48,7 @@ def one_pass(model_dir: str, batch: int, seq_len: int) -> dict[str, int]:
         meter = PeakMemoryMeter(device)
         meter.start()
         model(**inputs)
-        peak = meter.peak_bytes() - (meter.baseline_bytes if device.type == "cuda" else 0)
+        peak = model_peak_bytes(meter)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"forward_peak_bytes": int(peak), "weight_bytes": int(weights)}
 

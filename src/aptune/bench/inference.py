@@ -30,7 +30,7 @@ def _start_model_memory(device: torch.device) -> PeakMemoryMeter:
     return meter
 
 
-def _model_peak_bytes(meter: PeakMemoryMeter) -> int:
+def model_peak_bytes(meter: PeakMemoryMeter) -> int:
     # CUDA's figure is the allocator's absolute peak: take off what other models already hold.
     return meter.peak_bytes() - (meter.baseline_bytes if meter.device.type == "cuda" else 0)
 
@@ -76,7 +76,7 @@ def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dic
         model = load().to(device).eval()
         measure_inference(model, max(batch_sizes), seq_len, repeats=1, warmup=1)
         _dev_pass(model, dev_batches[max(batch_sizes)][:2])
-        out[name] = {"peak_memory_bytes": _model_peak_bytes(meter), "memory_method": meter.method,
+        out[name] = {"peak_memory_bytes": model_peak_bytes(meter), "memory_method": meter.method,
                      "fixed": {}, "dev": {}}
         models[name] = model
     timings: dict[tuple[str, str, int], list[float]] = {}
