@@ -1,93 +1,23 @@
-"""Shared fixtures: tiny random-init BERT and RoBERTa models and tiny data, built with no downloads."""
+"""Shared fixtures: tiny random-init BERT and RoBERTa models and tiny data, built with no downloads.
+
+The builders themselves live in tests/helpers.py, which test modules import directly.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import random
 from pathlib import Path
-
-import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never wait on the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests.helpers import build_tiny_model, write_mnli, write_sst2  # noqa: E402
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("APTUNE_DATA_DIR", REPO.parent / "shared" / "data"))
-
-POSITIVE = ["good", "great", "lovely", "brilliant", "fun", "moving", "warm", "smart"]
-NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "messy", "cold", "tedious"]
-FILLER = ["the", "film", "is", "a", "story", "with", "acting", "and", "plot", "very", "quite",
-          "movie", "cast", "it", "was", "of", "this", "man", "dog", "runs", "sleeps", "park",
-          "not", "someone", "something", "outside", "inside", "happy", "sad", "house"]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def _sentence(rng: random.Random, label: int) -> str:
-    words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label else NEGATIVE)]
-    rng.shuffle(words)
-    return " ".join(words)
-
-
-def write_sst2(folder: Path, n_train: int = 200, n_dev: int = 64, seed: int = 0) -> None:
-    rng = random.Random(seed)
-    (folder / "sst2").mkdir(parents=True, exist_ok=True)
-    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
-        rows = ["sentence\tlabel"]
-        for i in range(n):
-            label = i % 2
-            rows.append(f"{_sentence(rng, label)}\t{label}")
-        (folder / "sst2" / name).write_text("\n".join(rows) + "\n")
-
-
-def write_mnli(folder: Path, n_train: int = 200, n_dev: int = 64, seed: int = 1) -> None:
-    rng = random.Random(seed)
-    labels = ["entailment", "neutral", "contradiction"]
-    (folder / "mnli").mkdir(parents=True, exist_ok=True)
-    for name, n in (("train_sample_10k.jsonl", n_train), ("dev_matched.jsonl", n_dev)):
-        with open(folder / "mnli" / name, "w") as fh:
-            for i in range(n):
-                label = labels[i % 3]
-                premise = " ".join(rng.sample(FILLER, 6))
-                hypothesis = {"entailment": premise.split()[0] + " runs",
-                              "neutral": "someone sleeps outside",
-                              "contradiction": "not " + premise.split()[0]}[label]
-                fh.write(json.dumps({"premise": premise + ".", "hypothesis": hypothesis,
-                                     "label": label}) + "\n")
-
-
-def _tokenizer(folder: Path):
-    from transformers import BertTokenizerFast
-
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + sorted(set(POSITIVE + NEGATIVE + FILLER + ["."]))) + "\n")
-    return BertTokenizerFast(vocab=str(vocab), do_lower_case=True)  # v5 takes `vocab`
-
-
-def build_tiny_model(folder: Path, family: str = "bert", num_labels: int = 2, seed: int = 0,
-                     layers: int = 2, hidden: int = 32, heads: int = 4, ffn: int = 64) -> Path:
-    """Save a random-init <family> classifier plus a WordPiece tokenizer into `folder`."""
-    from transformers import (BertConfig, BertForSequenceClassification, RobertaConfig,
-                              RobertaForSequenceClassification)
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer(folder)
-    common = dict(vocab_size=len(tok.get_vocab()), hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=80,
-                  num_labels=num_labels, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(seed)
-    if family == "bert":
-        model = BertForSequenceClassification(BertConfig(**common))
-    elif family == "roberta":
-        model = RobertaForSequenceClassification(RobertaConfig(**common, type_vocab_size=1))
-    else:
-        raise ValueError(family)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -126,16 +56,3 @@ def no_env_data_dir(monkeypatch):
 @pytest.fixture(params=["bert", "roberta"])
 def tiny_model_dir(request, tiny_bert_dir, tiny_roberta_dir) -> Path:
     return {"bert": tiny_bert_dir, "roberta": tiny_roberta_dir}[request.param]
-
-
-def randomize_biases_and_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random-init HF models have zero biases and unit LayerNorms, which hide many bugs
-    (e.g. LN(0 + x) = x for an already normalised x). Equivalence tests perturb them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            elif "LayerNorm.weight" in name:
-                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.3)
-    return model

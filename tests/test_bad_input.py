@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from aptune.cli import app
-from conftest import write_mnli, write_sst2
+from tests.helpers import write_mnli, write_sst2
 
 RUNNER = CliRunner()
 FAST = ["--epochs", "1", "--eval-every", "5", "--quiet", "--batch-size", "16"]

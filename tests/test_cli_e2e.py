@@ -15,12 +15,7 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
-from typer.testing import CliRunner
-
-from aptune.cli import app
-from conftest import FILLER, NEGATIVE, POSITIVE, SPECIAL
-
-RUNNER = CliRunner()
+from tests.helpers import FILLER, NEGATIVE, POSITIVE, SPECIAL, invoke, read_log
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOG_KEYS = {"step", "samples_seen", "train_seconds", "wall_seconds", "loss", "lr", "value", "eval"}
 METRIC_KEYS = {"task", "method", "model", "eval", "params", "train_seconds",
@@ -29,13 +24,6 @@ NUM_LABELS = {"sst2": 2, "mnli": 3}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_env_data_dir")
-
-
-def invoke(*args):
-    result = RUNNER.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr, result.exception)
-    assert "Traceback" not in result.output
-    return result
 
 
 def train(model: Path, data: Path, out: Path, *extra) -> str:
@@ -49,10 +37,6 @@ def line(stdout: str, prefix: str) -> str:
     found = [ln for ln in stdout.splitlines() if ln.startswith(prefix)]
     assert len(found) == 1, stdout
     return found[0]
-
-
-def read_log(run: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
 
 
 def dense_param_count(model_dir: Path, num_labels: int) -> int:

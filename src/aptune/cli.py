@@ -10,8 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import TrainConfig, build_config, field_help, list_recipes
+from .config import TrainConfig, build_config, list_recipes, own_fields
 from .errors import AptuneError
+from .fields import choices, field_help, field_types
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="aptune: fine-tune a pretrained language model and make it smaller and "
@@ -45,30 +46,26 @@ _FLAG_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "str | None
                "int | None": int, "float | None": float, "list[str] | None": str}
 
 
-def _config_fields() -> list:
-    """TrainConfig's own fields first, then the APT ones, for a readable --help."""
-    from dataclasses import fields
-
-    from .config import APTConfig
-
-    apt = {f.name for f in fields(APTConfig)}
-    all_fields = list(fields(TrainConfig))
-    return [f for f in all_fields if f.name not in apt] + [f for f in all_fields if f.name in apt]
+def _flag_option(name: str, annotation, help_text: str):
+    """(python type, typer.Option) for one config field. A Literal field shows its choices; the
+    config's validation checks them, so a bad value gets the same message from a flag or a recipe."""
+    allowed = choices(annotation)
+    if allowed is not None:
+        listed = ", ".join(str(a) for a in allowed)
+        return type(allowed[0]), typer.Option(help=f"{help_text} One of: {listed}.", show_default=False)
+    kind = _FLAG_TYPES[annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")]
+    if kind is bool:
+        flag = f"--{name.replace('_', '-')}"
+        return kind, typer.Option(f"{flag}/--no-{name.replace('_', '-')}", help=help_text, show_default=False)
+    return kind, typer.Option(help=help_text, show_default=False)
 
 
 def _train_signature() -> inspect.Signature:
+    types = field_types(TrainConfig)
     params = []
-    for f in _config_fields():
-        kind = _FLAG_TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
-        help_text = f.metadata.get("help", "")
-        if kind is bool:
-            flag = f"--{f.name.replace('_', '-')}"
-            option = typer.Option(f"{flag}/--no-{f.name.replace('_', '-')}", help=help_text,
-                                  show_default=False)
-        else:
-            if f.type == "list[str] | None":
-                help_text += " Comma-separated."
-            option = typer.Option(help=help_text, show_default=False)
+    for f in own_fields():
+        help_text = f.metadata.get("help", "") + (" Comma-separated." if f.type == "list[str] | None" else "")
+        kind, option = _flag_option(f.name, types[f.name] if choices(types[f.name]) else f.type, help_text)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[Optional[kind], option]))
     params.append(inspect.Parameter("recipe", inspect.Parameter.KEYWORD_ONLY, default=None,

@@ -1,4 +1,4 @@
-"""Parameter counts taken from the model's own tensors (protocol.md "Parameters kept")."""
+"""Parameter counts taken from the model's own tensors (docs/protocol.md#parameters-kept)."""
 
 from __future__ import annotations
 

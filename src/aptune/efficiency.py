@@ -1,4 +1,4 @@
-"""Inference throughput and memory, measured the protocol's way (protocol.md "Inference"):
+"""Inference throughput and memory, measured as docs/protocol.md#inference defines:
 warm up, then the median of repeated timed batches; dense and pruned in the same process."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from .train.memory import PeakMemoryMeter
 
 def fixed_inputs(model: nn.Module, batch_size: int, seq_len: int = 128, seed: int = 0) -> dict:
     """The protocol's fixed-shape inference batch: random non-special token ids with a full
-    attention mask, not pad tokens (pitfall P14: padding-only inputs flatter nothing but the
-    attention kernels). seq_len is capped at the model's position table."""
+    attention mask, not pad tokens: padding-only inputs flatter nothing but the attention kernels
+    (docs/method.md#pitfalls-of-the-original-code). seq_len is capped at the model's position table."""
     from .arch import get_spec
 
     seq_len = min(seq_len, get_spec(model).max_positions(model))

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AptuneError
-from .pipeline import load_for_inference
+from .export import load_for_inference
 from .tasks import get_task, resolve_data_dir
 from .train.data import encode, make_loader
 from .train.loop import evaluate_model

@@ -1,9 +1,9 @@
-"""Saving and loading models whose layers differ in size (apt-method.md §11.3, pitfall P11).
+"""Saving and loading models whose layers differ in size (docs/method.md#saving-pruned-models).
 
 The saved config.json is the *dense* config plus an `aptune_structure` block holding, in the
-original numbering, the kept hidden dimensions and each layer's kept heads and neurons. Loading
-builds the dense skeleton, cuts it to that structure, then loads the safetensors weights strictly.
-No pickle is involved anywhere.
+original numbering, the kept hidden dimensions and each layer's kept heads and neurons
+(aptune.structure). Loading builds the dense skeleton, cuts it to that structure, then loads the
+safetensors weights strictly. No pickle is involved anywhere.
 """
 
 from __future__ import annotations
@@ -14,44 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .arch import ArchSpec, get_spec
+from .arch import get_spec
 from .errors import AptuneError
-from .masks import Masks
+from .models import load_config, load_tokenizer
+from .structure import recorded_structure
 from .surgery import compact
-
-STRUCTURE_KEY = "aptune_structure"
-
-
-def compose(previous: dict | None, current: dict) -> dict:
-    """Kept indices in the original numbering after a compaction that kept `current`."""
-    if previous is None:
-        return current
-    pick = lambda orig, idx: [orig[i] for i in idx]  # noqa: E731
-    out = {"hidden": pick(previous["hidden"], current["hidden"]),
-           "heads": [pick(o, c) for o, c in zip(previous["heads"], current["heads"])],
-           "neurons": [pick(o, c) for o, c in zip(previous["neurons"], current["neurons"])]}
-    empty = current.get("empty_sublayer", previous.get("empty_sublayer"))
-    if empty:
-        out["empty_sublayer"] = empty
-    return out
-
-
-def masks_from_structure(model: nn.Module, spec: ArchSpec, structure: dict) -> Masks:
-    masks = Masks.ones_like(model, spec)
-    masks.hidden = _indicator(masks.hidden, structure["hidden"])
-    masks.head = [_indicator(m, k) for m, k in zip(masks.head, structure["heads"])]
-    masks.neuron = [_indicator(m, k) for m, k in zip(masks.neuron, structure["neurons"])]
-    return masks
-
-
-def _indicator(like: torch.Tensor, idx: list[int]) -> torch.Tensor:
-    out = torch.zeros_like(like)
-    out[torch.as_tensor(idx, dtype=torch.long)] = 1
-    return out
-
-
-def record_structure(model: nn.Module, structure: dict) -> None:
-    setattr(model.config, STRUCTURE_KEY, structure)
 
 
 def save_pruned(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
@@ -76,12 +43,10 @@ def load_pruned(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mo
         raise AptuneError(f"{folder} lacks config.json or model.safetensors",
                           "pass a model folder written by aptune")
     config = AutoConfig.from_pretrained(folder)
-    structure = getattr(config, STRUCTURE_KEY, None)
     model = AutoModelForSequenceClassification.from_config(config)
-    if structure:
-        spec = get_spec(model)
-        compact(model, spec, masks_from_structure(model, spec, structure),
-                structure.get("empty_sublayer", "identity"))
+    structure = recorded_structure(model)
+    if structure is not None:  # in the original numbering, i.e. the dense skeleton's
+        compact(model, get_spec(model), structure)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # noqa: BLE001 - a corrupt header or truncated file
@@ -95,3 +60,29 @@ def load_pruned(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mo
             f"unexpected {unexpected[:3]})",
             "the folder mixes files from different runs; re-export the model")
     return model.to(device).eval()
+
+
+def load_for_inference(model_dir: str | Path):
+    """A saved aptune model (a run folder or its model/ folder), loaded from safetensors only.
+
+    Returns (model, tokenizer, the model folder).
+    """
+    path = Path(model_dir).expanduser()
+    if (path / "model" / "config.json").is_file():
+        path = path / "model"
+    if not (path / "config.json").is_file():
+        raise AptuneError(f"{model_dir} holds no saved model (no config.json)",
+                          "pass an aptune run folder or the model/ folder inside it")
+    if not any(path.glob("*.safetensors")):
+        raise AptuneError(f"{path} has no .safetensors weights",
+                          "aptune loads safetensors only; re-save the model with save_pretrained")
+    load_config(str(path))
+    try:
+        model = load_pruned(path)
+    except AptuneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt files surface as many exception types
+        raise AptuneError(f"cannot load the model in {path}: it looks corrupt "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                          "re-run training, or restore the folder from a good copy") from None
+    return model, load_tokenizer(str(path)), path

@@ -67,7 +67,7 @@ class LoRALinear(nn.Linear):
     @torch.no_grad()
     def grow_rank(self, new_r: int, init: str = "gaussian", generator: torch.Generator | None = None
                   ) -> tuple[nn.Parameter, nn.Parameter]:
-        """Grow to rank `new_r` in place without changing the output (apt-method.md §8.4).
+        """Grow to rank `new_r` in place without changing the output (docs/method.md#rank-growth).
 
         New A rows ~ N(0, 1/(3·d_in)) (the variance of LoRA's Kaiming-uniform init) or
         Kaiming-uniform; new B columns are 0. The scaling stays fixed (APT's s = 2), and the

@@ -115,6 +115,11 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
     from transformers.utils import logging as hf_logging
 
     config = load_config(name_or_path)
+    if getattr(config, "aptune_structure", None):
+        raise AptuneError(f"{name_or_path} holds a model that aptune pruned; training starts from a "
+                          "dense pretrained model",
+                          "pass the pretrained model (e.g. --model minilm); evaluate or load the pruned "
+                          "one with `aptune eval` or aptune.load_pruned")
     kwargs = {"num_labels": num_labels}
     if id2label:
         kwargs["id2label"] = id2label

@@ -1,30 +1,39 @@
-"""`aptune train` as a function: data -> model -> method -> loop -> final model -> artifacts."""
+"""`aptune train` as a function: data -> model -> method -> loop -> final model -> artifacts.
+
+A method's prerequisite run (the LoRA run LoRA+Prune prunes, the FT teacher CoFi distils from) is
+declared on the method class; this module loads it, or trains it first with the same function,
+and hands the method the model and its measured cost.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from .arch import get_spec
+from .arch import ModelShape, get_spec
 from .config import TrainConfig
 from .counting import parameter_summary
+from .efficiency import compare_inference
 from .env_info import hardware, versions
 from .errors import AptuneError
-from .lora import count_parameters
-from .methods import get_method
-from .methods.base import RunContext
-from .models import load_classifier, load_config, load_tokenizer, resolve_model_path
-from .tasks import get_task, resolve_data_dir
-from .train.data import encode, make_loader
-from .train.loop import LoopConfig, Trainer, evaluate_model
-from .efficiency import compare_inference
 from .export import load_pruned, save_pruned
+from .lora import count_parameters
+from .methods import METHODS, Cost, Method, PrerequisiteRun, get_method
+from .models import load_classifier, load_config, load_tokenizer, resolve_model_path
 from .report import format_report
+from .structure import recorded_structure
+from .tasks import get_task, resolve_data_dir
+from .train.context import RunContext
+from .train.data import EncodedDataset, encode, make_loader
+from .train.loop import LoopConfig, Trainer, TrainResult, evaluate_model
 from .train.run_dir import RunDir
 
 
@@ -36,22 +45,18 @@ def _say(accelerator, text: str) -> None:
 def run_training(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     """Train, select the best dev checkpoint, finalize, save. Returns the metrics dict."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
+    from accelerate.utils import DistributedDataParallelKwargs
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar is the one that matters
     wall_start = time.perf_counter()
-    task = get_task(cfg.task)
     method = get_method(cfg.method)
-    from accelerate.utils import DistributedDataParallelKwargs
-
     # Masked-out sub-layers leave some adapter weights without gradients under DDP.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=method.has_unused_parameters)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     run_dir = RunDir(cfg.output_dir, cfg.overwrite) if accelerator.is_main_process else None
     try:
-        metrics = _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set_seed)
+        metrics = _run(cfg, method, accelerator, run_dir, wall_start, show_progress)
     except BaseException:
         if run_dir is not None:
             run_dir.abandon()
@@ -59,74 +64,186 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]
     return metrics
 
 
-def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set_seed):
+@dataclass
+class RunData:
+    task: Any
+    tokenizer: Any
+    model_path: str
+    train: Any  # the loaded split (examples and its report)
+    dev: Any
+    train_ds: EncodedDataset
+    dev_ds: EncodedDataset
+    max_length: int
+
+
+def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, wall_start: float,
+         show_progress: bool) -> dict[str, Any]:
+    from accelerate.utils import set_seed
+
     run_versions = versions()  # read at the start: the commit that the run's code came from
+    say = lambda text: _say(accelerator, text)  # noqa: E731
+    data = load_data(cfg, say)
+
+    set_seed(cfg.seed, deterministic=True)
+    model = load_classifier(data.model_path, data.task.num_labels, data.task.id2label)
+    spec = get_spec(model)
+    dense_shape, dense_params = spec.shape(model), parameter_summary(model)
+
+    scratch = run_dir.tmp if run_dir is not None else Path(cfg.output_dir)
+    needed = prerequisite_run(cfg, method, data.task.name, accelerator, scratch, show_progress, say)
+    context = RunContext(cfg, data.task, data.tokenizer, data.train_ds, data.dev_ds, accelerator, say)
+    model, cost = method.start(model, spec, context, needed)
+    del needed  # the method keeps what it needs (CoFi's teacher); the rest can be freed
+    set_seed(cfg.seed, deterministic=True)  # the same stream whatever ran before
+    model = method.prepare(model, spec, cfg)
+    trainable, total = count_parameters(model)
+    say(f"model: {cfg.model} ({model.config.model_type}, {dense_params['non_embedding']:,} non-embedding "
+        f"params) | method: {method.name} | trainable params: {trainable:,} || all params: {total:,} || "
+        f"trainable%: {100 * trainable / total:.4f}")
+
+    trainer = _trainer(cfg, method, model, spec, data, accelerator, cost, run_dir, show_progress)
+    say(f"training {trainer.total_steps:,} steps ({trainer.cfg.epochs:g} epochs of "
+        f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
+        f"eval every {cfg.eval_every} steps")
+    result = trainer.train()
+
+    accelerator.wait_for_everyone()
+    final = method.finalize(accelerator.unwrap_model(trainer.model), spec, cfg)
+    final_eval = evaluate_model(final, trainer.eval_loader, data.task, accelerator)
+    inference = _report_pruning(cfg, method, final, data, dense_shape, dense_params, accelerator)
+    metrics = build_metrics(cfg, method, data, final, final_eval, result, cost, trainable, total,
+                            dense_params, inference, accelerator, run_versions,
+                            method.describe(accelerator.unwrap_model(trainer.model), cfg))
+    if run_dir is not None:
+        _save(run_dir, final, data.tokenizer, cfg, metrics, wall_start)
+        metrics["output_dir"] = str(run_dir.final)
+        _print_summary(metrics)
+    return metrics
+
+
+def load_data(cfg: TrainConfig, say) -> RunData:
+    """The task's train and dev splits, checked and tokenised for the model's family."""
+    task = get_task(cfg.task)
     data_dir = resolve_data_dir(cfg.data_dir)
     model_path = resolve_model_path(cfg.model)
     model_config = load_config(model_path)  # unsupported families fail before any data work
     tokenizer = load_tokenizer(model_path)
     options = {"strip_trailing_periods": cfg.strip_trailing_periods}
-    train_split = task.load("train", data_dir, cfg.max_train_samples, cfg.data_seed, options)
-    dev_split = task.load("dev", data_dir, cfg.max_eval_samples, cfg.data_seed, options)
-    _say(accelerator, f"train: {train_split.report.summary()}")
-    _say(accelerator, f"dev:   {dev_split.report.summary()}")
+    train = task.load("train", data_dir, cfg.max_train_samples, cfg.data_seed, options)
+    dev = task.load("dev", data_dir, cfg.max_eval_samples, cfg.data_seed, options)
+    say(f"train: {train.report.summary()}")
+    say(f"dev:   {dev.report.summary()}")
     max_length = cfg.max_length or task.default_max_length
-    train_ds = encode(task, train_split.examples, tokenizer, max_length, model_config)
-    dev_ds = encode(task, dev_split.examples, tokenizer, max_length, model_config)
+    return RunData(task, tokenizer, model_path, train, dev,
+                   encode(task, train.examples, tokenizer, max_length, model_config),
+                   encode(task, dev.examples, tokenizer, max_length, model_config), max_length)
 
-    set_seed(cfg.seed, deterministic=True)
-    model = load_classifier(model_path, task.num_labels, task.id2label)
-    spec = get_spec(model)
-    dense_params = parameter_summary(model)
-    scratch = run_dir.tmp if run_dir is not None else Path(cfg.output_dir)
-    context = RunContext(cfg, task, tokenizer, train_ds, dev_ds, accelerator, scratch,
-                         show_progress, lambda text: _say(accelerator, text))
-    model = method.start_model(model, spec, context)
-    set_seed(cfg.seed, deterministic=True)  # the same stream whatever ran before
-    model = method.prepare(model, spec, cfg)
-    trainable, total = count_parameters(model)
-    _say(accelerator, f"model: {cfg.model} ({model.config.model_type}, "
-         f"{dense_params['non_embedding']:,} non-embedding params) | method: {method.name} | "
-         f"trainable params: {trainable:,} || all params: {total:,} || "
-         f"trainable%: {100 * trainable / total:.4f}")
 
-    train_loader = make_loader(train_ds, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    dev_loader = make_loader(dev_ds, tokenizer, cfg.eval_batch_size, shuffle=False, seed=cfg.seed)
-    epochs = method.loop_epochs(cfg)
-    loop_cfg = LoopConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+def _trainer(cfg: TrainConfig, method: Method, model, spec, data: RunData, accelerator, cost: Cost,
+             run_dir: RunDir | None, show_progress: bool) -> Trainer:
+    train_loader = make_loader(data.train_ds, data.tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    dev_loader = make_loader(data.dev_ds, data.tokenizer, cfg.eval_batch_size, shuffle=False, seed=cfg.seed)
+    loop_cfg = LoopConfig(epochs=method.loop_epochs(cfg), lr=cfg.lr, batch_size=cfg.batch_size,
                           eval_every=cfg.eval_every, warmup_ratio=cfg.warmup_ratio,
                           weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-                          seed=cfg.seed, log_every=cfg.log_every,
-                          time_offset=method.seconds_before_training)
+                          seed=cfg.seed, log_every=cfg.log_every, time_offset=cost.seconds)
     log_path = run_dir.path("log.jsonl") if run_dir is not None else None
-    trainer = Trainer(model, task, train_loader, dev_loader, loop_cfg, accelerator,
-                      callbacks=method.callbacks(model, spec, cfg), log_path=log_path,
-                      show_progress=show_progress)
-    _say(accelerator, f"training {trainer.total_steps:,} steps ({epochs:g} epochs of "
-         f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
-         f"eval every {cfg.eval_every} steps")
-    result = trainer.train()
+    return Trainer(model, data.task, train_loader, dev_loader, loop_cfg, accelerator,
+                   callbacks=method.callbacks(model, spec, cfg), log_path=log_path,
+                   show_progress=show_progress)
 
-    accelerator.wait_for_everyone()
-    final = method.finalize(accelerator.unwrap_model(trainer.model), spec, cfg)
-    final_eval = evaluate_model(final, trainer.eval_loader, task, accelerator)
-    structure = getattr(final.config, "aptune_structure", None)
-    inference = report = None
-    if structure is not None and accelerator.is_main_process:
-        _say(accelerator, "measuring inference: dense vs pruned, batch 32 and 128 x 128 tokens ...")
-        dense = load_classifier(model_path, task.num_labels, task.id2label).to(accelerator.device)
-        inference = compare_inference(dense, final)
-        del dense
-        ranks = method.describe(final, cfg).get("final_ranks")
-        report = format_report(final, structure, dense_params["non_embedding"], ranks, inference,
-                               title=method.name.upper())
+
+# -- prerequisite runs ---------------------------------------------------------------------------
+def prerequisite_run(cfg: TrainConfig, method: Method, task: str, accelerator, scratch: Path,
+                     show_progress: bool, say) -> PrerequisiteRun | None:
+    """The finished run the method declares it needs: the folder the user gave, or one trained
+    inline into this run's folder first. None when the method needs none."""
+    need = method.prerequisite
+    if need is None:
+        return None
+    folder = getattr(cfg, need.folder_field)
+    if folder is None:
+        if accelerator.num_processes > 1:
+            raise AptuneError(f"{cfg.method} cannot train {need.role} inline under several processes "
+                              "(each would need the main process's files)",
+                              f"train it first with `aptune train --method {need.method}` and pass "
+                              f"{need.flag}")
+        out = scratch / f"base-{need.method}"
+        cleared = {m.prerequisite.folder_field: None for m in METHODS.values() if m.prerequisite}
+        inline = {field: getattr(cfg, source) for field, source in need.inline.items()}
+        sub_cfg = dataclasses.replace(cfg, method=need.method, output_dir=str(out), overwrite=True,
+                                      **cleared, **inline)
+        say(f"{cfg.method}: training its {need.method} run inline into {out} "
+            f"({sub_cfg.epochs:g} epochs, lr {sub_cfg.lr:g})")
+        run_training(sub_cfg, show_progress=show_progress)
+        folder = str(out)
+    path = Path(folder).expanduser()
+    metrics = _finished_run(path, need, cfg, task)
+    summary = {"run": str(path), "dev": metrics["eval"], "selected_step": metrics["selection"]["step"],
+               "train_seconds_to_selected": seconds_to_selected(metrics),
+               "peak_train_memory_bytes": metrics.get("peak_train_memory_bytes", 0)}
+    cost = Cost(seconds=summary["train_seconds_to_selected"],
+                peak_memory_bytes=summary["peak_train_memory_bytes"])
+    return PrerequisiteRun(load_pruned(path / "model", accelerator.device), summary, cost)
+
+
+def _finished_run(path: Path, need, cfg: TrainConfig, task: str) -> dict:
+    """The metrics of a finished run of the needed method, task and model, or one clear error."""
+    metrics_path = path / "metrics.json"
+    if not metrics_path.is_file() or not (path / "model").is_dir():
+        raise AptuneError(f"{need.flag} {path} is not a finished aptune run (no metrics.json or model/)",
+                          f"pass the folder of an `aptune train --method {need.method}` run")
+    metrics = json.loads(metrics_path.read_text())
+    if metrics.get("method") != need.method or metrics.get("task") != task:
+        raise AptuneError(
+            f"{need.flag} {path} is a {metrics.get('method')} run on {metrics.get('task')}; "
+            f"{cfg.method} needs a {need.method} run on {task}",
+            f"train one with `aptune train --method {need.method}`, or leave {need.flag} out")
+    if metrics.get("model") != cfg.model:
+        raise AptuneError(f"{need.flag} {path} was trained from --model {metrics.get('model')}, this run "
+                          f"uses --model {cfg.model}",
+                          f"pass the same --model, or a {need.method} run of {cfg.model}")
+    return metrics
+
+
+def seconds_to_selected(metrics: dict) -> float:
+    """Training seconds of a run up to its selected checkpoint (evaluations excluded)."""
+    step = metrics.get("selection", {}).get("step")
+    for record in metrics.get("history", []):
+        if record["step"] == step:
+            return float(record.get("total_train_seconds", record["train_seconds"]))
+    return float(metrics.get("total_train_seconds", metrics.get("train_seconds", 0.0)))
+
+
+# -- after training ------------------------------------------------------------------------------
+def _report_pruning(cfg: TrainConfig, method: Method, final, data: RunData, dense_shape: ModelShape,
+                    dense_params: dict, accelerator) -> dict | None:
+    """For a pruned model: dense against pruned inference, and the before -> after report."""
+    structure = recorded_structure(final)
+    if structure is None or not accelerator.is_main_process:
+        return None
+    _say(accelerator, "measuring inference: dense vs pruned, batch 32 and 128 x 128 tokens ...")
+    dense = load_classifier(data.model_path, data.task.num_labels, data.task.id2label).to(accelerator.device)
+    inference = compare_inference(dense, final)
+    del dense
+    ranks = method.describe(final, cfg).get("final_ranks")
+    print(format_report(final, structure, dense_shape, dense_params["non_embedding"], ranks, inference,
+                        title=method.name.upper()), flush=True)
+    return inference
+
+
+def build_metrics(cfg: TrainConfig, method: Method, data: RunData, final, final_eval: dict,
+                  result: TrainResult, cost: Cost, trainable: int, total: int, dense_params: dict,
+                  inference: dict | None, accelerator, run_versions: dict,
+                  settings: dict) -> dict[str, Any]:
+    """metrics.json: what was trained, how well, how fast, with how much memory, and on what."""
     metrics = {
-        "task": task.name,
+        "task": data.task.name,
         "method": method.name,
         "model": cfg.model,
-        "model_path": model_path,
+        "model_path": data.model_path,
         "eval": final_eval,
-        "selection": {"metric": task.metric, "rule": "best dev score over the evaluations",
+        "selection": {"metric": data.task.metric, "rule": "best dev score over the evaluations",
                       "step": result.best_step,
                       # None when the loop never evaluated (lora-prune with --epochs 0)
                       "value_during_training": result.best_metric
@@ -135,39 +252,31 @@ def _run(cfg, task, method, accelerator, run_dir, wall_start, show_progress, set
                    "total_during_training": total,
                    "dense_non_embedding": dense_params["non_embedding"]},
         "steps": result.steps,
-        "epochs": epochs,
+        "epochs": method.loop_epochs(cfg),
         "samples_seen": result.samples_seen,
         "train_seconds": round(result.train_seconds, 3),
         # What TTA charges: time spent before this loop (a base run, Mask Tuning) plus the loop.
-        "seconds_before_training": round(method.seconds_before_training, 3),
-        "total_train_seconds": round(method.seconds_before_training + result.train_seconds, 3),
+        "seconds_before_training": round(cost.seconds, 3),
+        "total_train_seconds": round(cost.seconds + result.train_seconds, 3),
         "seconds_per_step": round(result.train_seconds / max(1, result.steps), 4),
         "samples_per_second": round(result.samples_seen / max(result.train_seconds, 1e-9), 2),
-        "peak_train_memory_bytes": max(result.peak_train_memory_bytes + method.extra_resident_bytes,
-                                       method.peak_memory_before_training),
+        "peak_train_memory_bytes": max(result.peak_train_memory_bytes + cost.resident_bytes,
+                                       cost.peak_memory_bytes),
         "peak_train_memory_method": result.memory_method,
-        "data": {"train": train_split.report.summary(), "dev": dev_split.report.summary(),
-                 "train_rows": len(train_ds), "dev_rows": len(dev_ds), "max_length": max_length,
-                 "train_mean_tokens": round(train_ds.mean_length(), 2)},
-        "method_settings": method.describe(accelerator.unwrap_model(trainer.model), cfg),
+        "data": {"train": data.train.report.summary(), "dev": data.dev.report.summary(),
+                 "train_rows": len(data.train_ds), "dev_rows": len(data.dev_ds),
+                 "max_length": data.max_length, "train_mean_tokens": round(data.train_ds.mean_length(), 2)},
+        "method_settings": settings,
         "inference": inference,
         "history": result.history,
         "hardware": {**hardware(), "num_processes": accelerator.num_processes,
                      "device": str(accelerator.device)},
         "versions": run_versions,
     }
+    structure = recorded_structure(final)
     if structure is not None:
-        metrics["params"]["kept_ratio"] = (metrics["params"]["non_embedding"]
-                                           / dense_params["non_embedding"])
-        metrics["structure"] = {"hidden": len(structure["hidden"]),
-                                "heads": [len(h) for h in structure["heads"]],
-                                "neurons": [len(n) for n in structure["neurons"]]}
-    if report is not None:
-        print(report, flush=True)
-    if run_dir is not None:
-        _save(run_dir, final, tokenizer, cfg, metrics, wall_start)
-        metrics["output_dir"] = str(run_dir.final)
-        _print_summary(metrics)
+        metrics["params"]["kept_ratio"] = metrics["params"]["non_embedding"] / dense_params["non_embedding"]
+        metrics["structure"] = structure.summary()
     return metrics
 
 
@@ -188,26 +297,3 @@ def _print_summary(m: dict) -> None:
           f"{m['samples_per_second']:.1f} samples/s | peak train memory {mem:,.0f} MiB | "
           f"wall {m['wall_seconds'] / 60:.1f} min", flush=True)
     print(f"saved: {m['output_dir']}", flush=True)
-
-
-def load_for_inference(model_dir: str | Path):
-    """A saved aptune model (a run folder or its model/ folder), loaded from safetensors only."""
-    path = Path(model_dir).expanduser()
-    if (path / "model" / "config.json").is_file():
-        path = path / "model"
-    if not (path / "config.json").is_file():
-        raise AptuneError(f"{model_dir} holds no saved model (no config.json)",
-                          "pass an aptune run folder or the model/ folder inside it")
-    if not any(path.glob("*.safetensors")):
-        raise AptuneError(f"{path} has no .safetensors weights",
-                          "aptune loads safetensors only; re-save the model with save_pretrained")
-    load_config(str(path))
-    try:
-        model = load_pruned(path)
-    except AptuneError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - corrupt files surface as many exception types
-        raise AptuneError(f"cannot load the model in {path}: it looks corrupt "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-                          "re-run training, or restore the folder from a good copy") from None
-    return model, load_tokenizer(str(path)), path

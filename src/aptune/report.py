@@ -6,31 +6,30 @@ import statistics
 
 from torch import nn
 
-from .arch import get_spec
+from .arch import ModelShape, get_spec
 from .counting import non_embedding_parameters
+from .structure import Structure
 
 
-def structure_rows(model: nn.Module, structure: dict) -> list[dict]:
-    """Per layer: heads, neurons and the layer's parameters, dense against kept."""
-    cfg = model.config
+def structure_rows(structure: Structure, dense: ModelShape) -> list[dict]:
+    """Per layer: heads and neurons, dense against kept."""
     rows = []
-    for i, (heads, neurons) in enumerate(zip(structure["heads"], structure["neurons"])):
-        rows.append({"layer": i, "heads": len(heads), "heads_dense": cfg.num_attention_heads,
-                     "neurons": len(neurons), "neurons_dense": cfg.intermediate_size})
+    for i, (heads, neurons) in enumerate(zip(structure.heads, structure.neurons)):
+        rows.append({"layer": i, "heads": len(heads), "heads_dense": dense.heads[i],
+                     "neurons": len(neurons), "neurons_dense": dense.neurons[i]})
     return rows
 
 
-def format_report(model: nn.Module, structure: dict, dense_non_embedding: int,
+def format_report(model: nn.Module, structure: Structure, dense: ModelShape, dense_non_embedding: int,
                   ranks: dict[str, int] | None, inference: dict | None, title: str = "APT") -> str:
-    cfg = model.config
     spec = get_spec(model)
     kept = non_embedding_parameters(model)
     lines = ["", f"{title} before -> after", f"{'layer':>5} {'heads':>9} {'neurons':>11} {'params':>21}"]
-    for row, layer in zip(structure_rows(model, structure), spec.layers(model)):
+    for row, layer in zip(structure_rows(structure, dense), spec.layers(model)):
         params = sum(p.numel() for m in _layer_modules(spec, layer) for p in m.parameters(recurse=False))
         lines.append(f"{row['layer']:>5} {row['heads']:>4}/{row['heads_dense']:<4} "
                      f"{row['neurons']:>5}/{row['neurons_dense']:<5} {params:>21,}")
-    lines.append(f"hidden dims kept: {len(structure['hidden'])}/{cfg.hidden_size}")
+    lines.append(f"hidden dims kept: {len(structure.hidden)}/{dense.hidden}")
     lines.append(f"non-embedding params: {dense_non_embedding:,} -> {kept:,} "
                  f"(kept {kept / dense_non_embedding:.2%}, from the pruned model's tensors)")
     if ranks:

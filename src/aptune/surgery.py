@@ -1,4 +1,5 @@
-"""Physical removal of pruned structure: small slicing functions, then whole-model compaction.
+"""Physical removal of pruned structure: small slicing functions, then whole-model compaction
+(docs/method.md#compaction).
 
 Each slicing function cuts one axis of one module and updates its size attributes, so the result
 is a stock module with smaller shapes. LoRA factors follow their weight: output rows cut lora_B,
@@ -11,13 +12,15 @@ import torch
 from torch import nn
 
 from .arch import ArchSpec
+from .errors import AptuneError
 from .lora import LoRALinear
-from .masks import Masks
+from .structure import Structure, record_structure, recorded_structure
 
 
 class ParamRemap:
     """Records, while active, how each sliced parameter maps to the one it replaced, so that an
-    optimizer rebuild can carry the surviving entries of its state (apt-method.md §8.6)."""
+    optimizer rebuild can carry the surviving entries of its state
+    (docs/method.md#optimizer-state-after-a-shape-change)."""
 
     active: "ParamRemap | None" = None
 
@@ -129,30 +132,50 @@ def prune_hidden(spec: ArchSpec, model: nn.Module, dims: torch.Tensor) -> None:
         prune_linear_in(reader, dims)
 
 
-def kept(mask: torch.Tensor) -> torch.Tensor:
-    return torch.nonzero(mask != 0, as_tuple=False).flatten()
+def kept_units(hidden: torch.Tensor, heads, neurons, empty_sublayer: str = "identity") -> Structure:
+    """The units whose values are non-zero (hidden (d,), and one vector per layer for heads and
+    neurons), in the current numbering: what a compaction keeps."""
+    def on(values: torch.Tensor) -> list[int]:
+        return torch.nonzero(values != 0, as_tuple=False).flatten().tolist()
+    return Structure.of(on(hidden), [on(h) for h in heads], [on(n) for n in neurons], empty_sublayer)
 
 
-def compact(model: nn.Module, spec: ArchSpec, masks: Masks,
-            empty_sublayer: str = "identity") -> dict[str, object]:
-    """Remove every block whose mask is 0. Returns the kept indices (in the current numbering).
+def model_structure(model: nn.Module, spec: ArchSpec) -> Structure:
+    """What `model` keeps in the original numbering: its recorded structure, or everything for a
+    model never compacted. A record that does not describe the model is refused."""
+    shape = spec.shape(model)
+    recorded = recorded_structure(model)
+    if recorded is None:
+        return Structure.identity(shape)
+    if not recorded.matches(shape):
+        raise AptuneError("the model's config records a pruned structure (aptune_structure) that "
+                          "does not match its layers",
+                          "load pruned models with aptune.load_pruned, and start training from a "
+                          "dense pretrained model")
+    return recorded
 
-    Kept blocks must have mask 1: a soft value has no exact physical equivalent.
-    `empty_sublayer` is the semantics of a sub-layer with nothing left (see `prune_heads`).
+
+def compact(model: nn.Module, spec: ArchSpec, kept: Structure) -> None:
+    """Slice `model` down to the units in `kept` (indices in the model's *current* numbering).
+
+    `kept.empty_sublayer` is the semantics of a sub-layer with nothing left (see `prune_heads`).
     """
-    if not all(bool(((t == 0) | (t == 1)).all()) for t in masks.all()):
-        raise ValueError("compact() needs binary masks; binarise them first")
-    structure = {"hidden": kept(masks.hidden).tolist(), "heads": [], "neurons": []}
-    for i, layer in enumerate(spec.layers(model)):
-        heads = kept(masks.head[i]) if spec.has_attention(layer) else torch.zeros(0, dtype=torch.long)
-        neurons = kept(masks.neuron[i]) if spec.has_ffn(layer) else torch.zeros(0, dtype=torch.long)
-        structure["heads"].append(heads.tolist())
-        structure["neurons"].append(neurons.tolist())
+    for layer, heads, neurons in zip(spec.layers(model), kept.heads, kept.neurons):
         if spec.has_attention(layer):
-            prune_heads(spec, layer, heads, empty_sublayer)
+            prune_heads(spec, layer, torch.as_tensor(heads, dtype=torch.long), kept.empty_sublayer)
         if spec.has_ffn(layer):
-            prune_neurons(spec, layer, neurons, empty_sublayer)
-    prune_hidden(spec, model, kept(masks.hidden))
-    if empty_sublayer != "identity":
-        structure["empty_sublayer"] = empty_sublayer
+            prune_neurons(spec, layer, torch.as_tensor(neurons, dtype=torch.long), kept.empty_sublayer)
+    prune_hidden(spec, model, torch.as_tensor(kept.hidden, dtype=torch.long))
+
+
+def compact_and_record(model: nn.Module, spec: ArchSpec, kept: Structure) -> Structure:
+    """Compact, compose with the structure the model already records, record the result.
+
+    Returns the structure in the original numbering. Every pruner ends its compactions here, so a
+    saved model always carries the structure that `export.load_pruned` rebuilds.
+    """
+    before = model_structure(model, spec)
+    compact(model, spec, kept)
+    structure = before.compose(kept)
+    record_structure(model, structure)
     return structure

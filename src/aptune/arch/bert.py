@@ -1,7 +1,14 @@
-"""BERT and RoBERTa (and every model that reuses the BERT layer, such as all-MiniLM-L6-v2)."""
+"""BERT and RoBERTa (and every model that reuses the BERT layer, such as all-MiniLM-L6-v2).
+
+A BERT layer is post-LayerNorm: `attention` returns LN(x + O(attn(x))) as a pair, then
+`output(intermediate(x'), x')` returns LN(x' + W_2·act(W_1·x')).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 from .base import ArchSpec, AttentionParts, FFNParts, SkippedSublayer
@@ -13,7 +20,7 @@ class BertSpec(ArchSpec):
     lora_target_modules = ("attention.self.query", "attention.self.value")
     apt_target_modules = ("attention.self.query", "attention.self.value", "intermediate.dense")
     # BERT classifies from the pooler (a pretrained dense+tanh) and a new linear layer; RoBERTa's
-    # head holds both. Either way the whole head is trained, as baselines.md requires.
+    # head holds both. Either way the whole head is trained (docs/baselines.md#common-protocol).
     head_modules = ("pooler", "classifier")
 
     def backbone(self, model: nn.Module) -> nn.Module:
@@ -29,40 +36,8 @@ class BertSpec(ArchSpec):
     def ffn(self, layer: nn.Module) -> FFNParts:
         return FFNParts(layer.intermediate.dense, layer.output.dense)
 
-
     def embeddings(self, model: nn.Module) -> nn.Module:
         return self.backbone(model).embeddings
-
-    def attention_block(self, layer: nn.Module) -> nn.Module:
-        return layer.attention
-
-    def ffn_output_block(self, layer: nn.Module) -> nn.Module:
-        return layer.output
-
-    def ffn_input_block(self, layer: nn.Module) -> nn.Module:
-        return layer.intermediate
-
-    def skip_attention(self, layer: nn.Module) -> None:
-        layer.attention = SkippedSublayer(returns=0, tuple_output=True)
-
-    def skip_ffn(self, layer: nn.Module) -> None:
-        # BertLayer calls output(intermediate(x), x): make intermediate free and return x.
-        layer.intermediate = nn.Identity()
-        layer.output = SkippedSublayer(returns=1)
-
-    def set_num_heads(self, layer: nn.Module, n_heads: int) -> None:
-        sa = layer.attention.self
-        sa.num_attention_heads = n_heads
-        sa.all_head_size = n_heads * sa.attention_head_size
-
-    def layer_head_dim(self, layer: nn.Module) -> int:
-        return int(layer.attention.self.attention_head_size)
-
-    def max_positions(self, model: nn.Module) -> int:
-        cfg = model.config
-        # RoBERTa numbers positions from padding_idx + 1, so two slots are never used.
-        offset = (cfg.pad_token_id + 1) if cfg.model_type == "roberta" else 0
-        return int(cfg.max_position_embeddings) - offset
 
     def embedding_tables(self, model: nn.Module) -> list[nn.Embedding]:
         emb = self.embeddings(model)
@@ -70,6 +45,14 @@ class BertSpec(ArchSpec):
 
     def embedding_norm(self, model: nn.Module) -> nn.Module:
         return self.embeddings(model).LayerNorm
+
+    def layer_norms(self, layer: nn.Module) -> list[nn.Module]:
+        out = []
+        if self.has_attention(layer):
+            out.append(layer.attention.output.LayerNorm)
+        if self.has_ffn(layer):
+            out.append(layer.output.LayerNorm)
+        return out
 
     def residual_writers(self, layer: nn.Module) -> list[nn.Linear]:
         out = []
@@ -88,14 +71,6 @@ class BertSpec(ArchSpec):
             out.append(layer.intermediate.dense)
         return out
 
-    def layer_norms(self, layer: nn.Module) -> list[nn.Module]:
-        out = []
-        if self.has_attention(layer):
-            out.append(layer.attention.output.LayerNorm)
-        if self.has_ffn(layer):
-            out.append(layer.output.LayerNorm)
-        return out
-
     def head_readers(self, model: nn.Module) -> list[nn.Linear]:
         readers = []
         pooler = getattr(self.backbone(model), "pooler", None)
@@ -110,3 +85,51 @@ class BertSpec(ArchSpec):
             if hasattr(model, name):
                 readers.append(getattr(model, name))
         return readers
+
+    # -- shapes ----------------------------------------------------------------------------------
+    def layer_head_dim(self, layer: nn.Module) -> int:
+        return int(layer.attention.self.attention_head_size)
+
+    def set_num_heads(self, layer: nn.Module, n_heads: int) -> None:
+        sa = layer.attention.self
+        sa.num_attention_heads = n_heads
+        sa.all_head_size = n_heads * sa.attention_head_size
+
+    def max_positions(self, model: nn.Module) -> int:
+        cfg = model.config
+        # RoBERTa numbers positions from padding_idx + 1, so two slots are never used.
+        offset = (cfg.pad_token_id + 1) if cfg.model_type == "roberta" else 0
+        return int(cfg.max_position_embeddings) - offset
+
+    # -- sub-layer blocks ------------------------------------------------------------------------
+    def attention_block(self, layer: nn.Module) -> nn.Module:
+        return layer.attention
+
+    def ffn_input_block(self, layer: nn.Module) -> nn.Module:
+        return layer.intermediate
+
+    def ffn_output_block(self, layer: nn.Module) -> nn.Module:
+        return layer.output
+
+    def block_input(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+        return args[0] if args else kwargs["hidden_states"]
+
+    def with_block_input(self, args: tuple, kwargs: dict[str, Any],
+                         hidden: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def attention_bypass(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return self.block_input(args, kwargs), None  # (output, attention weights), as BertAttention
+
+    def ffn_bypass(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return args[1] if len(args) > 1 else kwargs["input_tensor"]  # BertOutput(h, input_tensor)
+
+    def skip_attention(self, layer: nn.Module) -> None:
+        layer.attention = SkippedSublayer(self.attention_bypass, "attention")
+
+    def skip_ffn(self, layer: nn.Module) -> None:
+        # BertLayer calls output(intermediate(x), x): make intermediate free and return x.
+        layer.intermediate = nn.Identity()
+        layer.output = SkippedSublayer(self.ffn_bypass, "ffn")

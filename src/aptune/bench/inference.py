@@ -1,4 +1,4 @@
-"""Inference of every final model against dense FT, in one process (protocol.md, "Inference").
+"""Inference of every final model against dense FT, in one process (docs/protocol.md#inference).
 
 Per model: throughput on fixed 128-token inputs (the paper's columns) and on the real dev set,
 each at batch 32 and 128, as the median over rounds that visit the models in turn so that all

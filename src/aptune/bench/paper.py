@@ -1,4 +1,5 @@
-"""The paper's RoBERTa-base numbers that our tables print beside ours (paper-results.md §1, §3).
+"""The paper's RoBERTa-base numbers (its Tables 2 and 4, Figure 3) that our tables print beside
+ours (docs/protocol.md#scales).
 
 Efficiency columns are % of FT on SST-2 (A100). Compare ratios, never absolute times.
 """
@@ -24,7 +25,7 @@ TABLE4 = {
     "apt-no-ds": (92.9, 85.3, 483.1, 61.9),
 }
 
-# Figure 3 baseline points (paper-results.md §7): inference speed-up and memory reduction vs FT.
+# Figure 3 baseline points (paper Figure 3): inference speed-up and memory reduction vs FT.
 FIGURE3_BASELINES = {
     "lora-prune": (2.629, 1 / 0.751),
     "cofi": (2.592, 1 / 0.792),

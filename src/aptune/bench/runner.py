@@ -18,6 +18,7 @@ import yaml
 
 from ..config import RECIPES_DIR, TrainConfig, build_config, load_recipe
 from ..errors import AptuneError
+from ..methods import METHODS
 from .suites import Job
 
 # Lines of a job's output worth echoing in the bench's own log: evaluations and the result.
@@ -49,9 +50,9 @@ def job_config(job: Job, run_dir: Path, data_dir: str | None, settings: dict[str
               **settings}
     if data_dir is not None:
         values["data_dir"] = str(Path(data_dir).expanduser().resolve())
-    if job.needs:
+    if job.needs:  # the method's declared prerequisite: the suite's own finished run
         needed = str((run_dir / job.task / job.needs).resolve())
-        values["base_run" if job.method == "lora-prune" else "cofi_teacher_path"] = needed
+        values[METHODS[job.method].prerequisite.folder_field] = needed
     build_config(TrainConfig, None, values)  # refuse a bad --set before anything runs
     return values
 

@@ -1,9 +1,10 @@
 """What a benchmark suite runs: one job per (task, method variant), with its recipe and overrides.
 
 A job's recipe is the shipped `<scale>/<task>-<method>` recipe; the suite adds overrides (a
-sparsity, an ablation switch) and wires prerequisites: LoRA+Prune prunes the suite's own LoRA
-run, and the CoFi methods distil from the suite's own FT run, so both are trained once and their
-time is charged to the methods that need them (protocol.md, "Prerequisite stages count").
+sparsity, an ablation switch) and wires the prerequisites that the methods declare
+(aptune.methods): LoRA+Prune prunes the suite's own LoRA run, and the CoFi methods distil from
+the suite's own FT run, so both are trained once and their time is charged to the methods that
+need them (docs/protocol.md#prerequisite-stages).
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from typing import Any
 
 from ..config import load_recipe
 from ..errors import AptuneError
+from ..methods import METHODS
 
 SUITES = ("table2", "ablations", "sweep")
 SCALES = ("smoke", "cpu", "paper")
 TASKS = ("sst2", "mnli")
 
-# Table 2 rows in the paper's order, with the paper's labels.
-TABLE2_METHODS = (("ft", "FT"), ("lora", "LoRA"), ("lora-prune", "LoRA+Prune"),
-                  ("cofi", "Prune+Distill"), ("cofi-lora", "LoRA+Prune+Distill"), ("apt", "APT"))
-# Table 4 (apt-method.md §13): job name, label, overrides of the APT recipe.
+# Table 2 rows in the paper's order (the registry's), with the paper's labels.
+TABLE2_METHODS = tuple((name, m.label) for name, m in METHODS.items())
+# Table 4 (docs/method.md#ablations): job name, label, overrides of the APT recipe.
 ABLATIONS = (("apt-no-ap", "w/o A_P", {"prune": False, "distill": False}),
              ("apt-uniform", "w/o salience", {"rank_selection": "all"}),
              ("apt-no-at", "w/o A_T", {"grow_ranks": False}),
@@ -39,7 +40,7 @@ class Job:
     method: str
     recipe: str  # shipped recipe name, e.g. cpu/sst2-apt
     overrides: dict[str, Any] = field(default_factory=dict)
-    needs: str | None = None  # the job (same task) whose run this one starts from
+    needs: str | None = None  # the job (same task) whose run this one starts from (its prerequisite)
 
     @property
     def key(self) -> str:
@@ -51,18 +52,22 @@ class Job:
 
     @property
     def sparsity(self) -> float | None:
-        return self.overrides.get("sparsity", PAPER_SPARSITY) if self.method not in ("ft", "lora") else None
+        return self.overrides.get("sparsity", PAPER_SPARSITY) if METHODS[self.method].prunes else None
 
 
 def _recipe(scale: str, task: str, method: str) -> str:
     return f"{scale}/{task}-{method}"
 
 
+def _needs(method: str) -> str | None:
+    """The job a method's declared prerequisite is: the suite's own run of that method."""
+    need = METHODS[method].prerequisite
+    return need.method if need else None
+
+
 def _base_jobs(scale: str, task: str, methods: tuple[str, ...]) -> list[Job]:
-    labels = dict(TABLE2_METHODS)
-    needs = {"lora-prune": "lora", "cofi": "ft", "cofi-lora": "ft"}
-    return [Job(task, m, labels[m], m, _recipe(scale, task, m), {"sparsity": PAPER_SPARSITY}
-                if m not in ("ft", "lora") else {}, needs.get(m)) for m in methods]
+    return [Job(task, m, METHODS[m].label, m, _recipe(scale, task, m),
+                {"sparsity": PAPER_SPARSITY} if METHODS[m].prunes else {}, _needs(m)) for m in methods]
 
 
 def _sparsity_tag(s: float) -> str:
@@ -94,12 +99,13 @@ def suite_jobs(suite: str, scale: str, tasks: list[str]) -> list[Job]:
             jobs += _base_jobs(scale, task, ("ft", "lora", "lora-prune", "apt"))
             for s in APT_SWEEP:
                 if s != PAPER_SPARSITY:
-                    jobs.append(Job(task, f"apt-{_sparsity_tag(s)}", "APT", "apt",
+                    jobs.append(Job(task, f"apt-{_sparsity_tag(s)}", METHODS["apt"].label, "apt",
                                     _recipe(scale, task, "apt"), {"sparsity": s}))
             for s in LORA_PRUNE_SWEEP:
                 if s != PAPER_SPARSITY:
-                    jobs.append(Job(task, f"lora-prune-{_sparsity_tag(s)}", "LoRA+Prune", "lora-prune",
-                                    _recipe(scale, task, "lora-prune"), {"sparsity": s}, "lora"))
+                    jobs.append(Job(task, f"lora-prune-{_sparsity_tag(s)}", METHODS["lora-prune"].label,
+                                    "lora-prune", _recipe(scale, task, "lora-prune"), {"sparsity": s},
+                                    _needs("lora-prune")))
     return jobs
 
 

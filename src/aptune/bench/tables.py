@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..methods import METHODS
 from . import paper
 from .collect import relative_accuracy
 from .suites import ABLATIONS, TABLE2_METHODS
@@ -138,7 +139,8 @@ def sweep_points(summaries: dict[str, dict], tasks: list[str]) -> list[dict[str,
     points = []
     for name in names:
         e = summaries.get(f"{eff}/{name}")
-        if e is None or e["method"] not in ("apt", "lora-prune", "cofi", "cofi-lora", "ft"):
+        method = METHODS.get(e["method"]) if e is not None else None
+        if method is None or not (method.prunes or method.name == "ft"):  # FT: the reference
             continue
         if e["method"] == "apt" and e["overrides"].keys() - {"sparsity"}:
             continue  # ablations are not sweep points
@@ -169,7 +171,7 @@ def sweep_table(points: list[dict], tasks: list[str]) -> str:
              "memory reduction are against dense FT at batch 128 × 128 tokens: speed measured in one "
              "process, memory in one fresh process per pass."]
     if set(tasks) != {"sst2", "mnli"}:
-        notes.insert(0, f"**Relative accuracy here uses {task_names} only; the paper's (§5.5) is "
+        notes.insert(0, f"**Relative accuracy here uses {task_names} only; the paper's (paper §5.5) is "
                         "(SST-2 + MNLI) / FT's. Run the sweep on both tasks to compare with it.**")
     paper_points = "; ".join(f"{name} {speed:.2f}× faster, {mem:.2f}× less memory"
                              for name, (speed, mem) in paper.FIGURE3_BASELINES.items())

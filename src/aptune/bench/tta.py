@@ -1,4 +1,4 @@
-"""Time to accuracy (protocol.md, paper-results.md §0.2): the training seconds, evaluations
+"""Time to accuracy (docs/protocol.md#time-to-accuracy): the training seconds, evaluations
 excluded and prerequisites included, until the first evaluation at the final model size whose
 score reaches a fraction (97%) of FT's best score in the same benchmark run."""
 

@@ -1,4 +1,5 @@
-"""CoFi compaction: fold the deterministic gate values into the weights, then slice (baselines.md §4.8).
+"""CoFi compaction: fold the deterministic gate values into the weights, then slice
+(docs/baselines.md#cofi-compaction).
 
 Folding (CoFi's `update_params`):
     z_int   columns of W_2                      z_head  the head's rows of W_V and b_V
@@ -12,7 +13,8 @@ Folding (CoFi's `update_params`):
                                  kept z_hid; readers need nothing, the stream already carries z)
 Slicing then uses the shared surgery with binary masks: a head survives when z_head·z_MHA ≠ 0, a
 neuron when z_int·z_FFN ≠ 0, a hidden dim when z_hid ≠ 0. A sub-layer with nothing left becomes
-the identity. LoRA adapters are merged first (§5), so that B·A is folded and sliced with W.
+the identity. LoRA adapters are merged first (docs/baselines.md#cofi-lora), so that B·A is folded
+and sliced with W.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ import torch
 from torch import nn
 
 from ..arch import ArchSpec
-from ..export import STRUCTURE_KEY, compose, record_structure
 from ..lora import lora_modules, merge_and_unload
-from ..masks import Masks
-from ..surgery import compact
+from ..structure import Structure
+from ..surgery import compact_and_record, kept_units
 from .gates import CoFiGates
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,10 @@ HIDDEN_FOLDS = ("cofi", "exact")
 
 @dataclass
 class CompactionResult:
-    structure: dict  # kept indices in the original numbering (as recorded in the config)
-    # §4.8 edge case (CoFi issue #36): sub-layers whose units are all 0 while their layer gate is
-    # not. The gated model still adds the gated bias there; the compacted one skips the sub-layer.
+    structure: Structure  # kept units in the original numbering (as recorded in the config)
+    # An edge case (CoFi issue #36, docs/baselines.md#cofi-compaction): sub-layers whose units are
+    # all 0 while their layer gate is not. The gated model still adds the gated bias there; the
+    # compacted one skips the sub-layer.
     empty_unit_sublayers: list[str] = field(default_factory=list)
 
 
@@ -95,10 +97,9 @@ def _fold_hidden(model: nn.Module, spec: ArchSpec, z: torch.Tensor, hidden_fold:
                 norm.bias.mul_(z)
 
 
-def binary_masks(gates: CoFiGates) -> Masks:
-    """The kept pattern as the 0/1 masks the shared surgery takes."""
-    heads, neurons = gates.kept_heads().float(), gates.kept_neurons().float()  # (L, H), (L, d_ff)
-    return Masks(head=list(heads.cpu()), neuron=list(neurons.cpu()), hidden=gates.kept_hidden().float().cpu())
+def kept_by_gates(gates: CoFiGates) -> Structure:
+    """The units whose gates are non-zero (with their layer's gate): what compaction keeps."""
+    return kept_units(gates.kept_hidden(), gates.kept_heads(), gates.kept_neurons())
 
 
 def empty_unit_sublayers(gates: CoFiGates) -> list[str]:
@@ -121,11 +122,8 @@ def compact_with_gates(model: nn.Module, spec: ArchSpec, gates: CoFiGates,
     notes = empty_unit_sublayers(gates)
     for note in notes:
         log.warning("CoFi compaction: %s; the compacted model skips this sub-layer while the "
-                    "gated model adds its bias (baselines.md §4.8, CoFi issue #36)", note)
+                    "gated model adds its bias (docs/baselines.md#cofi-compaction, CoFi issue #36)", note)
     if lora_modules(model):
         merge_and_unload(model)
     fold_gates(model, spec, gates, hidden_fold)
-    structure = compact(model, spec, binary_masks(gates))
-    structure = compose(getattr(model.config, STRUCTURE_KEY, None), structure)
-    record_structure(model, structure)
-    return CompactionResult(structure, notes)
+    return CompactionResult(compact_and_record(model, spec, kept_by_gates(gates)), notes)

@@ -1,4 +1,5 @@
-"""CoFi's distillation loss: prediction KL plus layer MSE with ordered mapping (baselines.md §4.7).
+"""CoFi's distillation loss: prediction KL plus layer MSE with ordered mapping
+(docs/baselines.md#cofi-distillation).
 
     L = α_layer · Σ_{i∈𝒯} MSE(W_tr H_s^{m(i)}, H_t^i) + α_pred · T² · KL(p_t ‖ p_s)
 H are the layer outputs (the embedding output is excluded); the MSE averages every element,
@@ -23,13 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distill import make_layer_transform as make_lora_transform
-from ..distill import prediction_loss
+from ..losses import lora_layer_transform, prediction_loss
+from .config import EXISTING_LAYER_RULES, LAYER_DISTILL_VERSIONS, LAYER_TRANSFORMS
 from .gates import CoFiGates
-
-EXISTING_LAYER_RULES = ("mha_only", "mha_or_ffn")
-LAYER_DISTILL_VERSIONS = (3, 4)
-LAYER_TRANSFORMS = ("full", "frozen_identity", "lora")
 
 
 def teacher_layers_v4(n_layers: int, blocks: int = 4) -> list[int]:
@@ -92,12 +89,12 @@ def layer_distill_loss(teacher_hidden: Sequence[torch.Tensor], student_hidden: S
 
 
 def make_layer_transform(d_model: int, mode: str = "full", device=None, dtype=None) -> nn.Module:
-    """W_tr: `full` (trainable d×d, CoFi), `frozen_identity` (CoFi-LoRA default, §5) or `lora`
+    """W_tr: `full` (trainable d×d, CoFi), `frozen_identity` (CoFi-LoRA default) or `lora`
     (frozen identity plus a trainable LoRA r8/α16, as in APT). All start as the identity."""
     if mode not in LAYER_TRANSFORMS:
         raise ValueError(f"layer transform must be one of {LAYER_TRANSFORMS}, got {mode!r}")
     if mode == "lora":
-        return make_lora_transform(d_model, device=device, dtype=dtype)
+        return lora_layer_transform(d_model, device=device, dtype=dtype)
     tr = nn.Linear(d_model, d_model, device=device, dtype=dtype)
     with torch.no_grad():
         tr.weight.copy_(torch.eye(d_model, device=device, dtype=dtype))
@@ -115,7 +112,7 @@ class DistillLosses:
 
 
 class CoFiDistillLoss(nn.Module):
-    """The whole §4.7 loss; owns W_tr (`self.transform`), which the main optimizer trains."""
+    """The whole CoFi distillation loss; owns W_tr (`self.transform`), which the main optimizer trains."""
 
     def __init__(self, n_layers: int, d_model: int, temperature: float = 2.0, alpha_layer: float = 0.9,
                  alpha_pred: float = 0.1, version: int = 4, existing: str = "mha_only",

@@ -1,4 +1,5 @@
-"""CoFi's size model: the prunable size M, the expected size Ŝ and sparsity ŝ (baselines.md §4.5).
+"""CoFi's size model: the prunable size M, the expected size Ŝ and sparsity ŝ
+(docs/baselines.md#expected-size).
 
 M counts only the encoder layers of a BERT-shaped model, with biases partly counted and
 LayerNorms ignored, exactly as CoFi does; it is *not* APT's C (report that one too, from the
@@ -11,23 +12,31 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arch import ModelShape
 from .gates import CoFiGates, L0Gates
 
 
 @dataclass(frozen=True)
-class ModelShape:
+class SizeModel:
+    """The dimensions CoFi's size model M needs, for a dense model whose layers are alike."""
+
     n_layers: int
     n_heads: int
     d_model: int
     d_ff: int
+    head_dim: int = 0  # 0: d_model // n_heads, as CoFi assumes
 
     @classmethod
-    def from_config(cls, config) -> "ModelShape":
-        return cls(int(config.num_hidden_layers), int(config.num_attention_heads),
-                   int(config.hidden_size), int(config.intermediate_size))
+    def from_shape(cls, shape: ModelShape) -> "SizeModel":
+        n_heads, d_ff = shape.uniform()
+        return cls(shape.n_layers, n_heads, shape.hidden, d_ff, shape.head_dim)
+
+    @property
+    def d_h(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
 
     @classmethod
-    def of_gates(cls, gates: L0Gates) -> "ModelShape":
+    def of_gates(cls, gates: L0Gates) -> "SizeModel":
         return cls(gates.n_layers, gates.n_heads, gates.d_model, gates.d_ff)
 
     @property
@@ -54,7 +63,7 @@ class ModelShape:
         return self.ffn_params // self.d_ff  # ⌊(2·d·d_ff + 5d) / d_ff⌋ = 1,537 for base
 
 
-def expected_size(prob: CoFiGates, shape: ModelShape, hidden_pruning: bool = True) -> torch.Tensor:
+def expected_size(prob: CoFiGates, shape: SizeModel, hidden_pruning: bool = True) -> torch.Tensor:
     """Ŝ from P(z ≠ 0) of every gate; differentiable in log α.
 
     With hidden pruning (CoFi's default):
@@ -71,22 +80,22 @@ def expected_size(prob: CoFiGates, shape: ModelShape, hidden_pruning: bool = Tru
     return hidden * (heads * shape.params_per_head / shape.d_model + 2 * neurons)
 
 
-def expected_sparsity(gates: L0Gates, shape: ModelShape | None = None) -> torch.Tensor:
+def expected_sparsity(gates: L0Gates, shape: SizeModel | None = None) -> torch.Tensor:
     """ŝ = 1 − Ŝ / M for the current log α's."""
-    shape = shape or ModelShape.of_gates(gates)
+    shape = shape or SizeModel.of_gates(gates)
     size = expected_size(gates.keep_probability(), shape, hidden_pruning="hidden" in gates.groups)
     return 1 - size / shape.full_size
 
 
-def deterministic_size(gates: CoFiGates, shape: ModelShape) -> int:
+def deterministic_size(gates: CoFiGates, shape: SizeModel) -> int:
     """The size reported at evaluation: 4·d_h per (kept head × kept hidden dim) plus 2 per
     (kept neuron × kept hidden dim), a kept unit being one whose own and layer gates are ≠ 0."""
-    head_dim = shape.d_model // shape.n_heads
+    head_dim = shape.d_h
     hidden = int(gates.kept_hidden().sum())
     heads = int(gates.kept_heads().sum())
     neurons = int(gates.kept_neurons().sum())
     return hidden * (4 * head_dim * heads + 2 * neurons)
 
 
-def deterministic_sparsity(gates: CoFiGates, shape: ModelShape) -> float:
+def deterministic_sparsity(gates: CoFiGates, shape: SizeModel) -> float:
     return 1 - deterministic_size(gates, shape) / shape.full_size

@@ -1,4 +1,5 @@
-"""Hard-concrete L0 gates of CoFi (baselines.md §4.2-§4.4; Louizos et al. 2018).
+"""Hard-concrete L0 gates of CoFi (docs/baselines.md#hard-concrete-gates;
+Louizos et al. 2018).
 
 Five gate groups, one log α per gate:
     head          (L, H)     each head's context vector
@@ -7,7 +8,8 @@ Five gate groups, one log α per gate:
     ffn           (L,)       the whole FFN output of a layer
     hidden        (d,)       each hidden dimension, shared by all layers and the embeddings
 Training draws one sample per step for the whole batch (`sample`); evaluation and compaction use
-the deterministic gates of §4.4 (`deterministic`). A group left out of `groups` is a constant 1.
+the deterministic gates of docs/baselines.md#deterministic-gates (`deterministic`). A group left
+out of `groups` is a constant 1.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-# Stretch interval (γ, ζ), temperature β and the uniform's guard ε of the hard-concrete law (§4.3).
+from ..arch import ModelShape
+
+# Stretch interval (γ, ζ), temperature β and the uniform's guard ε of the hard-concrete law.
 GAMMA = -0.1
 ZETA = 1.1
 BETA = 2.0 / 3.0
@@ -34,7 +38,7 @@ COARSE_INIT_MEAN = 10.0
 SOFT_FACTOR = 0.8
 
 GROUPS = ("head", "mha", "intermediate", "ffn", "hidden")
-LAYER_GROUPS = ("mha", "ffn")  # one scalar gate per layer: the P < 0.5 rule of §4.4
+LAYER_GROUPS = ("mha", "ffn")  # one scalar gate per layer: kept when P(z ≠ 0) >= 0.5
 
 
 @dataclass
@@ -91,7 +95,7 @@ def soft_value(log_alpha: torch.Tensor) -> torch.Tensor:
 
 
 def deterministic_group(log_alpha: torch.Tensor) -> torch.Tensor:
-    """§4.4 for one group (the last axis): zero the round(N − Σ P) smallest soft values.
+    """Deterministic gates of one group (the last axis): zero the round(N − Σ P) smallest soft values.
 
     Kept gates keep their fractional soft value. `log_alpha` (..., N) holds independent groups in
     its leading axes (e.g. each layer's heads).
@@ -135,12 +139,10 @@ class L0Gates(nn.Module):
             self.log_alpha[name] = nn.Parameter(init)
 
     @classmethod
-    def for_model(cls, model: nn.Module, **kwargs) -> "L0Gates":
-        """Gates sized to a dense model's config (every layer the same shape, as CoFi assumes)."""
-        cfg = model.config
-        gates = cls(int(cfg.num_hidden_layers), int(cfg.num_attention_heads), int(cfg.hidden_size),
-                    int(cfg.intermediate_size), **kwargs)
-        return gates.to(next(model.parameters()).device)
+    def for_shape(cls, shape: ModelShape, **kwargs) -> "L0Gates":
+        """Gates sized to a dense model's shape (every layer the same shape, as CoFi assumes)."""
+        n_heads, d_ff = shape.uniform()
+        return cls(shape.n_layers, n_heads, shape.hidden, d_ff, **kwargs)
 
     def _ones(self, name: str) -> torch.Tensor:
         ref = next(iter(self.log_alpha.values())) if len(self.log_alpha) else torch.zeros(())
@@ -167,7 +169,8 @@ class L0Gates(nn.Module):
 
     @torch.no_grad()
     def deterministic(self) -> CoFiGates:
-        """Evaluation gates (§4.4): per layer for heads and neurons, whole vector for hidden."""
+        """Evaluation gates: per layer for heads and neurons, whole vector for hidden
+        (docs/baselines.md#deterministic-gates)."""
         return self._per_group(deterministic_group, deterministic_layer_gate)
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""CoFi's Lagrangian sparsity control and its two optimizers (baselines.md §4.6, §4.10).
+"""CoFi's Lagrangian sparsity control and its two optimizers (docs/baselines.md#lagrangian-control).
 
 L_c = λ1 (ŝ − t) + λ2 (ŝ − t)², signed, with λ1 = λ2 = 0 at the start. The log α's descend
 L_c; λ1 and λ2 *ascend* it, which drives ŝ to t. CoFi writes the ascent as AdamW with learning

@@ -1,4 +1,4 @@
-"""Mask gradients and the diagonal empirical Fisher (baselines.md §3.3).
+"""Mask gradients and the diagonal empirical Fisher (docs/baselines.md#mask-gradients-and-fisher).
 
 One forward/backward per calibration mini-batch with every mask at 1. The Fisher uses the
 per-batch gradients, as the original code does: I_i = Σ_b g_{b,i}². The gradient matrices are
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchSpec
-from .unit_masks import dense_shape, unit_masks
+from .unit_masks import unit_masks
 
 
 @dataclass
@@ -33,7 +33,9 @@ class MaskGradients:
 
 def collect_mask_gradients(model: nn.Module, spec: ArchSpec,
                            batches: Iterable[dict[str, torch.Tensor]]) -> MaskGradients:
-    n_layers, n_heads, n_neurons = dense_shape(model, spec)
+    shape = spec.shape(model)
+    n_heads, n_neurons = shape.uniform()  # Mask Tuning prunes a dense model
+    n_layers = shape.n_layers
     device = next(model.parameters()).device
     head = torch.ones(n_layers, n_heads, device=device, requires_grad=True)
     neuron = torch.ones(n_layers, n_neurons, device=device, requires_grad=True)

@@ -1,4 +1,5 @@
-"""Fold tuned mask values into the weights, then slice the pruned units out (baselines.md §3.8).
+"""Fold tuned mask values into the weights, then slice the pruned units out
+(docs/baselines.md#materialisation).
 
 A kept head's scale multiplies its column block of W_O; a kept neuron's scale multiplies its
 column of W_down. The binary pattern then goes through the shared compaction, with Mask
@@ -11,9 +12,8 @@ import torch
 from torch import nn
 
 from ..arch import ArchSpec
-from ..export import STRUCTURE_KEY, compose, record_structure
-from ..masks import Masks
-from ..surgery import compact
+from ..structure import Structure
+from ..surgery import compact_and_record, kept_units
 
 
 @torch.no_grad()
@@ -30,12 +30,8 @@ def fold_scales(model: nn.Module, spec: ArchSpec, head: torch.Tensor, neuron: to
         down.weight.mul_(scale.to(down.weight)[None, :])  # (d, F)
 
 
-def materialize(model: nn.Module, spec: ArchSpec, head: torch.Tensor, neuron: torch.Tensor) -> dict:
+def materialize(model: nn.Module, spec: ArchSpec, head: torch.Tensor, neuron: torch.Tensor) -> Structure:
     """Fold, compact and record the structure. Returns the structure in the original numbering."""
     fold_scales(model, spec, head, neuron)
-    hidden = torch.ones(spec.embedding_norm(model).weight.shape[0])
-    masks = Masks([(h != 0).float() for h in head], [(n != 0).float() for n in neuron], hidden)
-    structure = compact(model, spec, masks, empty_sublayer="bias_ln")
-    structure = compose(getattr(model.config, STRUCTURE_KEY, None), structure)
-    record_structure(model, structure)
-    return structure
+    hidden = torch.ones(spec.shape(model).hidden)  # Mask Tuning never prunes hidden dimensions
+    return compact_and_record(model, spec, kept_units(hidden, head, neuron, empty_sublayer="bias_ln"))

@@ -1,4 +1,5 @@
-"""Mask Tuning end to end on a task-tuned dense model (baselines.md §3.2-3.7), timed per phase."""
+"""Mask Tuning end to end on a task-tuned dense model (docs/baselines.md#loraprune), timed
+per phase."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from .fisher import collect_mask_gradients
 from .rearrange import rearrange_masks
 from .rescale import rescale_masks
 from .search import BlockCosts, mac_costs, param_costs, search_masks
-from .unit_masks import dense_shape
 
 
 @dataclass
@@ -49,15 +49,15 @@ class MaskTuningResult:
 
 def _costs_and_budget(model: nn.Module, spec: ArchSpec, cfg: MaskTuningConfig,
                       kept: float) -> tuple[BlockCosts, float]:
-    n_layers, n_heads, n_neurons = dense_shape(model, spec)
-    layer = spec.layers(model)[0]
-    hidden, head_dim = spec.attention(layer).query.in_features, spec.layer_head_dim(layer)
+    shape = spec.shape(model)
+    n_heads, n_neurons = shape.uniform()
+    n_layers, hidden, head_dim = shape.n_layers, shape.hidden, shape.head_dim
     if cfg.constraint == "mac":
-        costs = mac_costs(hidden, head_dim, cfg.seq_len)
+        costs = mac_costs(hidden, head_dim, cfg.seq_len, shape.gated_ffn)
         return costs, kept * costs.full(n_layers * n_heads, n_layers * n_neurons)
     if cfg.constraint != "params":
         raise AptuneError(f"unknown Mask Tuning constraint '{cfg.constraint}'", "use params or mac")
-    costs = param_costs(hidden, head_dim)
+    costs = param_costs(hidden, head_dim, shape.gated_ffn)
     # Everything that Mask Tuning cannot remove (output biases, LayerNorms) is paid first, so that
     # the kept ratio counted from the tensors meets the target.
     total = non_embedding_parameters(model)

@@ -1,4 +1,4 @@
-"""Per-layer mask rearrangement with the block-diagonal Fisher (baselines.md §3.5).
+"""Per-layer mask rearrangement with the block-diagonal Fisher (docs/baselines.md#mask-rearrangement).
 
 The search fixes how many units each layer keeps; this re-chooses which. Pruning a set P costs
 ‖Σ_{i∈P} G_i‖², where G_i (n_batches,) is unit i's gradient column, so units whose gradients

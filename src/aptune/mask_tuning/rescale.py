@@ -1,4 +1,4 @@
-"""Layer-wise mask rescaling by damped least squares (baselines.md §3.6).
+"""Layer-wise mask rescaling by damped least squares (docs/baselines.md#mask-rescaling).
 
 For each layer in order, the kept heads' (then neurons') mask values are re-solved so that the
 student sub-layer's pre-LayerNorm output matches the teacher's on the calibration data:
@@ -53,23 +53,17 @@ class _Capture:
 
     def __init__(self, model: nn.Module, spec: ArchSpec, layer_index: int, part: str) -> None:
         layer = spec.layers(model)[layer_index]
+        self.spec = spec
         self.values: dict[str, torch.Tensor] = {}
-        hooks = []
-        if part == "mha":
-            hooks.append(spec.attention_block(layer).register_forward_pre_hook(
-                self._record("residual"), with_kwargs=True))
-            hooks.append(spec.attention(layer).output.register_forward_pre_hook(
-                self._record("inner", stop=True), with_kwargs=True))
-        else:
-            hooks.append(spec.ffn_input_block(layer).register_forward_pre_hook(
-                self._record("residual"), with_kwargs=True))
-            hooks.append(spec.ffn(layer).down.register_forward_pre_hook(
-                self._record("inner", stop=True), with_kwargs=True))
-        self.handles = hooks
+        block, inner = ((spec.attention_block(layer), spec.attention(layer).output) if part == "mha"
+                        else (spec.ffn_input_block(layer), spec.ffn(layer).down))
+        self.handles = [block.register_forward_pre_hook(self._record("residual"), with_kwargs=True),
+                        inner.register_forward_pre_hook(self._record("inner", stop=True), with_kwargs=True)]
 
     def _record(self, key: str, stop: bool = False):
         def hook(module, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
+            # The block's residual input, or the projection's (positional) input.
+            x = self.spec.block_input(args, kwargs) if key == "residual" else args[0]
             self.values[key] = x.detach()
             if stop:
                 raise _Stop

@@ -1,4 +1,4 @@
-"""Block costs and the constrained mask search (baselines.md §3.4).
+"""Block costs and the constrained mask search (docs/baselines.md#mask-search).
 
 Two item types with uniform costs make the knapsack exact: for each number k of kept heads, the
 best choice is the k most important heads plus as many of the most important neurons as the

@@ -1,81 +1,97 @@
-"""A method decides what is trainable, what runs during training, and what the final model is."""
+"""A method: the facts that describe it, and what it does at each stage of a run.
+
+Facts are class attributes, read without building anything (and without torch): the registry
+name, the paper's label, the default learning rate and weight decay, the config section whose
+fields configure it, and the run it needs first. `config.py`, `pipeline.py` and `aptune bench`
+all read these. The stages run in this order (pipeline.py):
+
+    start     the model the method starts from, given its prerequisite run (if it declares one),
+              and the cost of the work done before the loop
+    prepare   what is trainable (adapters, frozen parts)
+    callbacks what runs inside the training loop
+    finalize  the plain inference model (adapters merged, pruned units removed)
+    describe  the method's settings and records for metrics.json
+
+Method modules import their machinery (torch, the pruners) inside these functions, so that the
+registry stays as light as the configs that read it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
+from ..fields import flag
 
-from ..arch import ArchSpec
-from ..train.events import Callback
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..arch import ArchSpec
+    from ..train.context import RunContext
+    from ..train.events import Callback
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """A finished run of another method that this one starts from.
+
+    The user passes its folder with `flag` (config field `folder_field`); otherwise the pipeline
+    trains it inline first, with `inline` mapping that run's config fields to this config's
+    fields (e.g. its epochs from `base_epochs`). Its training time up to its selected checkpoint
+    is charged to this method (docs/protocol.md#prerequisite-stages).
+    """
+
+    method: str  # the registry name of the run needed
+    folder_field: str  # the config field holding its folder
+    inline: dict[str, str] = field(default_factory=dict)  # inline run's field -> this config's field
+    role: str = ""  # what it is for, in messages: "the LoRA run to prune"
+
+    @property
+    def flag(self) -> str:
+        return flag(self.folder_field)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work done before the training loop that the method is charged for."""
+
+    seconds: float = 0.0  # training seconds (added to TTA and total_train_seconds)
+    peak_memory_bytes: int = 0  # peak training memory of that work
+    resident_bytes: int = 0  # tensors loaded before the memory baseline, resident during training
 
 
 @dataclass
-class RunContext:
-    """What a method may need before training starts: data, tokenizer, evaluation, scratch space."""
+class PrerequisiteRun:
+    """A prerequisite, loaded: its final model, a summary for metrics.json, and its cost."""
 
-    cfg: Any
-    task: Any
-    tokenizer: Any
-    train_ds: Any
-    dev_ds: Any
-    accelerator: Any
-    scratch_dir: Path
-    show_progress: bool
-    say: Callable[[str], None]
-
-    def scratch(self, name: str) -> Path:
-        """A path inside this run's (temporary, then renamed) output folder."""
-        return self.scratch_dir / name
-
-    @property
-    def dev_mean_tokens(self) -> float:
-        return self.dev_ds.mean_length()
-
-    def calibration_batches(self, n: int, batch_size: int, with_replacement: bool) -> list[dict]:
-        """`n` training examples drawn with seed --data-seed, in batches, not shuffled."""
-        from ..train.data import make_loader
-
-        g = torch.Generator().manual_seed(self.cfg.data_seed)
-        size = len(self.train_ds)
-        idx = (torch.randint(size, (n,), generator=g) if with_replacement
-               else torch.randperm(size, generator=g)[:n])
-        subset = torch.utils.data.Subset(self.train_ds, idx.tolist())
-        loader = make_loader(subset, self.tokenizer, batch_size, shuffle=False, seed=0)
-        device = self.accelerator.device
-        return [{k: v.to(device) for k, v in b.items()} for b in loader]
-
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        from ..train.data import make_loader
-        from ..train.loop import evaluate_model
-
-        loader = make_loader(self.dev_ds, self.tokenizer, self.cfg.eval_batch_size, False, 0)
-        return evaluate_model(model, loader, self.task, None)
+    model: Any
+    summary: dict[str, Any]
+    cost: Cost
 
 
 class Method:
-    name: str = ""
-    description: str = ""
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # the paper's name for it, in tables and plots
+    description: ClassVar[str] = ""
+    default_lr: ClassVar[float] = 2e-4
+    default_weight_decay: ClassVar[float] = 0.1
+    config_section: ClassVar[type | None] = None  # the dataclass of its own options
+    prerequisite: ClassVar[Prerequisite | None] = None
+    prunes: ClassVar[bool] = False  # ends in a smaller model (and takes --sparsity)
+    # Its main work happens before the loop, so `--epochs 0` (no loop) is allowed.
+    loop_optional: ClassVar[bool] = False
     # Under DDP: parameters may go without gradients (e.g. adapters in a fully masked sub-layer).
-    has_unused_parameters: bool = False
-
-    # Charged to the method's training time and memory before its own loop starts (e.g. the LoRA
-    # run and Mask Tuning under LoRA+Prune).
-    seconds_before_training: float = 0.0
-    peak_memory_before_training: int = 0
-    # Tensors loaded before the memory baseline but resident during training (CoFi's teacher).
-    extra_resident_bytes: int = 0
+    has_unused_parameters: ClassVar[bool] = False
 
     def loop_epochs(self, cfg: Any) -> float:
         """Epochs of this method's training loop (CoFi: its pruning plus fine-tuning stages)."""
         return cfg.epochs
 
-    def start_model(self, model: nn.Module, spec: ArchSpec, ctx: RunContext) -> nn.Module:
-        """The model the method starts from; by default the pretrained one, as loaded."""
-        return model
+    def start(self, model: nn.Module, spec: ArchSpec, ctx: RunContext,
+              needed: PrerequisiteRun | None) -> tuple[nn.Module, Cost]:
+        """The model the method starts from, and the cost of getting it; by default the
+        pretrained model as loaded, at no cost."""
+        return model, Cost()
 
     def prepare(self, model: nn.Module, spec: ArchSpec, cfg: Any) -> nn.Module:
         """Make the model trainable the method's way (freeze, add adapters) and return it."""

@@ -1,43 +1,46 @@
-"""LoRA+Prune (baselines.md §3): a LoRA run, merged; Mask Tuning; then LoRA retraining.
+"""LoRA+Prune: a LoRA run, merged; Mask Tuning; then LoRA retraining (docs/baselines.md#loraprune).
 
-The base LoRA model comes from `--base-run DIR` or is trained inline first. Mask Tuning prunes it
-(heads and FFN neurons; never hidden dimensions) and folds the tuned scales into the weights.
-This run's own training loop is the retraining: fresh LoRA (r 8, α 16 on query and value) on the
-compacted model. Every second spent before the loop (the LoRA run up to its selected checkpoint,
-plus Mask Tuning) is charged to this method's training time.
+The LoRA run is this method's prerequisite (`--base-run DIR`, or trained inline first). Mask
+Tuning prunes it (heads and FFN neurons; never hidden dimensions) and folds the tuned scales into
+the weights. This run's own training loop is the retraining: fresh LoRA on the compacted model.
+The LoRA run up to its selected checkpoint, plus Mask Tuning, is charged to this method.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from ..mask_tuning import MaskTuningConfig, run_mask_tuning
-from ..mask_tuning.materialize import materialize
-from ..train.memory import PeakMemoryMeter
-from .base import RunContext
+from ..mask_tuning.config import LoRAPruneConfig
+from .base import Cost, Prerequisite, PrerequisiteRun
 from .lora import LoRA
-from .prerequisite import prerequisite_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class LoRAPrune(LoRA):
     name = "lora-prune"
+    label = "LoRA+Prune"
     description = "LoRA, then Mask Tuning (Kwon et al.) on the merged model, then LoRA retraining"
+    config_section = LoRAPruneConfig
+    prerequisite = Prerequisite("lora", "base_run", {"epochs": "base_epochs", "lr": "base_lr"},
+                                "the LoRA run to prune")
+    prunes = True
+    loop_optional = True  # --epochs 0: prune without retraining
 
     def __init__(self) -> None:
         self.base: dict[str, Any] = {}
         self.mask_tuning: dict[str, Any] = {}
-        self.seconds_before_training = 0.0
-        self.peak_memory_before_training = 0
 
-    # -- the LoRA run, then Mask Tuning ----------------------------------------------------------
-    def start_model(self, model: nn.Module, spec, ctx: RunContext) -> nn.Module:
+    def start(self, model: nn.Module, spec, ctx, needed: PrerequisiteRun | None) -> tuple[nn.Module, Cost]:
+        import time
+
+        from ..mask_tuning.materialize import materialize
+        from ..mask_tuning.pipeline import MaskTuningConfig, run_mask_tuning
+        from ..train.memory import PeakMemoryMeter
+
         del model  # the pretrained weights are not used: the LoRA run is the starting point
-        cfg = ctx.cfg
-        base, self.base = prerequisite_model(ctx, cfg.base_run, "lora", "--base-run",
-                                             {"epochs": cfg.base_epochs, "lr": cfg.base_lr})
+        cfg, base, self.base = ctx.cfg, needed.model, needed.summary
         batches = ctx.calibration_batches(cfg.mt_num_samples, cfg.mt_batch_size,
                                           cfg.mt_sample_with_replacement)
         base_eval = ctx.evaluate(base)
@@ -52,20 +55,20 @@ class LoRAPrune(LoRA):
         seconds = time.perf_counter() - t0
         pruned_eval = ctx.evaluate(base)
         metric = ctx.task.metric
+        summary = structure.summary()
         self.mask_tuning = {**result.summary(), "seconds_with_materialize": round(seconds, 3),
                             "peak_memory_bytes": meter.peak_bytes(),
                             "dev_before": base_eval, "dev_after": pruned_eval,
                             "drop": base_eval[metric] - pruned_eval[metric],
-                            "kept_heads_per_layer": [len(h) for h in structure["heads"]],
-                            "kept_neurons_per_layer": [len(n) for n in structure["neurons"]]}
+                            "kept_heads_per_layer": summary["heads"],
+                            "kept_neurons_per_layer": summary["neurons"]}
         ctx.say(f"mask tuning: {seconds:.1f} s in all; dev {metric} {base_eval[metric]:.4f} (LoRA, "
                 f"merged) -> {pruned_eval[metric]:.4f} (pruned, before retraining)")
-        self.seconds_before_training = self.base["train_seconds_to_selected"] + seconds
-        self.peak_memory_before_training = max(self.base["peak_train_memory_bytes"],
-                                               self.mask_tuning["peak_memory_bytes"])
-        return base
+        return base, Cost(seconds=needed.cost.seconds + seconds,
+                          peak_memory_bytes=max(needed.cost.peak_memory_bytes,
+                                                self.mask_tuning["peak_memory_bytes"]))
 
-    # -- retraining: plain LoRA on the compacted model (inherited prepare/finalize) -----------
+    # retraining: plain LoRA on the compacted model (inherited prepare/finalize)
     def describe(self, model: nn.Module, cfg) -> dict:
         return {**super().describe(model, cfg), "base": self.base, "mask_tuning": self.mask_tuning,
                 "retrain_epochs": cfg.epochs, "retrain_lr": cfg.lr}

@@ -1,6 +1,7 @@
 """The training loop, on Hugging Face Accelerate so that `accelerate launch` scales it out.
 
-Methods never copy this loop; they add Callbacks (events.py) and choose what is trainable.
+Methods never copy this loop; they add Callbacks (events.py, which states what a callback may
+change and call) and choose what is trainable.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..tasks import Task
+from .control import LoopControl
 from .events import Callback
 from .memory import PeakMemoryMeter, release_freed_memory
-from .optim import LinearWarmupDecay, build_optimizer, rebuild_optimizer, set_lr
+from .optim import LinearWarmupDecay, Survivors, build_optimizer, rebuild_optimizer, set_lr
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Trainer:
         self.steps_per_epoch = max(1, steps_per_epoch)
         # 0 epochs is allowed for methods whose work happens before the loop (lora-prune).
         self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else 0
-        self.schedule = LinearWarmupDecay.from_ratio(cfg.lr, self.total_steps, cfg.warmup_ratio)
+        self.control = LoopControl(LinearWarmupDecay.from_ratio(cfg.lr, self.total_steps, cfg.warmup_ratio))
         optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
             model, optimizer, train_loader, eval_loader)
@@ -78,10 +80,6 @@ class Trainer:
         self.best_step = -1
         self.best_eval: dict[str, float] = {}
         self._best_state: dict[str, torch.Tensor] | None = None
-        self.selection_open = True  # methods may close it until the model reaches its final form
-        # Whether this evaluation's model has its final size, so that TTA may count it
-        # (paper-results.md §0.2). Reset to selection_open before each evaluation; CoFi widens it.
-        self.at_final_size = True
         self._untimed = 0.0
         self._extra_params: list = []
         self.memory = PeakMemoryMeter(accelerator.device)
@@ -94,9 +92,9 @@ class Trainer:
 
     @property
     def lr(self) -> float:
-        return self.schedule(self.step)
+        return self.control.lr_schedule(self.step)
 
-    def rebuild_optimizer(self, survivors: dict, extra_params=None) -> None:
+    def rebuild_optimizer(self, survivors: Survivors, extra_params=None) -> None:
         """Call after trainable parameters change shape or number; keeps surviving state.
 
         `extra_params` are trainable tensors outside the model (e.g. APT's layer transform).
@@ -111,6 +109,15 @@ class Trainer:
             self.model = self.accelerator.prepare_model(self.unwrapped_model)
         self.optimizer = self.accelerator.prepare_optimizer(new)
         self._trainable = self._trainable_params()
+
+    def average_gradients(self, params) -> None:
+        """Average the gradients of trainable tensors that live outside the DDP-wrapped model
+        (APT's Tr, CoFi's W_tr and gates) across processes; DDP averages the model's own."""
+        if self.accelerator.num_processes == 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                p.grad = self.accelerator.reduce(p.grad, "mean")
 
     def _trainable_params(self) -> list:
         """What gradient clipping covers; refreshed only when the parameter set changes."""
@@ -173,16 +180,14 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_step_begin(self, batch)  # may evaluate (eval mode) or reshape the model
                 self.model.train()
-                set_lr(self.optimizer, self.schedule(self.step))
+                set_lr(self.optimizer, self.control.lr_schedule(self.step))
                 extra_kwargs = {}
                 for cb in self.callbacks:
                     extra_kwargs.update(cb.forward_kwargs(self))
                 outputs = self.model(**batch, **extra_kwargs)
                 loss = outputs.loss
                 for cb in self.callbacks:
-                    extra = cb.extra_loss(self, batch, outputs)
-                    if extra is not None:
-                        loss = loss + extra
+                    loss = cb.compute_loss(self, batch, outputs, loss)
                 acc.backward(loss)
                 for cb in self.callbacks:
                     cb.after_backward(self)
@@ -228,12 +233,13 @@ class Trainer:
         )
 
     def _evaluate_and_log(self, mean_loss: float, wall_start: float, bar) -> None:
-        self.at_final_size = self.selection_open
+        control = self.control
+        control.at_final_size = control.selection_open
         for cb in self.callbacks:
             cb.on_evaluate_begin(self)
         metrics = self.evaluate()
         value = metrics[self.task.metric]
-        improved = self.selection_open and value > self.best_metric
+        improved = control.selection_open and value > self.best_metric
         if improved:
             self.best_metric, self.best_step, self.best_eval = value, self.step, dict(metrics)
             self._best_state = self.snapshot_trainable()
@@ -248,7 +254,7 @@ class Trainer:
             "lr": self.lr,
             "metric": self.task.metric,
             "value": value,
-            "at_final_size": self.at_final_size,
+            "at_final_size": control.at_final_size,
             "eval": metrics,
         }
         self.history.append(record)

@@ -1,4 +1,4 @@
-"""Peak training memory as protocol.md defines it.
+"""Peak training memory as docs/protocol.md#training-memory defines it.
 
 CUDA: torch.cuda.max_memory_allocated() after a reset at the start of training.
 CPU: the peak resident set size above the resident size right after model and data load.

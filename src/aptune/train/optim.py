@@ -36,7 +36,7 @@ class LinearWarmupDecay:
     """lr(t) = peak·t/w during warm-up, then linear decay to 0 at `total` steps.
 
     A pure function of the global step: rebuilding the optimizer can never detach or restart it
-    (the stale-scheduler bug of the original APT code, apt-method.md §10).
+    (the stale-scheduler bug of the original APT code, docs/method.md#learning-rate-schedule).
     """
 
     peak: float
@@ -49,7 +49,7 @@ class LinearWarmupDecay:
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.peak * step / self.warmup_steps  # as HF and apt-method.md §10: lr(0) = 0
+            return self.peak * step / self.warmup_steps  # as HF: lr(0) = 0
         span = max(1, self.total_steps - self.warmup_steps)
         return self.peak * max(0.0, (self.total_steps - step) / span)
 
@@ -61,10 +61,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 # A selector maps an old state tensor (shaped like the old parameter) to the new one's shape.
 Selector = Callable[[torch.Tensor], torch.Tensor]
+# New parameter -> (the old parameter it came from, the selector; None when the shape is unchanged).
+Survivors = dict[nn.Parameter, tuple[nn.Parameter, "Selector | None"]]
 
 
 def rebuild_optimizer(old: torch.optim.Optimizer, model: nn.Module, weight_decay: float,
-                      survivors: dict[nn.Parameter, tuple[nn.Parameter, Selector | None]],
+                      survivors: Survivors,
                       extra_params=()) -> torch.optim.AdamW:
     """A new AdamW over the model's trainable parameters.
 

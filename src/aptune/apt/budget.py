@@ -1,0 +1,102 @@
+"""The parameter budget: model size C, block costs, salience density, and the keep-set search
+(docs/method.md#model-size, docs/method.md#keep-set-search).
+
+paper: C = d_m' · (4·d_h·N_h' + 2·N_f')                        (biases and norms ignored, Eq. 6)
+code:  C = d_m' · (4·d_h·N_h' + 2·N_f' + 6·n_L) + 3·d_h·N_h' + N_f'   (with biases and LayerNorms)
+
+aptune's default is `code`: it is the count that the pruned model's own tensors give
+(docs/protocol.md#parameters-kept), so a 40% budget really yields at most 40% by that count. With
+`paper`, biases and norms that cannot be pruned can push the reported count above the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BLOCK_TYPES = ("head", "neuron", "hidden")
+
+
+@dataclass(frozen=True)
+class Counts:
+    heads: int  # N_h'
+    neurons: int  # N_f'
+    hidden: int  # d_m'
+    head_dim: int  # d_h
+    ffn_factor: int = 2  # 3 for gated FFNs
+    layers: int = 0  # n_L, used by the `code` convention
+    mode: str = "paper"  # or "code" (param_count_mode)
+
+    def formula(self, h, f, d):
+        """C for kept counts h, f, d (ints or tensors of prefix counts)."""
+        if self.mode == "code":
+            return d * (4 * self.head_dim * h + self.ffn_factor * f + 6 * self.layers) \
+                + 3 * self.head_dim * h + f
+        return d * (4 * self.head_dim * h + self.ffn_factor * f)
+
+    @property
+    def size(self) -> int:
+        """C, the non-embedding size, by this convention."""
+        return int(self.formula(self.heads, self.neurons, self.hidden))
+
+    def costs(self) -> dict[str, float]:
+        """Cost of one block of each type at the current counts."""
+        extra = self.mode == "code"
+        return {"head": 4 * self.hidden * self.head_dim + (3 * self.head_dim if extra else 0),
+                "neuron": self.ffn_factor * self.hidden + (1 if extra else 0),
+                "hidden": 4 * self.head_dim * self.heads + self.ffn_factor * self.neurons
+                + (6 * self.layers if extra else 0)}
+
+
+@dataclass
+class KeepSet:
+    """Indices (within each flattened block vector) that stay on and the ones that go."""
+
+    keep: dict[str, torch.Tensor]
+    prune: dict[str, torch.Tensor]
+    size: int  # C of the kept prefix
+
+
+def select_keep_set(salience: dict[str, torch.Tensor], alive: dict[str, torch.Tensor],
+                    counts: Counts, target_size: float) -> KeepSet:
+    """Sort candidates by salience density and keep the largest prefix with C < target.
+
+    `salience[t]` and `alive[t]` are flat vectors over all blocks of type t (heads and neurons
+    concatenated over layers). Blocks that are not alive (already pruned) are never candidates.
+    Ties break by block type, then index, so every process picks the same set.
+    """
+    costs = counts.costs()
+    dens, kinds, index = [], [], []
+    for code, t in enumerate(BLOCK_TYPES):
+        idx = torch.nonzero(alive[t], as_tuple=False).flatten()  # (n_t,)
+        dens.append(salience[t][idx].double() / max(costs[t], 1e-12))
+        kinds.append(torch.full_like(idx, code))
+        index.append(idx)
+    dens_all, kind_all, idx_all = torch.cat(dens), torch.cat(kinds), torch.cat(index)  # (N,)
+    # Descending density; stable sort on (type, index) first makes ties deterministic.
+    order = torch.argsort(kind_all * (idx_all.max() + 1 if idx_all.numel() else 1) + idx_all, stable=True)
+    order = order[torch.argsort(-dens_all[order], stable=True)]
+    kind_sorted = kind_all[order]
+    cum = [torch.cumsum((kind_sorted == c).long(), 0) for c in range(3)]  # prefix counts per type
+    sizes = counts.formula(cum[0], cum[1], cum[2])  # C_top-i for i = 1..N
+    n = _largest_prefix_below(sizes, target_size)
+    keep, prune = {}, {}
+    for code, t in enumerate(BLOCK_TYPES):
+        chosen = order[:n][kind_sorted[:n] == code]
+        rest = order[n:][kind_sorted[n:] == code]
+        keep[t] = torch.sort(idx_all[chosen]).values
+        prune[t] = torch.sort(idx_all[rest]).values
+    return KeepSet(keep, prune, int(sizes[n - 1]) if n > 0 else 0)
+
+
+def _largest_prefix_below(sizes: torch.Tensor, target: float) -> int:
+    """Largest i with sizes[i-1] < target, by binary search; sizes is non-decreasing."""
+    lo, hi = 0, sizes.numel()
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if float(sizes[mid - 1]) < target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

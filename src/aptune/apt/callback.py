@@ -1,0 +1,201 @@
+"""APT in the training loop: the pruner (A_P), the ranks (A_T) and self-distillation (D_S) wired
+into the loop's events in the order of docs/method.md#step-order.
+
+    on_train_begin   the schedule, the LR segments, selection closed until the last pruning point
+    on_step_begin    distillation starts; teacher refreshes at window starts; taps on or off
+    compute_loss     μ·L_distill + (1 − μ)·L_ft while distilling
+    after_backward   salience EMA and adapter importance (gradients averaged across processes)
+    after_step       mask steps inside decay windows; pruning points; distillation ends
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..arch import ArchSpec
+from ..lora import inject_lora, merge_and_unload
+from ..structure import record_structure
+from ..train.events import Callback
+from ..train.optim import Survivors
+from .pruner import Pruner
+from .ranks import Ranks, growth_factor
+from .schedule import PruningSchedule, SegmentedSchedule, build_schedule, settings_for
+from .teacher import SelfDistillation
+
+
+def attach_apt(model: nn.Module, spec: ArchSpec, cfg: Any, seed: int = 128) -> APTCallback:
+    """Add APT's adapters (q, v and the FFN up-projection by default; the task head trains) and
+    its masks and salience taps to `model`; returns the callback that runs APT in the loop."""
+    targets = cfg.target_modules or list(spec.apt_target_modules)
+    inject_lora(model, cfg.r, cfg.lora_alpha, targets, trainable_modules=spec.head_modules)
+    return APTCallback(model, spec, cfg, seed)
+
+
+class APTCallback(Callback):
+    def __init__(self, model: nn.Module, spec: ArchSpec, cfg: Any, seed: int = 128) -> None:
+        self.spec, self.cfg = spec, cfg
+        # One random stream for new adapter rows, Tr's growth and the teacher layers sampled.
+        generator = torch.Generator().manual_seed(seed)
+        self.pruner = Pruner(model, spec, cfg)
+        self.ranks = Ranks(model, spec, cfg, self.pruner.head_dim, generator)
+        self.distillation = SelfDistillation(cfg, generator)
+        self.schedule: PruningSchedule | None = None
+        self.consistency: list[dict] = []
+
+    # -- events --------------------------------------------------------------------------------
+    def on_train_begin(self, trainer) -> None:
+        cfg, control = self.cfg, trainer.control
+        self.schedule = build_schedule(settings_for(cfg, trainer.total_steps, trainer.steps_per_epoch))
+        self.schedule.set_tuning_budget(self.ranks.delta(self.pruner.masks), cfg.tuning_budget_ratio)
+        control.lr_schedule = SegmentedSchedule(trainer.cfg.lr, trainer.total_steps, trainer.cfg.warmup_ratio,
+                                                self.schedule.distill_start, self.schedule.distill_end,
+                                                cfg.post_distill_lr_factor)
+        control.selection_open = False  # checkpoints count once structure and ranks are final
+        self.ranks.history.append({"step": 0, "ranks": self.ranks.table(),
+                                   "delta": self.ranks.delta(self.pruner.masks)})
+        trainer.say(self.schedule.describe())
+
+    def on_step_begin(self, trainer, batch) -> None:
+        t, sched = trainer.step, self.schedule
+        if sched.distill_start is not None and t == sched.distill_start:
+            self._start_distillation(trainer)
+        if t in sched.window_starts():
+            self._maybe_refresh_teacher(trainer)
+        in_window = sched.start <= t <= sched.end
+        self.pruner.salience.active = self.cfg.prune and in_window
+        self.ranks.collecting = self.cfg.grow_ranks and in_window
+
+    def forward_kwargs(self, trainer) -> dict:
+        return {"output_hidden_states": True} if self.schedule.in_distillation(trainer.step) else {}
+
+    def compute_loss(self, trainer, batch, outputs, loss: torch.Tensor) -> torch.Tensor:
+        t = trainer.step
+        if not self.schedule.in_distillation(t) or self.distillation.teacher is None:
+            return loss
+        distill = self.distillation.loss(trainer.unwrapped_model, batch, outputs, self.pruner.masks,
+                                         self.pruner.salience, self.pruner.alive_layers())
+        # μ·L_distill + (1 − μ)·L_ft (docs/method.md#distillation-weight), as L_ft + μ·(L_distill − L_ft).
+        return loss + self.schedule.mu(t) * (distill - loss)
+
+    def after_backward(self, trainer) -> None:
+        salience = self.pruner.salience
+        if salience.active:
+            reduce = (lambda x: trainer.accelerator.reduce(x, "sum")) \
+                if trainer.accelerator.num_processes > 1 else None
+            salience.update_ema(salience.step_scores(reduce))
+        self.ranks.observe()  # DDP has averaged W_B's gradients: identical on every process
+        trainer.average_gradients(self.distillation.trainable())  # Tr lives outside DDP
+
+    def after_step(self, trainer) -> None:
+        t, step, sched = trainer.step - 1, trainer.step, self.schedule
+        k = sched.window_of(t)
+        # Soft steps until p_k - 2, exact 0/1 there, then frozen until the next window
+        # (docs/method.md#mask-updates).
+        if k is not None and self.cfg.prune and t <= sched.points[k] - 2:
+            self.pruner.step_masks(k + 1, sched.kept[k], sched.mask_steps[k],
+                                   binarise=(t == sched.points[k] - 2))
+        point = sched.point_index(step)
+        if point is not None:
+            self._pruning_point(trainer, point)
+        ends = sched.distill_end is not None and step == sched.distill_end
+        if ends and self.distillation.teacher is not None:
+            self._end_distillation(trainer)
+
+    # -- pruning points ------------------------------------------------------------------------
+    def _pruning_point(self, trainer, k: int) -> None:
+        sched, cfg = self.schedule, self.cfg
+        survivors: Survivors = {}
+        if cfg.grow_ranks:
+            prev = sched.budgets[k - 1] if k > 0 else self.ranks.history[0]["delta"]
+            survivors.update(self.ranks.grow(prev, sched.budgets[k], self.pruner.masks))
+            survivors.update(self.distillation.grow_transform(growth_factor(prev, sched.budgets[k])))
+        self.ranks.importance.reset()
+        if sched.distill_start is None and cfg.prune:  # without a teacher, compact at every point
+            survivors = self._compact(trainer.unwrapped_model, survivors)
+        self._rebuild_optimizer(trainer, survivors)
+        self.ranks.history.append({"step": trainer.step, "ranks": self.ranks.table(),
+                                   "delta": self.ranks.delta(self.pruner.masks), "budget": sched.budgets[k],
+                                   "kept_ratio": self.pruner.kept_ratio()})
+        self._check_processes_agree(trainer, k)
+        if k == len(sched.points) - 1:
+            self.pruner.salience.active = False
+            trainer.control.selection_open = True
+            trainer.say(f"pruning complete at step {trainer.step}: kept ratio "
+                        f"{self.pruner.kept_ratio():.4f} (target {1 - cfg.sparsity:.4f})")
+
+    def _compact(self, model: nn.Module, survivors: Survivors) -> Survivors:
+        changed, survivors = self.pruner.compact_keeping_state(model, survivors)
+        if changed:
+            self.ranks.refresh(model)
+        return survivors
+
+    def _rebuild_optimizer(self, trainer, survivors: Survivors) -> None:
+        """A new AdamW after a change of shapes; unchanged tensors keep their state
+        (docs/method.md#optimizer-state-after-a-shape-change)."""
+        if self.cfg.optimizer_reset == "reset":
+            survivors = {}
+        extra = self.distillation.trainable()
+        for p in [*trainer.unwrapped_model.parameters(), *extra]:
+            if p.requires_grad and p not in survivors:
+                survivors[p] = (p, None)
+        trainer.rebuild_optimizer(survivors, extra_params=extra)
+
+    def _check_processes_agree(self, trainer, k: int) -> None:
+        """Pruning decisions must be identical on every process; stop loudly if they are not."""
+        acc = trainer.accelerator
+        if acc.num_processes == 1:
+            return
+        prints = acc.gather(self.pruner.fingerprint().to(acc.device).unsqueeze(0)).cpu()  # (P, 2)
+        self.consistency.append({"point": k + 1, "fingerprints": prints[:, 0].tolist()})
+        if not torch.allclose(prints, prints[0].expand_as(prints)):
+            raise RuntimeError(f"processes disagree on the masks at pruning point {k + 1}: "
+                               f"{prints[:, 0].tolist()}")
+
+    # -- distillation --------------------------------------------------------------------------
+    def _maybe_refresh_teacher(self, trainer) -> None:
+        if not self.distillation.wants_snapshot():
+            return
+        value = trainer.evaluate_untimed()[trainer.task.metric]
+        if self.distillation.improves(value):
+            survivors = self._compact(trainer.unwrapped_model, {})
+            self.distillation.snapshot(trainer.unwrapped_model, value)
+            self._rebuild_optimizer(trainer, survivors)
+            trainer.say(f"step {trainer.step}: teacher snapshot (dev {trainer.task.metric} {value:.4f})")
+
+    def _start_distillation(self, trainer) -> None:
+        w = next(trainer.unwrapped_model.parameters())
+        transform = self.distillation.start(int(self.pruner.masks.hidden.numel()), w.device, w.dtype)
+        self.pruner.hidden_followers.append(transform)
+        self._rebuild_optimizer(trainer, {})
+        trainer.say(f"step {trainer.step}: self-distillation starts (μ {self.schedule.mu(trainer.step):.2f})")
+
+    def _end_distillation(self, trainer) -> None:
+        trainer.restore_best()
+        self._compact(trainer.unwrapped_model, {})
+        self.pruner.hidden_followers.clear()
+        self.distillation.end()
+        trainer.rebuild_optimizer({}, extra_params=[])  # a fresh optimizer for phase 2
+        trainer.reset_best_to_current()
+        trainer.say(f"step {trainer.step}: distillation ends; fine-tuning the pruned model at "
+                    f"{self.cfg.post_distill_lr_factor:g}x LR")
+
+    # -- the end of the run --------------------------------------------------------------------
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Remove what the masks cut, drop the hooks, merge the adapters: a plain smaller model."""
+        self.ranks.final = self.ranks.table()
+        self.pruner.compact(model)  # masks are binary once pruning is done
+        self.pruner.detach()
+        merge_and_unload(model)
+        record_structure(model, self.pruner.structure)
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        """What metrics.json records of the run."""
+        return {"schedule": self.schedule.as_dict() if self.schedule else None,
+                "rank_history": self.ranks.history, "pruning_log": self.pruner.pruning_log,
+                "final_ranks": self.ranks.final, "structure": self.pruner.structure.to_dict(),
+                "optimizer_reset": self.cfg.optimizer_reset, "use_kurtosis": self.cfg.use_kurtosis,
+                "process_consistency": self.consistency}

@@ -1,0 +1,77 @@
+"""APTConfig: APT's hyperparameters (docs/method.md#hyperparameters), with PEFT's names where
+they fit. Every field is also a recipe key and an `aptune train` flag. No torch here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import AptuneError
+from ..fields import check_choices, option
+
+
+@dataclass
+class APTConfig:
+    """APT's hyperparameters. `get_apt_model(model, APTConfig(sparsity=0.6))` takes one directly."""
+
+    sparsity: float = option(0.6, "APT: fraction of non-embedding parameters to remove (0.6 keeps 40%).")
+    r: int = option(8, "LoRA/APT initial adapter rank.")
+    lora_alpha: float = option(16.0, "LoRA/APT alpha; the scaling alpha / r is fixed at creation (2).")
+    target_modules: list[str] | None = option(None, "Module-name suffixes that get adapters. Default: "
+                                              "the family's query and value (LoRA), plus the FFN "
+                                              "up-projection (APT).")
+    max_rank: int = option(64, "APT: cap on any adapter's rank.")
+    tuning_budget_ratio: float = option(4.0, "APT: tuning parameters grow linearly to this multiple "
+                                        "of their starting count by the end of pruning.")
+    rank_selection: Literal["tophalf", "all"] = option(
+        "tophalf", "APT: which adapters grow: tophalf (by importance) or all (the 'w/o salience' "
+        "ablation: uniform growth).")
+    rank_growth_rule: Literal["paper", "budget_fill"] = option(
+        "paper", "APT: r' = floor(r * budget ratio) (paper) or budget_fill (code).")
+    new_rank_init: Literal["gaussian", "kaiming_uniform"] = option(
+        "gaussian", "APT: init of new adapter rows: gaussian or kaiming_uniform.")
+    num_prunings: int = option(10, "APT: number of pruning points.")
+    schedule_mode: Literal["auto", "relative", "absolute"] = option(
+        "auto", "APT: relative (fractions of the run), absolute (paper's step constants), or auto "
+        "(absolute only for runs of paper length).")
+    pruning_start_frac: float = option(0.02, "APT relative schedule: salience starts at this fraction of T.")
+    pruning_end_frac: float = option(0.30, "APT relative schedule: the last pruning point, as a "
+                                     "fraction of T.")
+    sparsity_warmup_frac: float = option(1 / 3, "APT relative schedule: part of the pruning window "
+                                         "where the kept ratio stays 1.")
+    distill_end_frac: float = option(0.50, "APT relative schedule: distillation ends at this fraction of T.")
+    pruning_start_step: int = option(200, "APT absolute schedule: first salience step.")
+    pruning_end_epoch: float = option(3.0, "APT absolute schedule: last pruning point, in epochs.")
+    sparsity_warmup_epochs: float = option(1.0, "APT absolute schedule: epochs with kept ratio 1.")
+    mask_decay_window: int = option(200, "APT absolute schedule: decay-window length in steps.")
+    mask_decay_step: float = option(0.01, "APT absolute schedule: mask change per step in a window.")
+    distill_epochs: float = option(20.0, "APT absolute schedule: epochs of self-distillation.")
+    pruning_schedule: Literal["cubic", "linear", "once"] = option(
+        "cubic", "APT: shape of the kept-ratio schedule: cubic, linear or once.")
+    param_count_mode: Literal["code", "paper"] = option(
+        "code", "APT: size formula of the budget: code (weights, biases and LayerNorms: the count "
+        "the pruned tensors give) or paper (Eq. 6).")
+    salience_beta: float = option(0.85, "APT: EMA factor of block salience and adapter importance.")
+    use_kurtosis: bool = option(True, "APT: add the outlier (kurtosis) term to salience.")
+    prune: bool = option(True, "APT: prune at all (off = the 'w/o A_P' ablation).")
+    grow_ranks: bool = option(True, "APT: grow adapter ranks (off = the 'w/o A_T' ablation).")
+    distill: bool = option(True, "APT: self-distillation (off = the 'w/o D_S' ablation).")
+    distill_temperature: float = option(4.0, "APT: temperature of the prediction-distillation KL.")
+    lambda_pred: float = option(1.0, "APT: weight of the prediction-distillation loss.")
+    lambda_layer: float = option(0.9, "APT: weight of the layer-distillation loss.")
+    teacher_refresh: Literal["on_improvement", "once"] = option(
+        "on_improvement", "APT: refresh the teacher on_improvement or once.")
+    optimizer_reset: Literal["preserve", "reset"] = option(
+        "preserve", "APT: after shape changes keep surviving AdamW state (preserve) or start fresh "
+        "(reset, as in the paper).")
+    post_distill_lr_factor: float = option(0.1, "APT: peak LR factor after distillation ends.")
+
+    def validate(self) -> None:
+        if not 0 < self.sparsity < 1:
+            raise AptuneError(f"--sparsity must be inside (0, 1), got {self.sparsity}",
+                              "pass e.g. --sparsity 0.6 to keep 40% of the non-embedding parameters")
+        check_choices(self, APTConfig)
+        if self.r <= 0:
+            raise AptuneError(f"LoRA rank r must be positive, got {self.r}", "pass --r 8")
+        if self.max_rank < self.r:
+            raise AptuneError(f"--max-rank {self.max_rank} is below --r {self.r}", "raise --max-rank")

@@ -1,0 +1,130 @@
+"""Adaptive pruning A_P: the masks, their steps towards each pruning point's keep-set, and the
+physical removal of what they cut (docs/method.md#mask-updates, docs/method.md#compaction).
+
+The pruner owns the masks and the salience taps that feed them. Compaction keeps three things
+in step with the model: the salience EMA, the hidden-width modules outside the model that follow
+the residual stream (the distillation map Tr), and the optimizer state of every sliced tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..arch import ArchSpec
+from ..errors import AptuneError
+from ..structure import Structure
+from ..surgery import ParamRemap, compact_and_record, model_structure, prune_linear_in, prune_linear_out
+from ..train.optim import Survivors
+from .budget import Counts, select_keep_set
+from .masks import Masks, apply_masks
+from .salience import SalienceCollector
+
+
+class Pruner:
+    def __init__(self, model: nn.Module, spec: ArchSpec, cfg: Any) -> None:
+        self.spec, self.cfg = spec, cfg
+        self.head_dim = spec.head_dim(model)
+        self.gated_ffn = spec.shape(model).gated_ffn
+        self.masks = apply_masks(model, spec, Masks.ones_like(model, spec))
+        # Registered after the mask hooks, so the taps see masked activations.
+        self.salience = SalienceCollector(model, spec, cfg.use_kurtosis, cfg.salience_beta)
+        self.dense_size = self.counts().size  # C(Θ_0)
+        self.structure = model_structure(model, spec)  # kept units, original numbering
+        self.pruning_log: list[dict] = []
+        # Linear maps outside the model that read and write the residual stream (Tr): sliced
+        # along with the hidden dimensions.
+        self.hidden_followers: list[nn.Linear] = []
+
+    # -- sizes -----------------------------------------------------------------------------------
+    def counts(self) -> Counts:
+        heads, neurons, hidden = self.masks.count()
+        return Counts(heads, neurons, hidden, self.head_dim, ffn_factor=3 if self.gated_ffn else 2,
+                      layers=len(self.masks.head), mode=self.cfg.param_count_mode)
+
+    def kept_ratio(self) -> float:
+        return self.counts().size / self.dense_size
+
+    def alive_layers(self) -> list[bool]:
+        """Layers with at least one head and one neuron left (distillation maps onto these)."""
+        return [bool((h > 0).any()) and bool((n > 0).any())
+                for h, n in zip(self.masks.head, self.masks.neuron)]
+
+    # -- mask steps ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step_masks(self, point: int, kept_ratio: float, step_size: float, binarise: bool) -> None:
+        """Move the masks one step towards the keep-set of `kept_ratio` · C(Θ_0): kept blocks up
+        by `step_size`, the others down; with `binarise`, exactly to 1 and 0."""
+        if self.salience.ema is None:
+            return
+        alive = {"head": torch.cat(self.masks.head) > 0, "neuron": torch.cat(self.masks.neuron) > 0,
+                 "hidden": self.masks.hidden > 0}
+        keep = select_keep_set(self.salience.flat_ema(), alive, self.counts(), kept_ratio * self.dense_size)
+        flat = self.masks.flat()
+        for t, vec in flat.items():
+            up, down = keep.keep[t], keep.prune[t]
+            if binarise:
+                vec[up], vec[down] = 1.0, 0.0
+            else:
+                vec[up] = (vec[up] + step_size).clamp(max=1.0)
+                vec[down] = (vec[down] - step_size).clamp(min=0.0)
+        self.masks.write_flat(flat)
+        if binarise:
+            self.pruning_log.append({"point": point, "kept_target": kept_ratio,
+                                     "size": keep.size, "kept_ratio": keep.size / self.dense_size,
+                                     "heads": int(keep.keep["head"].numel()),
+                                     "neurons": int(keep.keep["neuron"].numel()),
+                                     "hidden": int(keep.keep["hidden"].numel()),
+                                     "salience_components": dict(self.salience.last_components)})
+
+    # -- physical removal ------------------------------------------------------------------------
+    def compact(self, model: nn.Module) -> Structure | None:
+        """Remove every block whose mask is 0; the masks become all-ones on the new shapes.
+
+        Returns what was kept (current numbering), or None when nothing was masked.
+        """
+        if not self.masks.is_binary():
+            raise AptuneError("masks are not binary at compaction", "this is a bug; please report it")
+        if all(bool((m > 0).all()) for m in self.masks.all()):
+            return None
+        kept = self.masks.kept()
+        self.masks.remove_hooks()
+        self.salience.detach()
+        self.structure = compact_and_record(model, self.spec, kept)
+        self.salience.keep_units(kept)
+        dims = torch.as_tensor(kept.hidden, dtype=torch.long)
+        for linear in self.hidden_followers:
+            prune_linear_in(linear, dims)
+            prune_linear_out(linear, dims)
+        self.masks = apply_masks(model, self.spec, Masks.ones_like(model, self.spec))
+        self.salience.attach()
+        return kept
+
+    def compact_keeping_state(self, model: nn.Module, survivors: Survivors) -> tuple[bool, Survivors]:
+        """`compact`, and carry the optimizer state of every sliced tensor (on top of `survivors`,
+        e.g. adapters that just grew). Returns whether anything changed, and the survivors."""
+        with ParamRemap() as remap:
+            changed = self.compact(model) is not None
+        merged = dict(survivors)
+        for new, (old, select) in remap.links.items():
+            if old in merged:  # grown then sliced: pad first, then cut
+                root, first = merged.pop(old)
+                merged[new] = (root, (lambda t, f=first, g=select: g(f(t))) if first else select)
+            else:
+                merged[new] = (old, select)
+        return changed, merged
+
+    def detach(self) -> None:
+        """Drop every hook: after this the model runs as a plain model."""
+        self.masks.remove_hooks()
+        self.salience.detach()
+
+    # -- agreement across processes --------------------------------------------------------------
+    def fingerprint(self) -> torch.Tensor:
+        """A number that differs when any mask or the kept structure differs."""
+        values = torch.cat([m.flatten().double().cpu() for m in self.masks.all()])
+        weights = torch.arange(1, values.numel() + 1, dtype=torch.float64)
+        kept = float(sum(len(h) for h in self.structure.heads) * 1e6 + len(self.structure.hidden))
+        return torch.tensor([float((values * weights).sum()) + kept, float(values.numel())])

@@ -1,0 +1,250 @@
+"""Outlier-aware activation x gradient salience with an EMA (docs/method.md#salience; paper Eqs. 4-5).
+
+Per tapped tensor H (B, T, D) of the current step, with ∂L/∂H from the total loss:
+    a_d = Σ_{b,t} |H|,  g_d = Σ_{b,t} |∂L/∂H|,  S̃_d = a_d · g_d       (summed *before* the product)
+Heads sum S̃ over their d_h features at the attention-output input; neurons take S̃ at the FFN
+down-projection input; hidden dims sum S̃ over the residual taps. The outlier term adds
+√max(Kurt(O), 0) with O = W_eff ⊙ x̄ (docs/method.md#outlier-term). The EMA S̄ ← β·S̄ + (1-β)·Ŝ
+runs once per step (docs/method.md#salience-ema).
+Under several processes a, g and x̄ are summed across ranks before use, so every rank scores alike.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..arch import ArchSpec
+from ..lora import LoRALinear
+from ..structure import Structure
+
+
+def excess_kurtosis(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Fisher kurtosis mean(z⁴) - 3 along `dim`, z standardised with the unbiased std; z = 0 if std = 0."""
+    dtype = v.dtype
+    v = v.double()  # float32 rounding makes a constant vector look non-constant
+    mean = v.mean(dim, keepdim=True)
+    std = v.std(dim, keepdim=True, unbiased=True)
+    tiny = 1e-12 * v.abs().amax(dim, keepdim=True).clamp_min(1e-300)
+    z = torch.where(std > tiny, (v - mean) / std.clamp_min(1e-300), torch.zeros_like(v))
+    return (z.pow(4).mean(dim) - 3.0).to(dtype)
+
+
+def effective_weight(linear: nn.Linear) -> torch.Tensor:
+    w = linear.weight
+    return w + linear.delta_weight() if isinstance(linear, LoRALinear) else w  # (d_out, d_in)
+
+
+class _Tap:
+    """Sums |H| and |∂L/∂H| over batch and positions for one tapped tensor."""
+
+    def __init__(self, collector: "SalienceCollector") -> None:
+        self.collector = collector
+        self.act: torch.Tensor | None = None  # (D,)
+        self.grad: torch.Tensor | None = None  # (D,)
+        self.mean_sum: torch.Tensor | None = None  # Σ_{b,t} H, for x̄
+        self.rows = 0
+
+    def observe(self, h: torch.Tensor) -> None:
+        if not self.collector.active or not torch.is_grad_enabled():
+            return
+        flat = h.detach().reshape(-1, h.shape[-1])  # (B·T, D)
+        self.act = _add(self.act, flat.abs().sum(0))
+        self.mean_sum = _add(self.mean_sum, flat.sum(0))
+        self.rows += flat.shape[0]
+        if h.requires_grad:
+            h.register_hook(self._on_grad)
+
+    def _on_grad(self, grad: torch.Tensor) -> None:
+        self.grad = _add(self.grad, grad.detach().reshape(-1, grad.shape[-1]).abs().sum(0))
+
+    def reset(self) -> None:
+        self.act = self.grad = self.mean_sum = None
+        self.rows = 0
+
+
+def _add(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return x.float() if acc is None else acc + x.float()
+
+
+class SalienceCollector:
+    """Registers the taps on a model and turns one step's observations into block scores."""
+
+    def __init__(self, model: nn.Module, spec: ArchSpec, use_kurtosis: bool = True,
+                 beta: float = 0.85) -> None:
+        self.model, self.spec = model, spec
+        self.use_kurtosis, self.beta = use_kurtosis, beta
+        self.active = False
+        self.ema: dict[str, list[torch.Tensor]] | None = None
+        self._handles: list = []
+        self.last_components: dict[str, float] = {}
+        self.attach()
+
+    # -- hooks -------------------------------------------------------------------------------
+    def attach(self) -> None:
+        """(Re)register taps on the model's current structure (call after physical removal)."""
+        self.detach()
+        spec, model = self.spec, self.model
+        self.head_taps, self.neuron_taps, self.hidden_taps = [], [], []
+        layers = spec.layers(model)
+        for layer in layers:
+            head = _Tap(self) if spec.has_attention(layer) else None
+            neuron = _Tap(self) if spec.has_ffn(layer) else None
+            self.head_taps.append(head)
+            self.neuron_taps.append(neuron)
+            if head is not None:
+                # Registered after the mask hooks, so it sees the masked context.
+                self._pre(spec.attention(layer).output, head)
+                self._pre(spec.attention_block(layer), self._hidden_tap(), block_only=True)
+            if neuron is not None:
+                self._pre(spec.ffn(layer).down, neuron)
+                self._pre(spec.ffn_input_block(layer), self._hidden_tap(), block_only=True)
+        final = self._hidden_tap()
+        self._handles.append(layers[-1].register_forward_hook(
+            lambda m, a, out: final.observe(out[0] if isinstance(out, tuple) else out)))
+        # The embeddings are frozen, so layer 0's input would carry no gradient: make it a leaf
+        # that asks for one while salience is collected.
+        self._handles.append(spec.embeddings(model).register_forward_hook(self._leaf_with_grad))
+
+    def _hidden_tap(self) -> _Tap:
+        tap = _Tap(self)
+        self.hidden_taps.append(tap)
+        return tap
+
+    def _pre(self, module: nn.Module, tap: _Tap, block_only: bool = False) -> None:
+        """Tap a module's first input. With `block_only`, the module gets an alias of it, so the
+        gradient seen is the one through this block alone, not the residual path or a
+        distillation loss on the same hidden state (docs/method.md#salience)."""
+        spec = self.spec
+
+        def hook(mod, args, kwargs):
+            h = spec.block_input(args, kwargs) if block_only else args[0]
+            if block_only and self.active and torch.is_grad_enabled() and h.requires_grad:
+                h = h.view_as(h)  # a new autograd node: only this block's gradient reaches it
+                tap.observe(h)
+                return spec.with_block_input(args, kwargs, h)
+            tap.observe(h)
+            return None
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _leaf_with_grad(self, module, args, output):
+        if self.active and torch.is_grad_enabled() and not output.requires_grad:
+            return output.detach().requires_grad_(True)
+        return output
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # -- scores ------------------------------------------------------------------------------
+    def step_scores(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> dict[str, list[torch.Tensor]]:
+        """Ŝ per block for this step (per layer lists for heads and neurons; one vector for hidden)."""
+        taps = [t for t in self.head_taps + self.neuron_taps + self.hidden_taps if t is not None]
+        if reduce is not None:
+            _all_reduce_taps(taps, reduce)
+        head_dim = None
+        heads, neurons = [], []
+        hidden = None
+        kurt_sum = {"head": 0.0, "neuron": 0.0, "hidden": 0.0}
+        plain_sum = {"head": 0.0, "neuron": 0.0, "hidden": 0.0}
+        for layer, htap, ntap in zip(self.spec.layers(self.model), self.head_taps, self.neuron_taps):
+            if htap is None:
+                heads.append(torch.zeros(0))
+            else:
+                head_dim = self.spec.layer_head_dim(layer)
+                s = _product(htap).view(-1, head_dim).sum(-1)  # (n_h,)
+                plain_sum["head"] += float(s.sum())
+                if self.use_kurtosis and htap.rows:
+                    o = _outlier_matrix(self.spec.attention(layer).output, htap)  # (d_m, n_h·d_h)
+                    k = excess_kurtosis(o.view(o.shape[0], -1, head_dim).transpose(0, 1).reshape(
+                        -1, o.shape[0] * head_dim))  # (n_h,) over each head's column block
+                    s = s + k.clamp_min(0).sqrt()
+                    kurt_sum["head"] += float(k.clamp_min(0).sqrt().sum())
+                    hidden = _add(hidden, excess_kurtosis(o, dim=1).clamp_min(0).sqrt())
+                heads.append(s)
+            if ntap is None:
+                neurons.append(torch.zeros(0))
+            else:
+                s = _product(ntap)  # (n_f,)
+                plain_sum["neuron"] += float(s.sum())
+                if self.use_kurtosis and ntap.rows:
+                    o = _outlier_matrix(self.spec.ffn(layer).down, ntap)  # (d_m, n_f)
+                    k = excess_kurtosis(o, dim=0).clamp_min(0).sqrt()  # (n_f,)
+                    s = s + k
+                    kurt_sum["neuron"] += float(k.sum())
+                    hidden = _add(hidden, excess_kurtosis(o, dim=1).clamp_min(0).sqrt())
+                neurons.append(s)
+        plain_hidden = sum(_product(t) for t in self.hidden_taps)
+        plain_sum["hidden"] = float(plain_hidden.sum())
+        if hidden is not None:
+            kurt_sum["hidden"] = float(hidden.sum())
+            hidden = plain_hidden + hidden
+        else:
+            hidden = plain_hidden
+        self.last_components = {f"{k}_activation_gradient": v for k, v in plain_sum.items()}
+        self.last_components.update({f"{k}_kurtosis": v for k, v in kurt_sum.items()})
+        for t in taps:
+            t.reset()
+        return {"head": heads, "neuron": neurons, "hidden": [hidden]}
+
+    def flat_ema(self) -> dict[str, torch.Tensor]:
+        """S̄ per block type as one vector over all layers, as the keep-set search takes it."""
+        ema = self.ema
+        return {"head": torch.cat(ema["head"]), "neuron": torch.cat(ema["neuron"]),
+                "hidden": ema["hidden"][0]}
+
+    def keep_units(self, kept: Structure) -> None:
+        """After a compaction that kept `kept`: the EMA follows the surviving units."""
+        if self.ema is None:
+            return
+        ema = self.ema
+        ema["head"] = [e[torch.as_tensor(h, dtype=torch.long)] if e.numel() else e
+                       for e, h in zip(ema["head"], kept.heads)]
+        ema["neuron"] = [e[torch.as_tensor(n, dtype=torch.long)] if e.numel() else e
+                         for e, n in zip(ema["neuron"], kept.neurons)]
+        ema["hidden"] = [ema["hidden"][0][torch.as_tensor(kept.hidden, dtype=torch.long)]]
+
+    def update_ema(self, scores: dict[str, list[torch.Tensor]]) -> None:
+        if self.ema is None:
+            self.ema = {k: [torch.zeros_like(v) for v in vs] for k, vs in scores.items()}
+        for k, vs in scores.items():
+            for old, new in zip(self.ema[k], vs):
+                old.mul_(self.beta).add_(new.to(old.device), alpha=1 - self.beta)
+
+
+def _product(tap: _Tap) -> torch.Tensor:
+    if tap.act is None:
+        return torch.zeros(0)
+    grad = tap.grad if tap.grad is not None else torch.zeros_like(tap.act)
+    return tap.act * grad  # (D,)
+
+
+def _outlier_matrix(proj: nn.Linear, tap: _Tap) -> torch.Tensor:
+    x_mean = tap.mean_sum / max(tap.rows, 1)  # (D_in,)
+    with torch.no_grad():
+        return effective_weight(proj).float() * x_mean[None, :]  # (d_m, D_in)
+
+
+def _all_reduce_taps(taps: list[_Tap], reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Sum every tap's vectors across processes in one collective call."""
+    parts, shapes = [], []
+    for t in taps:
+        for name in ("act", "grad", "mean_sum"):
+            v = getattr(t, name)
+            parts.append(v if v is not None else torch.zeros(0))
+            shapes.append(parts[-1].numel())
+        parts.append(torch.tensor([float(t.rows)]))
+        shapes.append(1)
+    flat = reduce(torch.cat([p.float().flatten().cpu() for p in parts]))
+    pieces = torch.split(flat, shapes)
+    it = iter(pieces)
+    for t in taps:
+        for name in ("act", "grad", "mean_sum"):
+            v = next(it)
+            if v.numel():
+                setattr(t, name, v.clone())
+        t.rows = int(next(it).item())

@@ -1,0 +1,139 @@
+"""Self-distillation D_S: the teacher's life cycle, layer sampling and mapping, and L_layer
+(docs/method.md#self-distillation; paper Eqs. 7-8). L_pred and Tr are shared with CoFi
+(aptune/losses.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..lora import LoRALinear
+from ..losses import lora_layer_transform, prediction_loss
+from ..train.optim import Survivors, pad_cols, pad_rows
+
+
+def sample_teacher_layers(n_layers: int, generator: torch.Generator, groups: int = 4) -> list[int]:
+    """One layer drawn uniformly from each of `groups` contiguous, nearly equal blocks (RAIL-KD)."""
+    bounds = [round(i * n_layers / groups) for i in range(groups + 1)]
+    picks = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi > lo:
+            picks.append(lo + int(torch.randint(hi - lo, (1,), generator=generator)))
+    return picks
+
+
+def map_layers(teacher_hidden: list[torch.Tensor], student_hidden: list[torch.Tensor],
+               teacher_layers: list[int], alive: list[bool], transform: nn.Module) -> dict[int, int]:
+    """φ(i) = argmin over alive j of MSE(Tr(H_s^j), H_t^i); ties go to the nearest index."""
+    candidates = [j for j, ok in enumerate(alive) if ok]
+    if not candidates:
+        return {}
+    with torch.no_grad():
+        mapped = {j: transform(student_hidden[j]) for j in candidates}
+        phi = {}
+        for i in teacher_layers:
+            errors = [(float(F.mse_loss(mapped[j], teacher_hidden[i])), abs(j - i), j) for j in candidates]
+            phi[i] = min(errors)[2]
+    return phi
+
+
+def layer_loss(teacher_hidden: list[torch.Tensor], student_hidden: list[torch.Tensor],
+               phi: dict[int, int], transform: nn.Module) -> torch.Tensor:
+    """Σ_i MSE(Tr(H_s^φ(i)), H_t^i): summed over the sampled layers, not averaged."""
+    terms = [F.mse_loss(transform(student_hidden[j]), teacher_hidden[i]) for i, j in phi.items()]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+class TeacherSnapshot:
+    """An earlier state of the student: frozen copies of its trainable tensors (adapters, head).
+
+    The backbone is shared, so only the copies cost memory. The teacher forward substitutes them
+    by name (torch.func.functional_call) and runs unmasked, in eval mode, without gradients.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def forward(self, model: nn.Module, batch: dict, masks=None, salience=None):
+        was_training = model.training
+        model.eval()
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        salience_active = salience.active if salience is not None else False
+        if salience is not None:
+            salience.active = False  # teacher activations must not feed salience
+        try:
+            with masks.disabled() if masks is not None else contextlib.nullcontext():
+                out = functional_call(model, self.state, args=(),
+                                      kwargs={**inputs, "output_hidden_states": True}, strict=False)
+        finally:
+            if salience is not None:
+                salience.active = salience_active
+            model.train(was_training)
+        return out
+
+    def numel(self) -> int:
+        return sum(t.numel() for t in self.state.values())
+
+
+class SelfDistillation:
+    """The teacher and Tr over a run: snapshots at window starts when the dev score improved
+    (docs/method.md#teacher), the distillation loss while the window is open, and the end."""
+
+    def __init__(self, cfg: Any, generator: torch.Generator) -> None:
+        self.cfg = cfg
+        self.generator = generator  # shared with rank growth: one random stream per run
+        self.teacher: TeacherSnapshot | None = None
+        self.transform: LoRALinear | None = None  # Tr, alive during distillation
+        self.best_metric = -math.inf
+
+    def start(self, d_model: int, device: torch.device, dtype: torch.dtype) -> LoRALinear:
+        self.transform = lora_layer_transform(d_model, self.cfg.r, self.cfg.lora_alpha, device, dtype)
+        return self.transform
+
+    def wants_snapshot(self) -> bool:
+        """Whether a window start should evaluate the student as a possible new teacher."""
+        return self.teacher is None or self.cfg.teacher_refresh != "once"
+
+    def improves(self, value: float) -> bool:
+        return self.teacher is None or value > self.best_metric
+
+    def snapshot(self, model: nn.Module, value: float) -> None:
+        self.teacher = TeacherSnapshot(model)
+        self.best_metric = value
+
+    def loss(self, model: nn.Module, batch: dict, outputs: Any, masks: Any, salience: Any,
+             alive_layers: list[bool]) -> torch.Tensor:
+        """λ_pred · L_pred + λ_layer · L_layer against the teacher, for this step's student outputs."""
+        cfg = self.cfg
+        teacher = self.teacher.forward(model, batch, masks, salience)
+        l_pred = prediction_loss(teacher.logits, outputs.logits, cfg.distill_temperature)
+        t_hidden, s_hidden = teacher.hidden_states[1:], outputs.hidden_states[1:]
+        picks = sample_teacher_layers(len(t_hidden), self.generator)
+        phi = map_layers(t_hidden, s_hidden, picks, alive_layers, self.transform)
+        l_layer = layer_loss(t_hidden, s_hidden, phi, self.transform)
+        return cfg.lambda_pred * l_pred + cfg.lambda_layer * l_layer
+
+    def grow_transform(self, factor: float) -> Survivors:
+        """Tr's rank grows with the adapters' budget (docs/method.md#rank-growth)."""
+        tr, cfg = self.transform, self.cfg
+        if tr is None:
+            return {}
+        new_r = math.floor(tr.r * factor)
+        if not tr.r < new_r < 2 * cfg.max_rank:
+            return {}
+        old_a, old_b = tr.grow_rank(new_r, cfg.new_rank_init, self.generator)
+        return {tr.lora_A: (old_a, pad_rows(new_r)), tr.lora_B: (old_b, pad_cols(new_r))}
+
+    def trainable(self) -> list[nn.Parameter]:
+        """Tr's trainable tensors: they live outside the model, so the optimizer takes them extra."""
+        return [p for p in self.transform.parameters() if p.requires_grad] if self.transform else []
+
+    def end(self) -> None:
+        self.teacher, self.transform = None, None

@@ -1,0 +1,141 @@
+"""Helpers shared by the tests: tiny models, tiny data, random masks and the CLI runner.
+
+Test modules import these directly (`from tests.helpers import ...`); fixtures that wrap them
+live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("APTUNE_DATA_DIR", REPO.parent / "shared" / "data"))
+RUNNER = CliRunner()
+
+POSITIVE = ["good", "great", "lovely", "brilliant", "fun", "moving", "warm", "smart"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "messy", "cold", "tedious"]
+FILLER = ["the", "film", "is", "a", "story", "with", "acting", "and", "plot", "very", "quite",
+          "movie", "cast", "it", "was", "of", "this", "man", "dog", "runs", "sleeps", "park",
+          "not", "someone", "something", "outside", "inside", "happy", "sad", "house"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _sentence(rng: random.Random, label: int) -> str:
+    words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label else NEGATIVE)]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_sst2(folder: Path, n_train: int = 200, n_dev: int = 64, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    (folder / "sst2").mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            rows.append(f"{_sentence(rng, label)}\t{label}")
+        (folder / "sst2" / name).write_text("\n".join(rows) + "\n")
+
+
+def write_mnli(folder: Path, n_train: int = 200, n_dev: int = 64, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    labels = ["entailment", "neutral", "contradiction"]
+    (folder / "mnli").mkdir(parents=True, exist_ok=True)
+    for name, n in (("train_sample_10k.jsonl", n_train), ("dev_matched.jsonl", n_dev)):
+        with open(folder / "mnli" / name, "w") as fh:
+            for i in range(n):
+                label = labels[i % 3]
+                premise = " ".join(rng.sample(FILLER, 6))
+                hypothesis = {"entailment": premise.split()[0] + " runs",
+                              "neutral": "someone sleeps outside",
+                              "contradiction": "not " + premise.split()[0]}[label]
+                fh.write(json.dumps({"premise": premise + ".", "hypothesis": hypothesis,
+                                     "label": label}) + "\n")
+
+
+def _tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + sorted(set(POSITIVE + NEGATIVE + FILLER + ["."]))) + "\n")
+    return BertTokenizerFast(vocab=str(vocab), do_lower_case=True)  # v5 takes `vocab`
+
+
+def build_tiny_model(folder: Path, family: str = "bert", num_labels: int = 2, seed: int = 0,
+                     layers: int = 2, hidden: int = 32, heads: int = 4, ffn: int = 64) -> Path:
+    """Save a random-init <family> classifier plus a WordPiece tokenizer into `folder`."""
+    from transformers import (BertConfig, BertForSequenceClassification, RobertaConfig,
+                              RobertaForSequenceClassification)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(folder)
+    common = dict(vocab_size=len(tok.get_vocab()), hidden_size=hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=80,
+                  num_labels=num_labels, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    if family == "bert":
+        model = BertForSequenceClassification(BertConfig(**common))
+    elif family == "roberta":
+        model = RobertaForSequenceClassification(RobertaConfig(**common, type_vocab_size=1))
+    else:
+        raise ValueError(family)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def randomize_biases_and_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random-init HF models have zero biases and unit LayerNorms, which hide many bugs
+    (e.g. LN(0 + x) = x for an already normalised x). Equivalence tests perturb them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif "norm.weight" in name.lower():
+                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def random_binary_masks(model: torch.nn.Module, spec, keep: float, generator: torch.Generator,
+                        empty_attention: int | None = None, empty_ffn: int | None = None):
+    """Random 0/1 APT masks: each block kept with probability `keep`, at least one per vector;
+    optionally one layer's attention (or FFN) fully masked."""
+    from aptune.apt.masks import Masks
+
+    masks = Masks.ones_like(model, spec)
+
+    def draw(t: torch.Tensor) -> torch.Tensor:
+        m = (torch.rand(t.shape, generator=generator) < keep).to(t.dtype)
+        if m.sum() == 0:
+            m[0] = 1
+        return m
+
+    masks.head = [draw(t) for t in masks.head]
+    masks.neuron = [draw(t) for t in masks.neuron]
+    masks.hidden = draw(masks.hidden)
+    if empty_attention is not None:
+        masks.head[empty_attention].zero_()
+    if empty_ffn is not None:
+        masks.neuron[empty_ffn].zero_()
+    return masks
+
+
+def invoke(*args):
+    """Run the `aptune` CLI in-process; assert it succeeded without a traceback."""
+    from aptune.cli import app
+
+    result = RUNNER.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr, result.exception)
+    assert "Traceback" not in result.output
+    return result
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
