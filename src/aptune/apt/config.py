@@ -10,16 +10,20 @@ from ..errors import AptuneError
 from ..fields import check_choices, option
 
 
+ADAPTERS = "Adapters (lora, lora-prune, cofi-lora, apt)"
+
+
 @dataclass
 class APTConfig:
     """APT's hyperparameters. `get_apt_model(model, APTConfig(sparsity=0.6))` takes one directly."""
 
     sparsity: float = option(0.6, "APT: fraction of non-embedding parameters to remove (0.6 keeps 40%).")
-    r: int = option(8, "LoRA/APT initial adapter rank.")
-    lora_alpha: float = option(16.0, "LoRA/APT alpha; the scaling alpha / r is fixed at creation (2).")
+    r: int = option(8, "Initial adapter rank (every adapter method).", panel=ADAPTERS)
+    lora_alpha: float = option(16.0, "Adapter alpha; the scaling alpha / r is fixed at creation (2).",
+                               panel=ADAPTERS)
     target_modules: list[str] | None = option(None, "Module-name suffixes that get adapters. Default: "
                                               "the family's query and value (LoRA), plus the FFN "
-                                              "up-projection (APT).")
+                                              "up-projection (APT).", panel=ADAPTERS)
     max_rank: int = option(64, "APT: cap on any adapter's rank.")
     tuning_budget_ratio: float = option(4.0, "APT: tuning parameters grow linearly to this multiple "
                                         "of their starting count by the end of pruning.")

@@ -273,9 +273,14 @@ class Trainer:
             (bar.write if not bar.disable else print)(line)
 
 
-@torch.no_grad()
 def evaluate_model(model: nn.Module, loader, task: Task, accelerator=None) -> dict[str, float]:
     """Predictions over the whole loader, gathered across processes, scored by the task."""
+    return task.compute_metrics(*predict_labels(model, loader, accelerator))
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, loader, accelerator=None) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted ids, gold ids) over the whole loader, in order, gathered across processes."""
     model.eval()
     preds, labels = [], []
     for batch in loader:
@@ -288,4 +293,4 @@ def evaluate_model(model: nn.Module, loader, task: Task, accelerator=None) -> di
         labels.append(gold.cpu().numpy())
         if pred.device.type == "cpu":
             release_freed_memory()  # dynamic shapes again: keep allocator slack out of the peak
-    return task.compute_metrics(np.concatenate(preds), np.concatenate(labels))
+    return np.concatenate(preds), np.concatenate(labels)
