@@ -1,4 +1,4 @@
-"""The `aptune` command line: train, eval, predict, bench, recipes."""
+"""The `aptune` command line: train, eval, predict, export, bench, recipes."""
 
 from __future__ import annotations
 
@@ -169,6 +169,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 128,
     max_length: Annotated[Optional[int], typer.Option(
         help="Maximum tokens per row. Default: the training run's (config.yaml), else 128.")] = None,
+    backend: Annotated[str, typer.Option(
+        help="torch (the saved model), onnx or onnx-int8 (the folder `aptune export --format onnx` "
+             "wrote, or a run folder holding it in onnx/).")] = "torch",
     quiet: Annotated[bool, typer.Option("--quiet", help="Hide the progress bar.")] = False,
 ) -> None:
     """Classify new text with a saved model: one JSON line per input with the label, its
@@ -176,7 +179,7 @@ def predict(
     from .predict import predict_saved, write_jsonl
 
     rows, report = predict_saved(model_dir, text, text_pair, input_file, text_column, text_pair_column,
-                                 batch_size, max_length, show_progress=not quiet)
+                                 batch_size, max_length, show_progress=not quiet, backend=backend)
     if output:
         path = write_jsonl(rows, output)
         source = report.summary() if report is not None else f"{len(rows)} texts"
@@ -184,6 +187,33 @@ def predict(
     else:
         for row in rows:
             typer.echo(json.dumps(row))
+
+
+@app.command("export")
+@user_errors
+def export_(
+    model_dir: Annotated[str, typer.Option(
+        help="A run folder written by `aptune train`, or its model/ folder.")],
+    format_: Annotated[str, typer.Option(
+        "--format", help="onnx: an ONNX graph with dynamic batch and sequence axes, checked against "
+                         "PyTorch with ONNX Runtime.")] = "onnx",
+    output: Annotated[Optional[str], typer.Option(
+        help="The folder to write. Default: onnx/ inside the run folder.")] = None,
+    quantize: Annotated[Optional[str], typer.Option(
+        help="int8: also write ONNX Runtime's dynamic int8 model and report its accuracy.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help=_h("data_dir"))] = None,
+    verify_rows: Annotated[int, typer.Option(
+        help="Dev rows to compare ONNX Runtime with PyTorch on (random tokens without data).")] = 256,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
+) -> None:
+    """Export a trained (pruned) model for other runtimes, verified against PyTorch.
+
+    Needs the export extra: pip install 'aptune[export]'.
+    """
+    from .export.from_run import export_run
+
+    export_run(model_dir, output, format_, quantize, data_dir, verify_rows, opset,
+               say=lambda text: typer.echo(text))
 
 
 @app.command()

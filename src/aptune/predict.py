@@ -13,8 +13,9 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import yaml
 
 from .errors import AptuneError
@@ -45,12 +46,18 @@ class RunSettings:
         return self.task.clean_text(text, self.options or {}) if self.task is not None else text.strip()
 
 
+MANIFEST = "aptune_export.json"  # what `aptune export` records of the run it exported
+
+
 def run_settings(model_path: Path, max_length: int | None) -> RunSettings:
-    """Read config.yaml of the run that holds `model_path` (its folder or the folder above)."""
+    """Read config.yaml of the run that holds `model_path` (its folder or the folder above), or
+    the manifest of an exported folder."""
     for folder in (model_path, model_path.parent):
         config = folder / "config.yaml"
-        if config.is_file():
-            data = yaml.safe_load(config.read_text()) or {}
+        manifest = folder / MANIFEST
+        if config.is_file() or manifest.is_file():
+            data = (yaml.safe_load(config.read_text()) if config.is_file()
+                    else json.loads(manifest.read_text()).get("run", {})) or {}
             task = get_task(data["task"]) if data.get("task") else None
             default = data.get("max_length") or (task.default_max_length if task else DEFAULT_MAX_LENGTH)
             return RunSettings(task, max_length or default,
@@ -149,38 +156,79 @@ def texts_from_flags(texts: list[str], pairs: list[str] | None, settings: RunSet
 
 
 # -- predicting ----------------------------------------------------------------------------------
-def predict_examples(model, tokenizer, examples: list[Example], settings: RunSettings,
+@dataclass
+class Backend:
+    """What runs the model: its config (labels, segments) and a batch -> logits function."""
+
+    config: Any
+    logits: Callable[[dict], np.ndarray]  # (B, n_labels)
+    name: str = "torch"
+
+
+def torch_backend(model) -> Backend:
+    import torch
+
+    def logits(batch: dict) -> np.ndarray:
+        with torch.no_grad():
+            return model(**batch).logits.float().numpy()
+    return Backend(model.config, logits, "torch")
+
+
+def onnx_backend(folder: Path, int8: bool = False) -> Backend:
+    from transformers import AutoConfig
+
+    from .export.onnx import INT8_FILE, ONNX_FILE, onnx_logits, require_onnx, session
+
+    require_onnx()
+    graph = folder / (INT8_FILE if int8 else ONNX_FILE)
+    if not graph.is_file():
+        raise AptuneError(f"{folder} holds no {graph.name}",
+                          "export it with: aptune export --model-dir RUN --format onnx"
+                          + (" --quantize int8" if int8 else ""))
+    sess = session(graph)
+    return Backend(AutoConfig.from_pretrained(folder), lambda batch: onnx_logits(sess, batch),
+                   "onnx-int8" if int8 else "onnx")
+
+
+def predict_examples(backend: Backend, tokenizer, examples: list[Example], settings: RunSettings,
                      batch_size: int = 32, show_progress: bool = False) -> list[dict[str, Any]]:
     """One {label, score, probabilities} per example, in order; batched as `aptune eval` batches."""
-    import torch
     from tqdm.auto import tqdm
-
-    from .train.data import EncodedDataset, make_loader
 
     width = len(examples[0].texts)
     if settings.pairs is not None and settings.pairs != (width == 2):
         needed = "pairs of texts" if settings.pairs else "single texts"
         raise AptuneError(f"the model was trained on {settings.task.name}, which takes {needed}",
                           "pass --text-pair / --text-pair-column for a pair task, or leave them out")
-    columns = list(zip(*(e.texts for e in examples)))
-    encodings = dict(tokenizer(*columns, truncation=True, max_length=settings.max_length))
-    if getattr(model.config, "type_vocab_size", 2) < 2:
-        encodings.pop("token_type_ids", None)  # as for training: RoBERTa has one segment
-    loader = make_loader(EncodedDataset(encodings), tokenizer, batch_size, shuffle=False, seed=0)
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    config = backend.config
+    loader = batches_of(examples, tokenizer, config, settings.max_length, batch_size)
+    names = [config.id2label[i] for i in range(config.num_labels)]
     out: list[dict[str, Any]] = []
-    model.eval()
     bar = tqdm(total=len(examples), unit="row", disable=not show_progress or len(loader) < 4)
-    with torch.no_grad():
-        for batch in loader:
-            probs = model(**batch).logits.float().softmax(-1)  # (B, n_labels)
-            for row in probs.tolist():
-                best = max(range(len(row)), key=row.__getitem__)
-                out.append({"label": names[best], "score": round(row[best], 6),
-                            "probabilities": {n: round(p, 6) for n, p in zip(names, row)}})
-            bar.update(len(probs))
+    for batch in loader:
+        logits = backend.logits(dict(batch))  # (B, n_labels)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)  # softmax, (B, n_labels)
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append({"label": names[best], "score": round(row[best], 6),
+                        "probabilities": {n: round(p, 6) for n, p in zip(names, row)}})
+        bar.update(len(probs))
     bar.close()
     return out
+
+
+def batches_of(examples: list[Example], tokenizer, model_config, max_length: int, batch_size: int):
+    """Padded batches in order, tokenised exactly as `aptune eval` tokenises (labels when >= 0)."""
+    from .train.data import EncodedDataset, make_loader
+
+    columns = list(zip(*(e.texts for e in examples)))
+    encodings = dict(tokenizer(*columns, truncation=True, max_length=max_length))
+    if getattr(model_config, "type_vocab_size", 2) < 2:
+        encodings.pop("token_type_ids", None)  # as for training: RoBERTa has one segment
+    if all(e.label >= 0 for e in examples):
+        encodings["labels"] = [e.label for e in examples]
+    return make_loader(EncodedDataset(encodings), tokenizer, batch_size, shuffle=False, seed=0)
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
@@ -196,20 +244,43 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
 def predict_saved(model_dir: str | Path, texts: list[str] | None = None, pairs: list[str] | None = None,
                   input_file: str | Path | None = None, text_column: str | None = None,
                   pair_column: str | None = None, batch_size: int = 128, max_length: int | None = None,
-                  show_progress: bool = False) -> tuple[list[dict[str, Any]], DataReport | None]:
-    """Predictions for `--text` strings or an `--input` file, and the file's data report."""
+                  show_progress: bool = False, backend: str = "torch"
+                  ) -> tuple[list[dict[str, Any]], DataReport | None]:
+    """Predictions for `--text` strings or an `--input` file, and the file's data report.
+    `backend` "onnx" (or "onnx-int8") runs an `aptune export --format onnx` folder with ONNX
+    Runtime."""
     from .export import load_for_inference
+    from .models import load_tokenizer
 
     if bool(texts) == bool(input_file):
         raise AptuneError("give either --text (one or more) or --input FILE",
                           "e.g. aptune predict --model-dir runs/apt --text 'a warm, funny film'")
     if batch_size <= 0 or (max_length is not None and max_length <= 0):
         raise AptuneError("--batch-size and --max-length must be positive", "pass e.g. --batch-size 128")
-    model, tokenizer, path = load_for_inference(model_dir)
+    if backend in ("onnx", "onnx-int8"):
+        path = onnx_folder(model_dir)
+        runner, tokenizer = onnx_backend(path, int8=backend == "onnx-int8"), load_tokenizer(str(path))
+    elif backend == "torch":
+        model, tokenizer, path = load_for_inference(model_dir)
+        runner = torch_backend(model)
+    else:
+        raise AptuneError(f"unknown --backend {backend!r}", "use torch, onnx or onnx-int8")
     settings = run_settings(path, max_length)
     report = None
     if input_file:
         examples, report = read_texts(input_file, settings, text_column, pair_column)
     else:
         examples = texts_from_flags(list(texts), list(pairs) if pairs else None, settings)
-    return predict_examples(model, tokenizer, examples, settings, batch_size, show_progress), report
+    return predict_examples(runner, tokenizer, examples, settings, batch_size, show_progress), report
+
+
+def onnx_folder(model_dir: str | Path) -> Path:
+    """The folder of an ONNX export: the one given, or the `onnx/` folder of a run."""
+    from .export.onnx import ONNX_FILE
+
+    path = Path(model_dir).expanduser()
+    for folder in (path, path / "onnx"):
+        if (folder / ONNX_FILE).is_file():
+            return folder
+    raise AptuneError(f"{model_dir} holds no {ONNX_FILE}",
+                      f"export it first: aptune export --model-dir {model_dir} --format onnx")

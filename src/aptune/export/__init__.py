@@ -1,0 +1,13 @@
+"""Getting a trained model out of aptune.
+
+    pruned.py  save and load of models whose layers differ in size (aptune's own format), and the
+               loader that `aptune eval` and `aptune predict` use
+    onnx.py    an ONNX graph with dynamic batch and sequence axes, verified against PyTorch with
+               ONNX Runtime, optionally quantised to int8 (`aptune export --format onnx`)
+"""
+
+from __future__ import annotations
+
+from .pruned import load_for_inference, load_pruned, save_pruned
+
+__all__ = ["load_for_inference", "load_pruned", "save_pruned"]

@@ -1,0 +1,132 @@
+"""`aptune export`: a saved run's model as a folder that other runtimes open.
+
+The folder holds the graph, the tokenizer, the config (label names) and `aptune_export.json`:
+the run it came from, its maximum length and task (so `aptune predict --backend onnx` tokenises
+as training did), and the verification against PyTorch. It is written to a temporary sibling and
+renamed, so a failed export leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import AptuneError
+from ..predict import MANIFEST, batches_of, run_settings
+from ..tasks import Example, resolve_data_dir
+from . import onnx as onnx_export
+from .pruned import load_for_inference
+
+FORMATS = ("onnx",)
+QUANTIZATIONS = ("int8",)
+
+
+def verification_batches(settings, model, tokenizer, data_dir: str | None, rows: int,
+                         batch_size: int = 32) -> tuple[list[dict[str, torch.Tensor]], str]:
+    """The run's first `rows` dev rows (with labels) when its data can be read; otherwise random
+    token rows of two lengths, some padded. Returns the batches and where they came from."""
+    if settings.task is not None:
+        try:
+            dev = settings.task.load("dev", resolve_data_dir(data_dir), None, 0, settings.options)
+            examples = dev.examples[:rows]
+            return list(batches_of(examples, tokenizer, model.config, settings.max_length, batch_size)), \
+                f"the first {len(examples):,} {settings.task.name} dev rows"
+        except AptuneError:
+            pass  # no data here: random rows still check the graph
+    g = torch.Generator().manual_seed(0)
+    vocab = len(tokenizer)
+    examples = [Example((" ".join(tokenizer.convert_ids_to_tokens(
+        torch.randint(999 if vocab > 2000 else 5, vocab, (n,), generator=g).tolist())),), -1)
+        for n in [8, 40] * (max(rows, 2) // 2)]
+    return list(batches_of(examples, tokenizer, model.config, settings.max_length, batch_size)), \
+        f"{len(examples)} random-token rows (no dev data found)"
+
+
+def accuracy(logits_of: Callable[[dict], Any], batches: list[dict]) -> float | None:
+    if not batches or "labels" not in batches[0]:
+        return None
+    right = total = 0
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        pred = torch.as_tensor(logits_of(inputs)).argmax(-1)
+        right += int((pred == batch["labels"]).sum())
+        total += len(pred)
+    return right / total
+
+
+def export_run(model_dir: str | Path, output: str | Path | None = None, fmt: str = "onnx",
+               quantize: str | None = None, data_dir: str | None = None, verify_rows: int = 256,
+               opset: int = 18, say: Callable[[str], None] = print) -> dict[str, Any]:
+    if fmt not in FORMATS:
+        raise AptuneError(f"unknown export format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise AptuneError(f"unknown --quantize {quantize!r}", f"use one of: {', '.join(QUANTIZATIONS)}")
+    if verify_rows <= 0:
+        raise AptuneError("--verify-rows must be positive", "pass e.g. --verify-rows 256")
+    onnx_export.require_onnx()
+    model, tokenizer, path = load_for_inference(model_dir)
+    settings = run_settings(path, None)
+    run = path.parent if (path.parent / "config.yaml").is_file() else path
+    final = Path(output).expanduser() if output else run / "onnx"
+    batches, source = verification_batches(settings, model, tokenizer, data_dir, verify_rows)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        t0 = time.perf_counter()
+        onnx_path = onnx_export.export_onnx(model, batches[0], tmp / onnx_export.ONNX_FILE, opset)
+        say(f"export: {onnx_export.ONNX_FILE} written in {time.perf_counter() - t0:.1f} s "
+            f"({onnx_path.stat().st_size / 2**20:,.1f} MiB)")
+        tokenizer.save_pretrained(tmp)
+        model.config.save_pretrained(tmp)
+        check = onnx_export.compare(onnx_export.session(onnx_path), model, batches)
+        if not check["max_abs_logit_diff"] <= onnx_export.MAX_DIFF:
+            raise AptuneError(f"the ONNX graph's logits differ from PyTorch's by "
+                              f"{check['max_abs_logit_diff']:.2e} (more than {onnx_export.MAX_DIFF:g}) "
+                              f"on {source}",
+                              "this is a bug; please report it with the model folder")
+        fp32 = onnx_export.session(onnx_path)
+        report = {"format": fmt, "source": str(path), "opset": opset,
+                  "inputs": onnx_export.input_names(model),
+                  "run": {"task": settings.task.name if settings.task else None,
+                          "max_length": settings.max_length, **(settings.options or {})},
+                  "verification": {"on": source, **check,
+                                   "accuracy_torch": accuracy(torch_logits(model), batches),
+                                   "accuracy_onnx": accuracy(
+                                       lambda b: onnx_export.onnx_logits(fp32, b), batches)}}
+        say(f"export: ONNX Runtime against PyTorch on {source}: max |logit diff| "
+            f"{check['max_abs_logit_diff']:.2e}, same label on {check['same_label']:,}/{check['rows']:,}")
+        if quantize == "int8":
+            q_path = onnx_export.quantize_int8(onnx_path, tmp / onnx_export.INT8_FILE)
+            q = onnx_export.session(q_path)
+            report["int8"] = {**onnx_export.compare(q, model, batches), "file": onnx_export.INT8_FILE,
+                              "mib": round(q_path.stat().st_size / 2**20, 2),
+                              "accuracy": accuracy(lambda b: onnx_export.onnx_logits(q, b), batches)}
+            say(f"export: int8 {report['int8']['mib']:,.1f} MiB; same label as PyTorch on "
+                f"{report['int8']['same_label']:,}/{report['int8']['rows']:,}"
+                + (f"; accuracy {report['int8']['accuracy']:.4f} "
+                   f"(fp32 {report['verification']['accuracy_onnx']:.4f})"
+                   if report["int8"]["accuracy"] is not None else ""))
+        (tmp / MANIFEST).write_text(json.dumps(report, indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"export: {final} (predict with: aptune predict --model-dir {final} --backend onnx --text ...)")
+    return {**report, "output": str(final)}
+
+
+def torch_logits(model) -> Callable[[dict], torch.Tensor]:
+    def logits(batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            return model(**batch).logits
+    return logits

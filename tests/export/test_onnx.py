@@ -1,0 +1,80 @@
+"""`aptune export --format onnx`: a pruned BERT (segment ids) and a RoBERTa (none) exported with
+dynamic axes, verified against PyTorch, quantised to int8, and served by `aptune predict --backend
+onnx` with the labels PyTorch gives; missing packages and bad options get one clear error."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.helpers import RUNNER, invoke
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+pytestmark = pytest.mark.usefixtures("one_thread", "no_env_data_dir")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bert_dir, tiny_roberta_dir, tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    common = ("--data-dir", tiny_data_dir, "--batch-size", "16", "--eval-every", "20", "--quiet")
+    invoke("train", "--task", "sst2", "--method", "apt", "--model", tiny_bert_dir, "--epochs", "7",
+           "--lr", "2e-3", "--output-dir", out / "apt", *common)
+    invoke("train", "--task", "mnli", "--method", "lora", "--model", tiny_roberta_dir, "--epochs", "1",
+           "--output-dir", out / "lora", *common)
+    logs = {name: invoke("export", "--model-dir", out / name, "--quantize", "int8", "--data-dir",
+                         tiny_data_dir, "--verify-rows", "48").stdout for name in ("apt", "lora")}
+    return out, logs
+
+
+def manifest(run) -> dict:
+    return json.loads((run / "onnx" / "aptune_export.json").read_text())
+
+
+@pytest.mark.parametrize("name, inputs", [("apt", ["input_ids", "attention_mask", "token_type_ids"]),
+                                          ("lora", ["input_ids", "attention_mask"])])
+def test_export_is_verified_against_pytorch(exported, name, inputs):
+    out, logs = exported
+    report = manifest(out / name)
+    assert report["inputs"] == inputs
+    check = report["verification"]
+    assert check["rows"] == 48 and check["max_abs_logit_diff"] <= 1e-4
+    assert check["same_label"] == 48 and check["accuracy_onnx"] == check["accuracy_torch"]
+    assert report["int8"]["rows"] == 48 and report["int8"]["accuracy"] is not None
+    assert {"model.onnx", "model.int8.onnx", "config.json", "aptune_export.json"} <= {
+        p.name for p in (out / name / "onnx").iterdir()}
+    assert "max |logit diff|" in logs[name] and "int8" in logs[name]
+    assert not list(out.glob(".onnx.partial-*"))
+
+
+def test_onnx_predictions_equal_pytorch_predictions(exported, tiny_data_dir):
+    out, _ = exported
+    for name, dev in (("apt", "sst2/dev.tsv"), ("lora", "mnli/dev_matched.jsonl")):
+        by_backend = {}
+        for backend in ("torch", "onnx", "onnx-int8"):
+            result = invoke("predict", "--model-dir", out / name, "--backend", backend, "--input",
+                            tiny_data_dir / dev, "--quiet")
+            by_backend[backend] = [json.loads(ln)["label"] for ln in result.stdout.splitlines()]
+        assert len(by_backend["torch"]) == 64
+        assert by_backend["onnx"] == by_backend["torch"]
+        assert len(by_backend["onnx-int8"]) == 64
+
+
+def error(*args) -> str:
+    from aptune.cli import app
+
+    result = RUNNER.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    return result.stderr
+
+
+def test_bad_export_options_and_missing_packages(exported, monkeypatch, tmp_path):
+    out, _ = exported
+    assert "unknown export format" in error("export", "--model-dir", out / "apt", "--format", "tflite")
+    assert "unknown --quantize" in error("export", "--model-dir", out / "apt", "--quantize", "int4")
+    assert "holds no model.onnx" in error("predict", "--model-dir", tmp_path, "--backend", "onnx",
+                                          "--text", "a")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the export extra were missing
+    assert "pip install 'aptune[export]'" in error("export", "--model-dir", out / "apt")
