@@ -18,15 +18,25 @@ def runs(tiny_bert_dir, tiny_roberta_dir, tiny_data_dir, tmp_path_factory):
     """A tiny SST-2 APT run (single texts) and a tiny MNLI LoRA run (pairs)."""
     out = tmp_path_factory.mktemp("predict")
     common = ("--data-dir", tiny_data_dir, "--batch-size", "16", "--eval-every", "20", "--quiet")
-    invoke("train", "--task", "sst2", "--method", "apt", "--model", tiny_bert_dir, "--epochs", "7",
-           "--lr", "2e-3", "--output-dir", out / "sst2", *common)
-    invoke("train", "--task", "mnli", "--method", "lora", "--model", tiny_roberta_dir, "--epochs", "1",
-           "--output-dir", out / "mnli", *common)
+    logs = out / "logs"
+    logs.mkdir()
+    for name, args in (("sst2", ("--task", "sst2", "--method", "apt", "--model", tiny_bert_dir,
+                                 "--epochs", "7", "--lr", "2e-3")),
+                       ("mnli", ("--task", "mnli", "--method", "lora", "--model", tiny_roberta_dir,
+                                 "--epochs", "1"))):
+        result = invoke("train", *args, "--output-dir", out / name, *common)
+        (logs / f"{name}.txt").write_text(result.stdout)
     return out
 
 
 def lines(text: str) -> list[dict]:
     return [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
+
+
+def test_a_pruned_run_ends_with_the_next_command(runs):
+    pruned, dense = (runs / "logs" / f"{n}.txt" for n in ("sst2", "mnli"))
+    assert f"next: aptune export --model-dir {(runs / 'sst2').resolve()} --format onnx" in pruned.read_text()
+    assert "next:" not in dense.read_text()  # LoRA keeps its size: nothing to export for speed
 
 
 def test_text_flags_print_label_names_and_probabilities(runs):

@@ -297,3 +297,6 @@ def _print_summary(m: dict) -> None:
           f"{m['samples_per_second']:.1f} samples/s | peak train memory {mem:,.0f} MiB | "
           f"wall {m['wall_seconds'] / 60:.1f} min", flush=True)
     print(f"saved: {m['output_dir']}", flush=True)
+    if "structure" in m:  # a pruned model: what to run next
+        print(f"next: aptune export --model-dir {m['output_dir']} --format onnx   "
+              f"(or aptune predict --model-dir {m['output_dir']} --text ...)", flush=True)
