@@ -196,9 +196,10 @@ def export_(
         help="A run folder written by `aptune train`, or its model/ folder.")],
     format_: Annotated[str, typer.Option(
         "--format", help="onnx: an ONNX graph with dynamic batch and sequence axes, checked against "
-                         "PyTorch with ONNX Runtime.")] = "onnx",
+                         "PyTorch with ONNX Runtime; transformers: a folder that stock transformers "
+                         "opens without aptune (trust_remote_code for a pruned model).")] = "onnx",
     output: Annotated[Optional[str], typer.Option(
-        help="The folder to write. Default: onnx/ inside the run folder.")] = None,
+        help="The folder to write. Default: onnx/ or transformers/ inside the run folder.")] = None,
     quantize: Annotated[Optional[str], typer.Option(
         help="int8: also write ONNX Runtime's dynamic int8 model and report its accuracy.")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help=_h("data_dir"))] = None,
@@ -208,7 +209,7 @@ def export_(
 ) -> None:
     """Export a trained (pruned) model for other runtimes, verified against PyTorch.
 
-    Needs the export extra: pip install 'aptune[export]'.
+    ONNX needs the export extra: pip install 'aptune[export]'.
     """
     from .export.from_run import export_run
 

@@ -22,9 +22,10 @@ from ..errors import AptuneError
 from ..predict import MANIFEST, batches_of, run_settings
 from ..tasks import Example, resolve_data_dir
 from . import onnx as onnx_export
+from . import transformers_folder
 from .pruned import load_for_inference
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "transformers")
 QUANTIZATIONS = ("int8",)
 
 
@@ -66,53 +67,26 @@ def export_run(model_dir: str | Path, output: str | Path | None = None, fmt: str
                opset: int = 18, say: Callable[[str], None] = print) -> dict[str, Any]:
     if fmt not in FORMATS:
         raise AptuneError(f"unknown export format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise AptuneError(f"unknown --quantize {quantize!r}", f"use one of: {', '.join(QUANTIZATIONS)}")
+    if quantize is not None and (quantize not in QUANTIZATIONS or fmt != "onnx"):
+        raise AptuneError(f"unknown --quantize {quantize!r} for --format {fmt}",
+                          "--quantize int8 applies to --format onnx")
     if verify_rows <= 0:
         raise AptuneError("--verify-rows must be positive", "pass e.g. --verify-rows 256")
-    onnx_export.require_onnx()
+    if fmt == "onnx":
+        onnx_export.require_onnx()
     model, tokenizer, path = load_for_inference(model_dir)
     settings = run_settings(path, None)
     run = path.parent if (path.parent / "config.yaml").is_file() else path
-    final = Path(output).expanduser() if output else run / "onnx"
+    final = Path(output).expanduser() if output else run / fmt
     batches, source = verification_batches(settings, model, tokenizer, data_dir, verify_rows)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
-        t0 = time.perf_counter()
-        onnx_path = onnx_export.export_onnx(model, batches[0], tmp / onnx_export.ONNX_FILE, opset)
-        say(f"export: {onnx_export.ONNX_FILE} written in {time.perf_counter() - t0:.1f} s "
-            f"({onnx_path.stat().st_size / 2**20:,.1f} MiB)")
-        tokenizer.save_pretrained(tmp)
-        model.config.save_pretrained(tmp)
-        check = onnx_export.compare(onnx_export.session(onnx_path), model, batches)
-        if not check["max_abs_logit_diff"] <= onnx_export.MAX_DIFF:
-            raise AptuneError(f"the ONNX graph's logits differ from PyTorch's by "
-                              f"{check['max_abs_logit_diff']:.2e} (more than {onnx_export.MAX_DIFF:g}) "
-                              f"on {source}",
-                              "this is a bug; please report it with the model folder")
-        fp32 = onnx_export.session(onnx_path)
-        report = {"format": fmt, "source": str(path), "opset": opset,
-                  "inputs": onnx_export.input_names(model),
+        report = {"format": fmt, "source": str(path),
                   "run": {"task": settings.task.name if settings.task else None,
-                          "max_length": settings.max_length, **(settings.options or {})},
-                  "verification": {"on": source, **check,
-                                   "accuracy_torch": accuracy(torch_logits(model), batches),
-                                   "accuracy_onnx": accuracy(
-                                       lambda b: onnx_export.onnx_logits(fp32, b), batches)}}
-        say(f"export: ONNX Runtime against PyTorch on {source}: max |logit diff| "
-            f"{check['max_abs_logit_diff']:.2e}, same label on {check['same_label']:,}/{check['rows']:,}")
-        if quantize == "int8":
-            q_path = onnx_export.quantize_int8(onnx_path, tmp / onnx_export.INT8_FILE)
-            q = onnx_export.session(q_path)
-            report["int8"] = {**onnx_export.compare(q, model, batches), "file": onnx_export.INT8_FILE,
-                              "mib": round(q_path.stat().st_size / 2**20, 2),
-                              "accuracy": accuracy(lambda b: onnx_export.onnx_logits(q, b), batches)}
-            say(f"export: int8 {report['int8']['mib']:,.1f} MiB; same label as PyTorch on "
-                f"{report['int8']['same_label']:,}/{report['int8']['rows']:,}"
-                + (f"; accuracy {report['int8']['accuracy']:.4f} "
-                   f"(fp32 {report['verification']['accuracy_onnx']:.4f})"
-                   if report["int8"]["accuracy"] is not None else ""))
+                          "max_length": settings.max_length, **(settings.options or {})}}
+        writer = _onnx if fmt == "onnx" else _transformers
+        report.update(writer(model, tokenizer, tmp, batches, source, quantize, opset, say))
         (tmp / MANIFEST).write_text(json.dumps(report, indent=2) + "\n")
         os.chmod(tmp, 0o755)
         if final.exists():
@@ -121,8 +95,58 @@ def export_run(model_dir: str | Path, output: str | Path | None = None, fmt: str
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    say(f"export: {final} (predict with: aptune predict --model-dir {final} --backend onnx --text ...)")
+    backend = "--backend onnx " if fmt == "onnx" else ""
+    say(f"export: {final} (predict with: aptune predict --model-dir {final} {backend}--text ...)")
     return {**report, "output": str(final)}
+
+
+def _onnx(model, tokenizer, folder: Path, batches: list, source: str, quantize: str | None, opset: int,
+          say) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    onnx_path = onnx_export.export_onnx(model, batches[0], folder / onnx_export.ONNX_FILE, opset)
+    say(f"export: {onnx_export.ONNX_FILE} written in {time.perf_counter() - t0:.1f} s "
+        f"({onnx_path.stat().st_size / 2**20:,.1f} MiB)")
+    tokenizer.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+    fp32 = onnx_export.session(onnx_path)
+    check = onnx_export.compare(fp32, model, batches)
+    _refuse_if_different(check, onnx_export.MAX_DIFF, "ONNX graph", source)
+    report = {"opset": opset, "inputs": onnx_export.input_names(model),
+              "verification": {"on": source, **check,
+                               "accuracy_torch": accuracy(torch_logits(model), batches),
+                               "accuracy_onnx": accuracy(
+                                   lambda b: onnx_export.onnx_logits(fp32, b), batches)}}
+    say(f"export: ONNX Runtime against PyTorch on {source}: max |logit diff| "
+        f"{check['max_abs_logit_diff']:.2e}, same label on {check['same_label']:,}/{check['rows']:,}")
+    if quantize == "int8":
+        q_path = onnx_export.quantize_int8(onnx_path, folder / onnx_export.INT8_FILE)
+        q = onnx_export.session(q_path)
+        report["int8"] = {**onnx_export.compare(q, model, batches), "file": onnx_export.INT8_FILE,
+                          "mib": round(q_path.stat().st_size / 2**20, 2),
+                          "accuracy": accuracy(lambda b: onnx_export.onnx_logits(q, b), batches)}
+        int8 = report["int8"]
+        say(f"export: int8 {int8['mib']:,.1f} MiB; same label as PyTorch on {int8['same_label']:,}/"
+            f"{int8['rows']:,}" + (f"; accuracy {int8['accuracy']:.4f} "
+                                   f"(fp32 {report['verification']['accuracy_onnx']:.4f})"
+                                   if int8["accuracy"] is not None else ""))
+    return report
+
+
+def _transformers(model, tokenizer, folder: Path, batches: list, source: str, quantize, opset,
+                  say) -> dict[str, Any]:
+    remote = transformers_folder.write_folder(model, tokenizer, folder)
+    check = transformers_folder.compare(transformers_folder.load_stock(folder), model, batches)
+    _refuse_if_different(check, transformers_folder.MAX_DIFF, "stock-transformers model", source)
+    say(f"export: stock transformers ({'trust_remote_code=True' if remote else 'stock layout'}) against "
+        f"aptune on {source}: max |logit diff| {check['max_abs_logit_diff']:.2e}")
+    return {"trust_remote_code": remote, "verification": {"on": source, **check}}
+
+
+def _refuse_if_different(check: dict, limit: float, what: str, source: str) -> None:
+    if not check["max_abs_logit_diff"] <= limit:
+        raise AptuneError(f"the {what}'s logits differ from aptune's by {check['max_abs_logit_diff']:.2e} "
+                          f"(more than {limit:g}) on {source}",
+                          "this is a bug; please report it with the model folder")
 
 
 def torch_logits(model) -> Callable[[dict], torch.Tensor]:
