@@ -21,6 +21,7 @@ _EXPORTS = {
     "TrainConfig": "aptune.config",
     "Structure": "aptune.structure",
     "load_pruned": "aptune.export",
+    "export_model": "aptune.export.from_run",
     "save_pruned": "aptune.export",
     "LoRALinear": "aptune.lora",
     "inject_lora": "aptune.lora",

@@ -95,6 +95,15 @@ def test_predict_reads_the_exported_folder(runs):
     assert json.loads(result.stdout.strip().splitlines()[-1])["label"] in ("negative", "positive")
 
 
+def test_the_public_api_exports_too(runs, tmp_path, tiny_data_dir):
+    import aptune
+
+    report = aptune.export_model(runs / "roberta", "transformers", output=tmp_path / "hf",
+                                 data_dir=str(tiny_data_dir), verify_rows=16)
+    assert report["output"] == str(tmp_path / "hf") and report["verification"]["rows"] == 16
+    assert report["trust_remote_code"] and (tmp_path / "hf" / "aptune_modeling.py").is_file()
+
+
 def test_int8_is_for_onnx_only(runs):
     from aptune.cli import app
 

@@ -149,6 +149,14 @@ def _refuse_if_different(check: dict, limit: float, what: str, source: str) -> N
                           "this is a bug; please report it with the model folder")
 
 
+def export_model(model_dir: str | Path, fmt: str = "onnx", output: str | Path | None = None,
+                 quantize: str | None = None, data_dir: str | None = None, verify_rows: int = 256,
+                 opset: int = 18, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """The public API of `aptune export`: export a run's model (`fmt` "onnx" or "transformers"),
+    verify it against aptune's, and return the manifest (with "output", the folder written)."""
+    return export_run(model_dir, output, fmt, quantize, data_dir, verify_rows, opset, say)
+
+
 def torch_logits(model) -> Callable[[dict], torch.Tensor]:
     def logits(batch: dict) -> torch.Tensor:
         with torch.no_grad():
