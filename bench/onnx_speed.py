@@ -11,24 +11,23 @@ the speed). Both are exported with aptune's own exporter and quantiser, then tim
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from aptune.efficiency import fixed_inputs
+from aptune.efficiency import fixed_inputs, median_seconds
 from aptune.errors import AptuneError
 from aptune.export import load_for_inference
-from aptune.export.onnx import export_onnx, input_names, onnx_logits, quantize_int8, session
+from aptune.export.onnx import export_onnx, onnx_logits, quantize_int8, session
 from aptune.models import load_classifier, resolve_model_path
+from aptune.train.data import uses_segments
 
 
 def inputs(model, batch: int, seq: int) -> dict:
     x = fixed_inputs(model, batch, seq)  # random non-special ids, full mask: (batch, seq) each
-    if "token_type_ids" in input_names(model):
+    if uses_segments(model.config):
         x["token_type_ids"] = torch.zeros_like(x["input_ids"])
     return {k: v.numpy() for k, v in x.items()}
 
@@ -36,12 +35,7 @@ def inputs(model, batch: int, seq: int) -> dict:
 def throughput(sess, feeds: dict, batch: int) -> float:
     for _ in range(2):
         onnx_logits(sess, feeds)
-    times = []
-    for _ in range(30 if batch == 1 else 5):
-        t0 = time.perf_counter()
-        onnx_logits(sess, feeds)
-        times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    return batch / median_seconds(lambda: onnx_logits(sess, feeds), 30 if batch == 1 else 5)
 
 
 def main() -> int:

@@ -137,5 +137,14 @@ def invoke(*args):
     return result
 
 
+def fails(*args) -> str:
+    """Run the `aptune` CLI in-process expecting a user error: exit 2, no traceback. Returns stderr."""
+    from aptune.cli import app
+
+    result = RUNNER.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    return result.stderr
+
+
 def read_log(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import RUNNER, invoke
+from tests.helpers import fails, invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_env_data_dir")
 
@@ -72,39 +72,32 @@ def test_columns_are_named_or_found(runs, tmp_path):
     assert len(rows) == 2  # the empty row is skipped
 
 
-def error(*args) -> str:
-    result = RUNNER.invoke(__import__("aptune.cli", fromlist=["app"]).app, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    return result.stderr
-
-
 def test_bad_input_gets_one_clear_error(runs, tmp_path):
     sst2, mnli = runs / "sst2", runs / "mnli"
-    assert "either --text" in error("predict", "--model-dir", sst2)
+    assert "either --text" in fails("predict", "--model-dir", sst2)
     data = tmp_path / "x.csv"
     data.write_text("id,body\n1,good\n")
-    assert "either --text" in error("predict", "--model-dir", sst2, "--text", "a", "--input", data)
-    assert "columns: id, body" in error("predict", "--model-dir", sst2, "--input", data)
-    assert "no column review" in error("predict", "--model-dir", sst2, "--input", data,
+    assert "either --text" in fails("predict", "--model-dir", sst2, "--text", "a", "--input", data)
+    assert "columns: id, body" in fails("predict", "--model-dir", sst2, "--input", data)
+    assert "no column review" in fails("predict", "--model-dir", sst2, "--input", data,
                                        "--text-column", "review")
-    assert "does not exist" in error("predict", "--model-dir", sst2, "--input", tmp_path / "none.jsonl")
+    assert "does not exist" in fails("predict", "--model-dir", sst2, "--input", tmp_path / "none.jsonl")
     odd = tmp_path / "x.parquet.bak"
     odd.write_text("x")
-    assert "not a file type" in error("predict", "--model-dir", sst2, "--input", odd)
+    assert "not a file type" in fails("predict", "--model-dir", sst2, "--input", odd)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    assert "is empty" in error("predict", "--model-dir", sst2, "--input", empty)
+    assert "is empty" in fails("predict", "--model-dir", sst2, "--input", empty)
     blank = tmp_path / "blank.tsv"
     blank.write_text("sentence\tlabel\n \t1\n")
-    assert "has no rows with text" in error("predict", "--model-dir", sst2, "--input", blank)
-    assert "takes pairs of texts" in error("predict", "--model-dir", mnli, "--text", "a man sleeps")
-    assert "one --text-pair per --text" in error("predict", "--model-dir", mnli, "--text", "a", "--text", "b",
+    assert "has no rows with text" in fails("predict", "--model-dir", sst2, "--input", blank)
+    assert "takes pairs of texts" in fails("predict", "--model-dir", mnli, "--text", "a man sleeps")
+    assert "one --text-pair per --text" in fails("predict", "--model-dir", mnli, "--text", "a", "--text", "b",
                                                  "--text-pair", "c")
-    assert "holds no saved model" in error("predict", "--model-dir", tmp_path, "--text", "a")
+    assert "holds no saved model" in fails("predict", "--model-dir", tmp_path, "--text", "a")
 
 
 def test_a_pruned_run_is_not_a_training_start(runs, tiny_data_dir):
-    stderr = error("train", "--task", "sst2", "--model", Path(runs) / "sst2" / "model", "--data-dir",
+    stderr = fails("train", "--task", "sst2", "--model", Path(runs) / "sst2" / "model", "--data-dir",
                    tiny_data_dir, "--output-dir", Path(runs) / "again", "--quiet")
     assert "pruned" in stderr and "fix:" in stderr

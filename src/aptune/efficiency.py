@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -38,19 +39,26 @@ def measure_inference(model: nn.Module, batch_size: int, seq_len: int = 128, rep
     for _ in range(warmup):
         model(**inputs)
     meter.start()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        model(**inputs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    latency = statistics.median(times)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    latency = median_seconds(lambda: model(**inputs), repeats, sync)
     return {"batch_size": batch_size, "seq_len": seq_len, "latency_s": latency,
             "samples_per_s": batch_size / latency, "peak_memory_bytes": meter.peak_bytes(),
             "memory_method": meter.method}
+
+
+def median_seconds(call: Callable[[], Any], repeats: int, sync: Callable[[], Any] | None = None) -> float:
+    """The median wall time of `repeats` calls (after warm-up, which is the caller's), with `sync`
+    around each call for asynchronous devices."""
+    times = []
+    for _ in range(repeats):
+        if sync is not None:
+            sync()
+        t0 = time.perf_counter()
+        call()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def compare_inference(dense: nn.Module, pruned: nn.Module, batch_sizes=(32, 128), seq_len: int = 128,

@@ -8,6 +8,7 @@ imported here: configs must load without torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any, Literal, get_args, get_origin
 
@@ -32,8 +33,10 @@ def field_help(cls: type, name: str) -> str:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}[name]
 
 
+@functools.lru_cache(maxsize=None)
 def field_types(cls: type) -> dict[str, Any]:
-    """The resolved annotations of a dataclass (its fields' types, `Literal`s included)."""
+    """The resolved annotations of a dataclass (its fields' types, `Literal`s included); resolved
+    once per class, since every config validation reads them."""
     return typing.get_type_hints(cls)
 
 

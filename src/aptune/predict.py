@@ -219,16 +219,11 @@ def predict_examples(backend: Backend, tokenizer, examples: list[Example], setti
 
 
 def batches_of(examples: list[Example], tokenizer, model_config, max_length: int, batch_size: int):
-    """Padded batches in order, tokenised exactly as `aptune eval` tokenises (labels when >= 0)."""
-    from .train.data import EncodedDataset, make_loader
+    """Padded batches in order, tokenised exactly as `aptune eval` tokenises (labels when known)."""
+    from .train.data import encode, make_loader
 
-    columns = list(zip(*(e.texts for e in examples)))
-    encodings = dict(tokenizer(*columns, truncation=True, max_length=max_length))
-    if getattr(model_config, "type_vocab_size", 2) < 2:
-        encodings.pop("token_type_ids", None)  # as for training: RoBERTa has one segment
-    if all(e.label >= 0 for e in examples):
-        encodings["labels"] = [e.label for e in examples]
-    return make_loader(EncodedDataset(encodings), tokenizer, batch_size, shuffle=False, seed=0)
+    dataset = encode(None, examples, tokenizer, max_length, model_config)
+    return make_loader(dataset, tokenizer, batch_size, shuffle=False, seed=0)
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import RUNNER, invoke
+from tests.helpers import fails, invoke
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -62,19 +62,11 @@ def test_onnx_predictions_equal_pytorch_predictions(exported, tiny_data_dir):
         assert len(by_backend["onnx-int8"]) == 64
 
 
-def error(*args) -> str:
-    from aptune.cli import app
-
-    result = RUNNER.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    return result.stderr
-
-
 def test_bad_export_options_and_missing_packages(exported, monkeypatch, tmp_path):
     out, _ = exported
-    assert "unknown export format" in error("export", "--model-dir", out / "apt", "--format", "tflite")
-    assert "unknown --quantize" in error("export", "--model-dir", out / "apt", "--quantize", "int4")
-    assert "holds no model.onnx" in error("predict", "--model-dir", tmp_path, "--backend", "onnx",
+    assert "unknown export format" in fails("export", "--model-dir", out / "apt", "--format", "tflite")
+    assert "unknown --quantize" in fails("export", "--model-dir", out / "apt", "--quantize", "int4")
+    assert "holds no model.onnx" in fails("predict", "--model-dir", tmp_path, "--backend", "onnx",
                                           "--text", "a")
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the export extra were missing
-    assert "pip install 'aptune[export]'" in error("export", "--model-dir", out / "apt")
+    assert "pip install 'aptune[export]'" in fails("export", "--model-dir", out / "apt")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from aptune.export import load_pruned
-from tests.helpers import RUNNER, invoke
+from tests.helpers import fails, invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_env_data_dir")
 
@@ -105,8 +105,5 @@ def test_the_public_api_exports_too(runs, tmp_path, tiny_data_dir):
 
 
 def test_int8_is_for_onnx_only(runs):
-    from aptune.cli import app
-
-    result = RUNNER.invoke(app, ["export", "--model-dir", str(runs / "bert"), "--format", "transformers",
-                                 "--quantize", "int8"])
-    assert result.exit_code == 2 and "--quantize int8 applies to --format onnx" in result.stderr
+    stderr = fails("export", "--model-dir", runs / "bert", "--format", "transformers", "--quantize", "int8")
+    assert "--quantize int8 applies to --format onnx" in stderr

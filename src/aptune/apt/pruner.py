@@ -27,7 +27,7 @@ class Pruner:
     def __init__(self, model: nn.Module, spec: ArchSpec, cfg: Any) -> None:
         self.spec, self.cfg = spec, cfg
         self.head_dim = spec.head_dim(model)
-        self.gated_ffn = spec.shape(model).gated_ffn
+        self.ffn_factor = spec.shape(model).ffn_factor  # 2, or 3 for a gated FFN
         self.masks = apply_masks(model, spec, Masks.ones_like(model, spec))
         # Registered after the mask hooks, so the taps see masked activations.
         self.salience = SalienceCollector(model, spec, cfg.use_kurtosis, cfg.salience_beta)
@@ -41,7 +41,7 @@ class Pruner:
     # -- sizes -----------------------------------------------------------------------------------
     def counts(self) -> Counts:
         heads, neurons, hidden = self.masks.count()
-        return Counts(heads, neurons, hidden, self.head_dim, ffn_factor=3 if self.gated_ffn else 2,
+        return Counts(heads, neurons, hidden, self.head_dim, ffn_factor=self.ffn_factor,
                       layers=len(self.masks.head), mode=self.cfg.param_count_mode)
 
     def kept_ratio(self) -> float:

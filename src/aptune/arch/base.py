@@ -41,6 +41,9 @@ class ArchSpec:
     # Task-head modules that are newly initialised and trained by every method.
     head_modules: tuple[str, ...] = ()
     gated_ffn: bool = False
+    # Modelling code (a file beside the spec, torch and transformers only) that lets stock
+    # transformers open a pruned model of this family, and its class per model_type; None: none.
+    remote_code: tuple[str, dict[str, str]] | None = None
 
     # -- where the parts are ---------------------------------------------------------------------
     def layers(self, model: nn.Module) -> list[nn.Module]:

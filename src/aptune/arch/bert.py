@@ -22,6 +22,8 @@ class BertSpec(ArchSpec):
     # BERT classifies from the pooler (a pretrained dense+tanh) and a new linear layer; RoBERTa's
     # head holds both. Either way the whole head is trained (docs/baselines.md#common-protocol).
     head_modules = ("pooler", "classifier")
+    remote_code = ("bert_remote_code.py", {"bert": "AptunePrunedBertForSequenceClassification",
+                                           "roberta": "AptunePrunedRobertaForSequenceClassification"})
 
     def backbone(self, model: nn.Module) -> nn.Module:
         return getattr(model, model.base_model_prefix, model)

@@ -5,7 +5,7 @@
     onnx.py    an ONNX graph with dynamic batch and sequence axes, verified against PyTorch with
                ONNX Runtime, optionally quantised to int8 (`aptune export --format onnx`)
     transformers_folder.py  a folder stock transformers opens without aptune; a pruned model
-               ships templates/aptune_modeling.py (`aptune export --format transformers`)
+               ships its family's modelling code (`aptune export --format transformers`)
     from_run.py  `aptune export`: a run's model to one of those folders, verified, written
                atomically with aptune_export.json
 """

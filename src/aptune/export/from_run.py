@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..errors import AptuneError
-from ..predict import MANIFEST, batches_of, run_settings
+from ..predict import MANIFEST, batches_of, run_settings, torch_backend
 from ..tasks import Example, resolve_data_dir
 from . import onnx as onnx_export
 from . import transformers_folder
@@ -50,16 +51,29 @@ def verification_batches(settings, model, tokenizer, data_dir: str | None, rows:
         f"{len(examples)} random-token rows (no dev data found)"
 
 
-def accuracy(logits_of: Callable[[dict], Any], batches: list[dict]) -> float | None:
-    if not batches or "labels" not in batches[0]:
-        return None
-    right = total = 0
-    for batch in batches:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        pred = torch.as_tensor(logits_of(inputs)).argmax(-1)
-        right += int((pred == batch["labels"]).sum())
-        total += len(pred)
-    return right / total
+def inputs_of(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def compare(candidate: Callable[[dict], Any], references: list[np.ndarray],
+            batches: list[dict]) -> dict[str, Any]:
+    """The candidate on every batch against the reference's logits (computed once, in order): the
+    largest |logit difference|, how often they pick the same label, and each one's accuracy when
+    the batches carry labels."""
+    worst, rows, same, right, right_reference = 0.0, 0, 0, 0, 0
+    for batch, ref in zip(batches, references):
+        got = np.asarray(candidate(inputs_of(batch)))  # (B, n_labels), like ref
+        worst = max(worst, float(np.abs(got - ref).max()))
+        same += int((got.argmax(-1) == ref.argmax(-1)).sum())
+        rows += len(ref)
+        if "labels" in batch:
+            gold = np.asarray(batch["labels"])
+            right += int((got.argmax(-1) == gold).sum())
+            right_reference += int((ref.argmax(-1) == gold).sum())
+    labelled = bool(batches) and "labels" in batches[0]
+    return {"max_abs_logit_diff": worst, "rows": rows, "same_label": same,
+            "accuracy": right / rows if labelled else None,
+            "accuracy_reference": right_reference / rows if labelled else None}
 
 
 def export_run(model_dir: str | Path, output: str | Path | None = None, fmt: str = "onnx",
@@ -109,21 +123,22 @@ def _onnx(model, tokenizer, folder: Path, batches: list, source: str, quantize: 
     tokenizer.save_pretrained(folder)
     model.config.save_pretrained(folder)
     fp32 = onnx_export.session(onnx_path)
-    check = onnx_export.compare(fp32, model, batches)
+    reference = [torch_backend(model).logits(inputs_of(b)) for b in batches]  # PyTorch's, once
+    check = compare(lambda b: onnx_export.onnx_logits(fp32, b), reference, batches)
     _refuse_if_different(check, onnx_export.MAX_DIFF, "ONNX graph", source)
-    report = {"opset": opset, "inputs": onnx_export.input_names(model),
-              "verification": {"on": source, **check,
-                               "accuracy_torch": accuracy(torch_logits(model), batches),
-                               "accuracy_onnx": accuracy(
-                                   lambda b: onnx_export.onnx_logits(fp32, b), batches)}}
+    accuracy_onnx, accuracy_torch = check.pop("accuracy"), check.pop("accuracy_reference")
+    report = {"opset": opset, "inputs": onnx_export.input_names(batches[0]),
+              "verification": {"on": source, **check, "accuracy_torch": accuracy_torch,
+                               "accuracy_onnx": accuracy_onnx}}
     say(f"export: ONNX Runtime against PyTorch on {source}: max |logit diff| "
         f"{check['max_abs_logit_diff']:.2e}, same label on {check['same_label']:,}/{check['rows']:,}")
     if quantize == "int8":
         q_path = onnx_export.quantize_int8(onnx_path, folder / onnx_export.INT8_FILE)
         q = onnx_export.session(q_path)
-        report["int8"] = {**onnx_export.compare(q, model, batches), "file": onnx_export.INT8_FILE,
-                          "mib": round(q_path.stat().st_size / 2**20, 2),
-                          "accuracy": accuracy(lambda b: onnx_export.onnx_logits(q, b), batches)}
+        int8_check = compare(lambda b: onnx_export.onnx_logits(q, b), reference, batches)
+        int8_check.pop("accuracy_reference")
+        report["int8"] = {**int8_check, "file": onnx_export.INT8_FILE,
+                          "mib": round(q_path.stat().st_size / 2**20, 2)}
         int8 = report["int8"]
         say(f"export: int8 {int8['mib']:,.1f} MiB; same label as PyTorch on {int8['same_label']:,}/"
             f"{int8['rows']:,}" + (f"; accuracy {int8['accuracy']:.4f} "
@@ -135,7 +150,9 @@ def _onnx(model, tokenizer, folder: Path, batches: list, source: str, quantize: 
 def _transformers(model, tokenizer, folder: Path, batches: list, source: str, quantize, opset,
                   say) -> dict[str, Any]:
     remote = transformers_folder.write_folder(model, tokenizer, folder)
-    check = transformers_folder.compare(transformers_folder.load_stock(folder), model, batches)
+    stock = torch_backend(transformers_folder.load_stock(folder)).logits
+    check = compare(stock, [torch_backend(model).logits(inputs_of(b)) for b in batches], batches)
+    del check["accuracy"], check["accuracy_reference"]  # same label everywhere is what matters
     _refuse_if_different(check, transformers_folder.MAX_DIFF, "stock-transformers model", source)
     say(f"export: stock transformers ({'trust_remote_code=True' if remote else 'stock layout'}) against "
         f"aptune on {source}: max |logit diff| {check['max_abs_logit_diff']:.2e}")
@@ -155,10 +172,3 @@ def export_model(model_dir: str | Path, fmt: str = "onnx", output: str | Path | 
     """The public API of `aptune export`: export a run's model (`fmt` "onnx" or "transformers"),
     verify it against aptune's, and return the manifest (with "output", the folder written)."""
     return export_run(model_dir, output, fmt, quantize, data_dir, verify_rows, opset, say)
-
-
-def torch_logits(model) -> Callable[[dict], torch.Tensor]:
-    def logits(batch: dict) -> torch.Tensor:
-        with torch.no_grad():
-            return model(**batch).logits
-    return logits

@@ -14,7 +14,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,10 +54,10 @@ def require_onnx() -> None:
                           "pip install 'aptune[export]'") from None
 
 
-def input_names(model: nn.Module) -> list[str]:
-    """The graph's inputs: token ids and mask, plus segment ids where the model has two segments."""
-    names = ["input_ids", "attention_mask"]
-    return names + ["token_type_ids"] if getattr(model.config, "type_vocab_size", 1) >= 2 else names
+def input_names(batch: dict) -> list[str]:
+    """The graph's inputs: token ids and mask, plus segment ids where the encoded batch has them
+    (train.data.encode drops them for models with one segment)."""
+    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in batch]
 
 
 class LogitsOnly(nn.Module):
@@ -83,14 +83,19 @@ class LogitsWithSegments(LogitsOnly):
 def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path, opset: int = 18) -> Path:
     """Write `model` as ONNX to `path`, traced on `example` (a padded batch of at least 2 rows)."""
     require_onnx()
-    names = input_names(model)
+    names = input_names(example)
     wrapper = (LogitsWithSegments if "token_type_ids" in names else LogitsOnly)(model.eval()).eval()
     batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1)
     args = tuple(example[n] for n in names)
-    with torch.no_grad(), quiet_exporters():
-        torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=["logits"],
-                          dynamic_shapes={n: {0: batch, 1: seq} for n in names}, dynamo=True,
-                          opset_version=opset, external_data=False)
+    try:
+        with torch.no_grad(), quiet_exporters():
+            torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=["logits"],
+                              dynamic_shapes={n: {0: batch, 1: seq} for n in names}, dynamo=True,
+                              opset_version=opset, external_data=False)
+    except Exception as exc:  # noqa: BLE001 - the exporter fails with many exception types
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        raise AptuneError(f"the ONNX exporter failed ({reason})",
+                          "try another --opset, or --format transformers; please report the model") from None
     model.eval()  # tracing may leave modules in training mode
     return path
 
@@ -107,20 +112,6 @@ def session(path: Path):
 def onnx_logits(sess, batch: dict[str, Any]) -> np.ndarray:
     feeds = {i.name: np.asarray(batch[i.name], dtype=np.int64) for i in sess.get_inputs()}
     return sess.run(["logits"], feeds)[0]  # (B, n_labels)
-
-
-def compare(sess, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """Largest |logit difference| and label agreement of ONNX Runtime against PyTorch."""
-    worst, agree, rows = 0.0, 0, 0
-    with torch.no_grad():
-        for batch in batches:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            ref = model.eval()(**inputs).logits.float().numpy()  # (B, n_labels)
-            got = onnx_logits(sess, inputs)
-            worst = max(worst, float(np.abs(got - ref).max()))
-            agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
-            rows += len(ref)
-    return {"max_abs_logit_diff": worst, "rows": rows, "same_label": agree}
 
 
 def quantize_int8(source: Path, target: Path) -> Path:

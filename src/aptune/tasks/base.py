@@ -60,6 +60,18 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
+def tokenize_examples(tokenizer, max_length: int) -> Callable[[list[Example]], dict]:
+    """Examples -> token ids (one or two text columns, truncated to `max_length`), with their
+    labels when every label is known (texts to predict carry -1)."""
+    def encode(examples: list[Example]) -> dict:
+        columns = list(zip(*(e.texts for e in examples)))
+        enc = tokenizer(*columns, truncation=True, max_length=max_length)
+        if all(e.label >= 0 for e in examples):
+            enc["labels"] = [e.label for e in examples]
+        return enc
+    return encode
+
+
 def fixed_subset(n_rows: int, max_rows: int | None, seed: int) -> np.ndarray | None:
     """Indices of a reproducible random subset, in file order; None when no subset is needed."""
     if max_rows is None or max_rows >= n_rows:

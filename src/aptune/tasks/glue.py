@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import AptuneError
-from .base import DataReport, Example, Split, Task, fixed_subset
+from .base import DataReport, Example, Split, Task, fixed_subset, tokenize_examples
 
 csv.field_size_limit(1 << 24)
 
@@ -166,13 +166,7 @@ class ClassificationTask(Task):
 
     # -- tokenising and scoring ----------------------------------------------------------------
     def tokenize_fn(self, tokenizer, max_length: int) -> Callable:
-        def encode(examples: list[Example]) -> dict:
-            columns = list(zip(*(e.texts for e in examples)))
-            enc = tokenizer(*columns, truncation=True, max_length=max_length)
-            enc["labels"] = [e.label for e in examples]
-            return enc
-
-        return encode
+        return tokenize_examples(tokenizer, max_length)
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         return {"accuracy": float((predictions == labels).mean())}

@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..tasks import Example, Task
+from ..tasks.base import tokenize_examples
 
 
 class EncodedDataset(Dataset):
@@ -26,17 +27,23 @@ class EncodedDataset(Dataset):
         return sum(len(x) for x in ids) / max(1, len(ids))
 
 
-def encode(task: Task, examples: list[Example], tokenizer, max_length: int,
+def encode(task: Task | None, examples: list[Example], tokenizer, max_length: int,
            model_config=None, chunk: int = 4096) -> EncodedDataset:
-    fn = task.tokenize_fn(tokenizer, max_length)
+    """Tokenise `examples` the task's way (without a task: its texts, and labels when known)."""
+    fn = (task.tokenize_fn if task is not None else tokenize_examples)(tokenizer, max_length)
     merged: dict[str, list] = {}
     for start in range(0, len(examples), chunk):
         for k, v in fn(examples[start:start + chunk]).items():
             merged.setdefault(k, []).extend(v)
-    # A model with a single token type (RoBERTa) must not see a BERT tokenizer's segment ids.
-    if model_config is not None and getattr(model_config, "type_vocab_size", 2) < 2:
+    if model_config is not None and not uses_segments(model_config):
         merged.pop("token_type_ids", None)
     return EncodedDataset(merged)
+
+
+def uses_segments(model_config) -> bool:
+    """Whether the model takes segment ids; one with a single token type (RoBERTa) must not see
+    a BERT tokenizer's."""
+    return getattr(model_config, "type_vocab_size", 2) >= 2
 
 
 def make_loader(dataset: EncodedDataset, tokenizer, batch_size: int, shuffle: bool,

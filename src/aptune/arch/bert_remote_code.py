@@ -1,4 +1,5 @@
-"""Modelling code shipped inside a folder written by `aptune export --format transformers`.
+"""BERT/RoBERTa modelling code that `aptune export --format transformers` copies into the folder
+it writes, as aptune_modeling.py (BertSpec.remote_code names it). Never imported by aptune.
 
 It lets stock transformers open a model that aptune pruned, without aptune installed:
 
