@@ -161,7 +161,7 @@ def test_choice_fields_are_validated_and_shown_from_one_list():
     assert {"method", "rank_selection", "mt_constraint", "cofi_lora_tr"} <= set(listed)
     with pytest.raises(AptuneError, match="--rank-selection must be one of tophalf, all"):
         TrainConfig(rank_selection="best")
-    text = RUNNER.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).stdout
+    text = " ".join(RUNNER.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).stdout.split())
     assert "One of: tophalf, all." in text
     assert "One of: ft, lora, lora-prune, cofi, cofi-lora, apt." in text
     # one --help panel per method config section, named after the methods that read it
@@ -169,6 +169,30 @@ def test_choice_fields_are_validated_and_shown_from_one_list():
                   "LoRA+Prune options (--method lora-prune)",
                   "Prune+Distill and LoRA+Prune+Distill options (--method cofi, cofi-lora)", "Adapters"):
         assert panel in text, panel
+
+
+def test_train_help_reads_at_80_columns():
+    """Every flag's full name starts a line, no line passes 80 columns, and the panels come in
+    the order a reader needs them: the common flags, adapters, APT, then the baselines."""
+    from dataclasses import fields
+
+    from aptune.cli import app
+    from aptune.config import TrainConfig
+    from tests.helpers import RUNNER
+
+    text = RUNNER.invoke(app, ["train", "--help"], env={"COLUMNS": "80"}).stdout
+    assert max(len(line) for line in text.splitlines()) <= 80
+    starts = {line.split()[0] for line in text.splitlines() if line.startswith("  --")}
+    for f in fields(TrainConfig):
+        assert f"--{f.name.replace('_', '-')}" in starts, f.name
+    panels = [ln for ln in text.splitlines() if ln and not ln.startswith(" ") and ln.endswith(":")]
+    assert [p.split()[0].rstrip(":") for p in panels] == \
+        ["Run", "Adapters", "APT", "LoRA+Prune", "Prune+Distill", "Options"]
+    assert "aptune recipes" in text.split("Options:")[1]  # the epilog points to the recipes
+    overview = RUNNER.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout.split("Commands:")[1]
+    assert [ln.split()[0] for ln in overview.strip().splitlines()] == \
+        ["train", "eval", "predict", "export", "bench", "recipes"]
+    assert "..." not in overview  # one whole line each
 
 
 # -- references ----------------------------------------------------------------------------------

@@ -8,13 +8,16 @@ import json
 import sys
 from typing import Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from .config import TrainConfig, build_config, list_recipes, own_fields
 from .errors import AptuneError
 from .fields import choices, field_help, field_types
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="aptune: fine-tune a pretrained language model and make it smaller and "
                        "faster in the same run (APT).")
 
@@ -42,7 +45,33 @@ def user_errors(fn):
     return wrapper
 
 
+class PanelledCommand(TyperCommand):
+    """Plain (click) help with one section per panel. Rich's option table gives every flag name
+    one column, so the longest name (`--mt-sample-with-replacement / --no-...`) squeezes every help
+    text into a sliver at 80 columns; click's list puts a long name's help on the next line."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "rich_markup_mode": None})
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                panel = getattr(param, "rich_help_panel", None) or "Options"
+                sections.setdefault(panel, []).append(record)
+        def rank(panel: str) -> int:  # the common flags first, then APT, then the baselines
+            return next((i for i, prefix in enumerate(PANEL_ORDER) if panel.startswith(prefix)),
+                        len(PANEL_ORDER))
+
+        for panel in sorted(sections, key=rank):
+            records = sections[panel]
+            with formatter.section(panel):
+                formatter.write_dl(records, col_max=34)
+
+
 RUN_PANEL = "Run (every method; `aptune recipes` lists ready-made recipes)"
+PANEL_ORDER = ("Run", "Adapters", "APT", "LoRA+Prune", "Prune+Distill", "Options")
 _FLAG_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "str | None": str,
                "int | None": int, "float | None": float, "list[str] | None": str}
 
@@ -117,10 +146,13 @@ def train(**kwargs) -> None:
 
 
 train.__signature__ = _train_signature()
-app.command()(train)
+app.command(cls=PanelledCommand,
+            short_help="Fine-tune a model with one method (APT, a baseline) and save it.",
+            epilog="Recipes: `aptune recipes` lists them; "
+            "`aptune train --recipe cpu/sst2-apt-quickstart` is the quickstart.")(train)
 
 
-@app.command("eval")
+@app.command("eval", cls=PanelledCommand, short_help="Evaluate a saved model on a task's dev set.")
 @user_errors
 def eval_(
     model_dir: Annotated[str, typer.Option(
@@ -148,7 +180,7 @@ def eval_(
         typer.echo(f"{metrics['task']} dev ({metrics['rows']:,} rows): {scores}")
 
 
-@app.command()
+@app.command(cls=PanelledCommand, short_help="Classify new text with a saved or exported model.")
 @user_errors
 def predict(
     model_dir: Annotated[str, typer.Option(
@@ -189,7 +221,8 @@ def predict(
             typer.echo(json.dumps(row))
 
 
-@app.command("export")
+@app.command("export", cls=PanelledCommand,
+             short_help="Export a model to ONNX or a stock-transformers folder, verified.")
 @user_errors
 def export_(
     model_dir: Annotated[str, typer.Option(
@@ -206,6 +239,16 @@ def export_(
     verify_rows: Annotated[int, typer.Option(
         help="Dev rows to compare ONNX Runtime with PyTorch on (random tokens without data).")] = 256,
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
+    benchmark: Annotated[bool, typer.Option(
+        "--benchmark", help="Also time the model against the dense one in PyTorch eager, ONNX Runtime "
+                            "fp32 and int8 at batch 1, 32 and 128; writes benchmark.md/.json/.png "
+                            "into the export.", rich_help_panel="Benchmark")] = False,
+    dense: Annotated[Optional[str], typer.Option(
+        help="The dense model to compare with: a trained run (its accuracy is reported too) or a "
+             "pretrained model. Default: the model the run started from, with a fresh head.",
+        rich_help_panel="Benchmark")] = None,
+    benchmark_rounds: Annotated[int, typer.Option(
+        help="Timed rounds (the median is reported).", rich_help_panel="Benchmark")] = 5,
 ) -> None:
     """Export a trained (pruned) model for other runtimes, verified against PyTorch.
 
@@ -214,10 +257,12 @@ def export_(
     from .export.from_run import export_run
 
     export_run(model_dir, output, format_, quantize, data_dir, verify_rows, opset,
-               say=lambda text: typer.echo(text))
+               say=lambda text: typer.echo(text), benchmark=benchmark, dense=dense,
+               benchmark_rounds=benchmark_rounds)
 
 
-@app.command()
+@app.command(cls=PanelledCommand,
+             short_help="Run a benchmark suite: Table 2, ablations or the sparsity sweep.")
 @user_errors
 def bench(
     suite: Annotated[str, typer.Option(help="table2 (the six methods at 60% sparsity, paper Table 2), "
@@ -263,7 +308,7 @@ def bench(
               inference_memory_repeats=inference_memory_repeats, say=lambda text: typer.echo(text))
 
 
-@app.command()
+@app.command(cls=PanelledCommand, short_help="List the shipped recipes.")
 def recipes() -> None:
     """List the shipped recipes (pass one to `aptune train --recipe NAME`)."""
     for name, summary in list_recipes():

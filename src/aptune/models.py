@@ -124,8 +124,9 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
     if id2label:
         kwargs["id2label"] = id2label
         kwargs["label2id"] = {v: k for k, v in id2label.items()}
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "newly initialised head" warning is expected here
+    hf_logging.disable_progress_bar()  # a per-tensor loading bar says nothing to an aptune user
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, config=config.__class__.from_dict({**config.to_dict(), **kwargs}),
@@ -133,6 +134,8 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model
 
 

@@ -70,3 +70,27 @@ def test_bad_export_options_and_missing_packages(exported, monkeypatch, tmp_path
                                           "--text", "a")
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the export extra were missing
     assert "pip install 'aptune[export]'" in fails("export", "--model-dir", out / "apt")
+
+
+def test_benchmark_times_three_runtimes_side_by_side(exported, tiny_data_dir, tmp_path):
+    out, _ = exported
+    folder = tmp_path / "bench-export"
+    stdout = invoke("export", "--model-dir", out / "apt", "--output", folder, "--data-dir", tiny_data_dir,
+                    "--verify-rows", "16", "--benchmark", "--benchmark-rounds", "1").stdout
+    result = json.loads((folder / "benchmark.json").read_text())
+    rows = {(r["model"], r["runtime"], r["batch_size"]): r for r in result["rows"]}
+    assert set(rows) == {(m, rt, bs) for m in ("dense", "pruned") for rt in ("torch", "onnx", "onnx-int8")
+                         for bs in (1, 32, 128)}
+    assert all(rows[("dense", rt, bs)]["speedup_vs_dense"] == 1.0 for _, rt, bs in rows)
+    assert all(r["samples_per_s"] > 0 and r["seq_len"] == 128 for r in rows.values())
+    # the default dense model is the run's pretrained start with a fresh head: no accuracy for it
+    assert set(result["accuracy"]) == {"pruned"} and result["dev_rows"] == 64
+    assert result["accuracy"]["pruned"]["onnx"] == result["accuracy"]["pruned"]["torch"]
+    assert (folder / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+    table = (folder / "benchmark.md").read_text()
+    assert table.count("| ONNX Runtime int8 |") == 4 and "n/a (untrained head)" in table
+    assert "| PyTorch eager | 32 |" in stdout  # the table is printed too
+    manifest_ = json.loads((folder / "aptune_export.json").read_text())
+    assert set(manifest_["benchmark"]["speedup_vs_dense"]) == {f"{rt}@{bs}" for _, rt, bs in rows}
+    assert "needs --format onnx" in fails("export", "--model-dir", out / "apt", "--format", "transformers",
+                                          "--benchmark")

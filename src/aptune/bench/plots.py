@@ -100,6 +100,33 @@ def apt_trace(summary: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def runtimes(result: dict, path: Path) -> Path:
+    """Throughput of the dense and the pruned model in each runtime, one panel per batch size,
+    each pruned bar labelled with its speed-up over the dense model in the same runtime."""
+    from .backends import RUNTIMES
+
+    plt = _pyplot()
+    sizes = sorted({r["batch_size"] for r in result["rows"]})
+    by = {(r["model"], r["runtime"], r["batch_size"]): r for r in result["rows"]}
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4.2), squeeze=False)
+    x = list(range(len(RUNTIMES)))
+    for ax, bs in zip(axes[0], sizes):
+        for offset, model, color in ((-0.2, "dense", COLORS["ft"]), (0.2, "pruned", COLORS["apt"])):
+            values = [by[(model, rt, bs)]["samples_per_s"] for rt in RUNTIMES]
+            bars = ax.bar([i + offset for i in x], values, width=0.4, color=color, label=model)
+            if model == "pruned":
+                ups = [f"{by[(model, rt, bs)]['speedup_vs_dense']:.2f}x" for rt in RUNTIMES]
+                ax.bar_label(bars, labels=ups, fontsize=8)
+        ax.set_xticks(x, [title.replace("ONNX Runtime ", "ORT ") for title in RUNTIMES.values()],
+                      fontsize=8)
+        ax.set_title(f"batch {bs} x {result['rows'][0]['seq_len']} tokens")
+        ax.set_ylabel("samples / s")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    fig.suptitle("Inference throughput: dense against pruned, per runtime (labels: pruned / dense)")
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")

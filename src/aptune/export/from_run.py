@@ -78,7 +78,13 @@ def compare(candidate: Callable[[dict], Any], references: list[np.ndarray],
 
 def export_run(model_dir: str | Path, output: str | Path | None = None, fmt: str = "onnx",
                quantize: str | None = None, data_dir: str | None = None, verify_rows: int = 256,
-               opset: int = 18, say: Callable[[str], None] = print) -> dict[str, Any]:
+               opset: int = 18, say: Callable[[str], None] = print, benchmark: bool = False,
+               dense: str | None = None, benchmark_rounds: int = 5) -> dict[str, Any]:
+    if benchmark and fmt != "onnx":
+        raise AptuneError(f"--benchmark times ONNX Runtime, so it needs --format onnx (got {fmt})",
+                          "drop --benchmark, or export with --format onnx")
+    if benchmark_rounds <= 0:
+        raise AptuneError("--benchmark-rounds must be positive", "pass e.g. --benchmark-rounds 5")
     if fmt not in FORMATS:
         raise AptuneError(f"unknown export format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
     if quantize is not None and (quantize not in QUANTIZATIONS or fmt != "onnx"):
@@ -101,6 +107,12 @@ def export_run(model_dir: str | Path, output: str | Path | None = None, fmt: str
                           "max_length": settings.max_length, **(settings.options or {})}}
         writer = _onnx if fmt == "onnx" else _transformers
         report.update(writer(model, tokenizer, tmp, batches, source, quantize, opset, say))
+        if benchmark:
+            from .benchmark import benchmark_runtimes
+
+            every_dev_row = verification_batches(settings, model, tokenizer, data_dir, 10**9)
+            report["benchmark"] = benchmark_runtimes(model, run, dense, *every_dev_row, tmp,
+                                                     benchmark_rounds, say)
         (tmp / MANIFEST).write_text(json.dumps(report, indent=2) + "\n")
         os.chmod(tmp, 0o755)
         if final.exists():
@@ -168,7 +180,10 @@ def _refuse_if_different(check: dict, limit: float, what: str, source: str) -> N
 
 def export_model(model_dir: str | Path, fmt: str = "onnx", output: str | Path | None = None,
                  quantize: str | None = None, data_dir: str | None = None, verify_rows: int = 256,
-                 opset: int = 18, say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+                 opset: int = 18, say: Callable[[str], None] = lambda _: None, benchmark: bool = False,
+                 dense: str | None = None, benchmark_rounds: int = 5) -> dict[str, Any]:
     """The public API of `aptune export`: export a run's model (`fmt` "onnx" or "transformers"),
-    verify it against aptune's, and return the manifest (with "output", the folder written)."""
-    return export_run(model_dir, output, fmt, quantize, data_dir, verify_rows, opset, say)
+    verify it against aptune's, and return the manifest (with "output", the folder written).
+    `benchmark=True` also times it against `dense` in PyTorch and ONNX Runtime fp32/int8."""
+    return export_run(model_dir, output, fmt, quantize, data_dir, verify_rows, opset, say, benchmark,
+                      dense, benchmark_rounds)
