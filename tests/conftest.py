@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tests.helpers import build_tiny_model, write_mnli, write_sst2  # noqa: E402
+from tests.helpers import build_learnable_bert, build_tiny_model, write_mnli, write_sst2  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -28,6 +28,11 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_roberta_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
+
+
+@pytest.fixture(scope="session")
+def learnable_bert_dir(tmp_path_factory) -> Path:
+    return build_learnable_bert(tmp_path_factory.mktemp("learnable-bert"))
 
 
 @pytest.fixture(scope="session")

@@ -148,3 +148,28 @@ def fails(*args) -> str:
 
 def read_log(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+
+
+def build_learnable_bert(folder: Path, num_labels: int = 2) -> Path:
+    """Like build_tiny_model's BERT, but with the whole word list in the tokenizer's vocabulary, so
+    that the tiny model can learn the generated tasks.
+
+    (build_tiny_model's tokenizer passes vocab_file=, which transformers 5 ignores: it ends up with
+    the 5 special tokens only, every word becomes [UNK] and the tiny models cannot learn.)
+    """
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = SPECIAL + sorted(set(POSITIVE + NEGATIVE + FILLER + ["."]))
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    if len(tok.get_vocab()) != len(words):  # transformers 4.x
+        tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    assert tok("the film is good")["input_ids"].count(tok.unk_token_id) == 0
+    config = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=80,
+                        num_labels=num_labels, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -15,6 +15,7 @@ from typer.core import TyperCommand
 from .config import TrainConfig, build_config, list_recipes, own_fields
 from .errors import AptuneError
 from .fields import choices, field_help, field_types
+from .tasks.options import OWN_DATA_TASK
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
@@ -71,7 +72,7 @@ class PanelledCommand(TyperCommand):
 
 
 RUN_PANEL = "Run (every method; `aptune recipes` lists ready-made recipes)"
-PANEL_ORDER = ("Run", "Adapters", "APT", "LoRA+Prune", "Prune+Distill", "Options")
+PANEL_ORDER = ("Run", "Your own data", "Adapters", "APT", "LoRA+Prune", "Prune+Distill", "Options")
 _FLAG_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "str | None": str,
                "int | None": int, "float | None": float, "list[str] | None": str}
 
@@ -152,32 +153,51 @@ app.command(cls=PanelledCommand,
             "`aptune train --recipe cpu/sst2-apt-quickstart` is the quickstart.")(train)
 
 
-@app.command("eval", cls=PanelledCommand, short_help="Evaluate a saved model on a task's dev set.")
+@app.command("eval", cls=PanelledCommand,
+             short_help="Evaluate a saved model on a dev split or a labelled file.")
 @user_errors
 def eval_(
     model_dir: Annotated[str, typer.Option(
         help="A run folder written by `aptune train`, or its model/ folder.")],
-    task: Annotated[str, typer.Option(help=_h("task"))],
+    task: Annotated[Optional[str], typer.Option(
+        help=f"sst2, mnli or {OWN_DATA_TASK}. Default: the run's task.")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help=_h("data_dir"))] = None,
+    validation_file: Annotated[Optional[str], typer.Option(
+        help=f"Score on this labelled file (.csv, .tsv, .jsonl, .parquet; --task {OWN_DATA_TASK}). "
+             "Default: the run's validation rows.")] = None,
+    text_column: Annotated[Optional[str], typer.Option(
+        help="Column of the text. Default: the run's.")] = None,
+    text_pair_column: Annotated[Optional[str], typer.Option(
+        help="Column of the second text of a pair. Default: the run's.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(
+        help="Column of the label. Default: the run's.")] = None,
     max_eval_samples: Annotated[Optional[int], typer.Option(help=_h("max_eval_samples"))] = None,
-    data_seed: Annotated[int, typer.Option(help=_h("data_seed"))] = 0,
-    batch_size: Annotated[int, typer.Option(help=_h("eval_batch_size"))] = 128,
-    max_length: Annotated[Optional[int], typer.Option(help=_h("max_length"))] = None,
+    data_seed: Annotated[Optional[int], typer.Option(help="Seed of --max-eval-samples' subset and of a "
+                                                     "held-out split. Default: the run's.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 128,
+    max_length: Annotated[Optional[int], typer.Option(
+        help="Maximum tokens per row. Default: the run's, else the task's.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     save_predictions: Annotated[Optional[str], typer.Option(
-        help="Also write each dev row's predicted and gold label (JSON lines) to this file.")] = None,
+        help="Also write each row's predicted and gold label (JSON lines) to this file.")] = None,
 ) -> None:
-    """Evaluate a saved model on a task's dev set."""
+    """Evaluate a saved model on its task's dev split, or on any labelled file, and print the
+    scores and a per-class report."""
     from .evaluate import evaluate_saved
+    from .tasks.metrics import format_per_class
 
     metrics = evaluate_saved(model_dir, task, data_dir=data_dir, max_eval_samples=max_eval_samples,
                              data_seed=data_seed, batch_size=batch_size, max_length=max_length,
-                             save_predictions=save_predictions)
+                             save_predictions=save_predictions, validation_file=validation_file,
+                             text_column=text_column, text_pair_column=text_pair_column,
+                             label_column=label_column)
     if json_out:
         typer.echo(json.dumps(metrics, indent=2))
     else:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics["eval"].items())
         typer.echo(f"{metrics['task']} dev ({metrics['rows']:,} rows): {scores}")
+        if metrics["per_class"]:
+            typer.echo(format_per_class(metrics["per_class"]))
 
 
 @app.command(cls=PanelledCommand, short_help="Classify new text with a saved or exported model.")
@@ -190,10 +210,11 @@ def predict(
     text_pair: Annotated[Optional[list[str]], typer.Option(
         "--text-pair", help="The second text of a pair (e.g. an MNLI hypothesis), one per --text.")] = None,
     input_file: Annotated[Optional[str], typer.Option(
-        "--input", help="A .jsonl, .tsv or .csv file with a header: one prediction per row.")] = None,
+        "--input", help="A .csv, .tsv, .jsonl or .parquet file with a header: one prediction per "
+                        "row.")] = None,
     text_column: Annotated[Optional[str], typer.Option(
-        help="The --input column holding the text. Default: text, sentence, or premise + "
-             "hypothesis.")] = None,
+        help="The --input column holding the text. Default: the run's text column, else text, "
+             "sentence, or premise + hypothesis.")] = None,
     text_pair_column: Annotated[Optional[str], typer.Option(
         help="The --input column holding the second text of a pair.")] = None,
     output: Annotated[Optional[str], typer.Option(

@@ -18,6 +18,7 @@ import yaml
 from .errors import AptuneError
 from .fields import check_positive, option
 from .methods import METHODS, config_sections
+from .tasks.options import OWN_DATA_TASK, OwnDataOptions
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registry's names
@@ -25,10 +26,11 @@ SECTIONS = config_sections()
 
 
 @dataclass
-class TrainConfig(*SECTIONS):  # type: ignore[misc]  # one base per method config section
+class TrainConfig(OwnDataOptions, *SECTIONS):  # type: ignore[misc]  # one base per method config section
     """Everything one `aptune train` run needs. Each field is a recipe key and a --flag."""
 
-    task: str = option("sst2", "Task to train on: sst2 or mnli.")
+    task: str = option("sst2", f"Task to train on: sst2, mnli, or {OWN_DATA_TASK} (your own labelled "
+                       "text: --train-file).")
     method: MethodName = option("lora", "Training method: " + ", ".join(
         f"{m.name} ({m.label})" for m in METHODS.values()) + ".")
     model: str = option("minilm", "Model: the alias 'minilm' (embedded default), a local folder, "
@@ -84,6 +86,7 @@ class TrainConfig(*SECTIONS):  # type: ignore[misc]  # one base per method confi
             raise AptuneError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}",
                               "use a fraction such as 0.06")
         check_positive(self, ("max_train_samples", "max_eval_samples", "max_length"))
+        OwnDataOptions.validate(self)
         for section in SECTIONS:  # each method's own checks
             section.validate(self)
 

@@ -1,35 +1,65 @@
-"""Evaluating a saved model on a task's dev split."""
+"""Evaluating a saved model: on its task's dev split, or on any labelled file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .errors import AptuneError
 from .export import load_for_inference
 from .predict import write_jsonl
-from .tasks import get_task, resolve_data_dir
+from .tasks import OWN_DATA_TASK, get_task, resolve_data_dir, task_options
 from .train.data import encode, make_loader
 from .train.loop import predict_labels
 
 
-def evaluate_saved(model_dir: str | Path, task_name: str, data_dir: str | None = None,
-                   max_eval_samples: int | None = None, data_seed: int = 0, batch_size: int = 128,
-                   max_length: int | None = None, save_predictions: str | None = None) -> dict[str, Any]:
-    """Score a saved model on the task's dev split; with `save_predictions`, also write one JSON
-    line per dev row (predicted and gold label names, in file order)."""
-    task = get_task(task_name)
+def run_config(model_path: Path) -> dict[str, Any]:
+    """The config.yaml of the run that holds `model_path` (its folder or the folder above), or {}."""
+    for folder in (model_path, model_path.parent):
+        if (folder / "config.yaml").is_file():
+            return yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    return {}
+
+
+def evaluate_saved(model_dir: str | Path, task_name: str | None = None, data_dir: str | None = None,
+                   max_eval_samples: int | None = None, data_seed: int | None = None,
+                   batch_size: int = 128, max_length: int | None = None,
+                   save_predictions: str | None = None, **data_options: Any) -> dict[str, Any]:
+    """Score a saved model on a dev split; with `save_predictions`, also write one JSON line per
+    row (predicted and gold label names, in file order).
+
+    The task, data seed, maximum length and data options default to the training run's; any of
+    OwnDataOptions' names in `data_options` (validation_file, text_column, ...) overrides them,
+    so a model can be scored on any labelled file with `task_name="text-classification"`.
+    """
     if batch_size <= 0:
         raise AptuneError(f"--batch-size must be positive, got {batch_size}", "pass --batch-size 128")
     model, tokenizer, path = load_for_inference(model_dir)
-    if model.config.num_labels != task.num_labels:
-        raise AptuneError(f"the model in {path} has {model.config.num_labels} labels but {task.name} "
-                          f"has {task.num_labels}", "pass the --task the model was trained on")
-    dev = task.load("dev", resolve_data_dir(data_dir), max_eval_samples, data_seed, {})
-    ds = encode(task, dev.examples, tokenizer, max_length or task.default_max_length, model.config)
+    run = run_config(path)
+    task_name = task_name or run.get("task")
+    if not task_name:
+        raise AptuneError(f"{model_dir} does not say which task it was trained on (no config.yaml)",
+                          "pass --task")
+    given = {k: v for k, v in data_options.items() if v is not None}
+    if given.get("validation_file") and task_name.replace("_", "-").lower() != OWN_DATA_TASK:
+        raise AptuneError(f"--validation-file needs --task {OWN_DATA_TASK} (got --task {task_name})",
+                          f"pass --task {OWN_DATA_TASK} to score the model on a file")
+    same_task = task_name == run.get("task")
+    options = task_options({**(run if same_task else {}), **given})
+    task = get_task(task_name, options)
+    task.adopt_labels(model.config)
+    seed = data_seed if data_seed is not None else (run.get("data_seed", 0) if same_task else 0)
+    if data_dir is None and run.get("data_dir") and Path(run["data_dir"]).expanduser().is_dir():
+        data_dir = run["data_dir"]  # where the run read its data, while it is still there
+    dev = task.load("dev", resolve_data_dir(data_dir), max_eval_samples, seed, options)
+    # The length the model was trained at, whatever the task it is scored on now (as predict does).
+    length = max_length or run.get("max_length") or task.default_max_length
+    ds = encode(task, dev.examples, tokenizer, length, model.config)
     preds, gold = predict_labels(model, make_loader(ds, tokenizer, batch_size, False, 0))
-    result = {"task": task.name, "model_dir": str(path), "rows": len(ds),
-              "eval": task.compute_metrics(preds, gold)}
+    result = {"task": task.name, "model_dir": str(path), "rows": len(ds), "data": dev.report.summary(),
+              "eval": task.compute_metrics(preds, gold), "per_class": task.per_class(preds, gold)}
     if save_predictions:
         names = task.id2label
         rows = [{"label": names[int(p)], "gold": names[int(g)]} for p, g in zip(preds, gold)]

@@ -29,11 +29,12 @@ from .lora import count_parameters
 from .methods import METHODS, Cost, Method, PrerequisiteRun, get_method
 from .models import load_classifier, load_config, load_tokenizer, resolve_model_path
 from .report import format_report
+from .tasks.metrics import format_per_class
 from .structure import recorded_structure
-from .tasks import get_task, resolve_data_dir
+from .tasks import get_task, resolve_data_dir, task_options
 from .train.context import RunContext
 from .train.data import EncodedDataset, encode, make_loader
-from .train.loop import LoopConfig, Trainer, TrainResult, evaluate_model
+from .train.loop import LoopConfig, Trainer, TrainResult, predict_labels
 from .train.run_dir import RunDir
 
 
@@ -109,11 +110,13 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
 
     accelerator.wait_for_everyone()
     final = method.finalize(accelerator.unwrap_model(trainer.model), spec, cfg)
-    final_eval = evaluate_model(final, trainer.eval_loader, data.task, accelerator)
+    predicted, gold = predict_labels(final, trainer.eval_loader, accelerator)
+    final_eval = data.task.compute_metrics(predicted, gold)
     inference = _report_pruning(cfg, method, final, data, dense_shape, dense_params, accelerator)
     metrics = build_metrics(cfg, method, data, final, final_eval, result, cost, trainable, total,
                             dense_params, inference, accelerator, run_versions,
                             method.describe(accelerator.unwrap_model(trainer.model), cfg))
+    metrics["per_class"] = data.task.per_class(predicted, gold)
     if run_dir is not None:
         _save(run_dir, final, data.tokenizer, cfg, metrics, wall_start)
         metrics["output_dir"] = str(run_dir.final)
@@ -123,14 +126,18 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
 
 def load_data(cfg: TrainConfig, say) -> RunData:
     """The task's train and dev splits, checked and tokenised for the model's family."""
-    task = get_task(cfg.task)
+    options = task_options(cfg.to_dict())
+    task = get_task(cfg.task, options)
     data_dir = resolve_data_dir(cfg.data_dir)
     model_path = resolve_model_path(cfg.model)
     model_config = load_config(model_path)  # unsupported families fail before any data work
     tokenizer = load_tokenizer(model_path)
-    options = {"strip_trailing_periods": cfg.strip_trailing_periods}
     train = task.load("train", data_dir, cfg.max_train_samples, cfg.data_seed, options)
     dev = task.load("dev", data_dir, cfg.max_eval_samples, cfg.data_seed, options)
+    for name, value in task.resolved_options().items():  # config.yaml records what was found
+        setattr(cfg, name, value)
+    if task.describe():
+        say(task.describe())
     say(f"train: {train.report.summary()}")
     say(f"dev:   {dev.report.summary()}")
     max_length = cfg.max_length or task.default_max_length
@@ -291,6 +298,9 @@ def _save(run_dir: RunDir, model, tokenizer, cfg: TrainConfig, metrics: dict, wa
 
 def _print_summary(m: dict) -> None:
     mem = m["peak_train_memory_bytes"] / 2**20
+    if m.get("per_class"):
+        print(f"dev per class ({m['data']['dev_rows']:,} rows):", flush=True)
+        print(format_per_class(m["per_class"]), flush=True)
     print(f"result: {m['task']} {m['method']} dev {m['selection']['metric']} "
           f"{m['eval'][m['selection']['metric']]:.4f} (selected step {m['selection']['step']}) | "
           f"train {m['train_seconds'] / 60:.1f} min, {m['seconds_per_step']:.3f} s/step, "

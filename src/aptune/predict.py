@@ -1,7 +1,8 @@
 """`aptune predict`: the label and class probabilities of new text, from a saved model.
 
-Inputs are `--text` strings or a file: JSON lines, TSV or CSV with a header. The text columns are
-named with `--text-column` / `--text-pair-column` or found from the usual names (`text`,
+Inputs are `--text` strings or a file: CSV, TSV, JSON lines or Parquet with a header (the same
+reader as training files). The text columns are named with `--text-column` /
+`--text-pair-column`, else the run's own columns, else found from the usual names (`text`,
 `sentence`, `premise` + `hypothesis`, ...). When the model folder belongs to an `aptune train` run,
 its config.yaml gives the task's maximum length and text cleaning, so that `predict` on a dev
 file reproduces `aptune eval`'s predictions. Output: one JSON line per input, in input order.
@@ -9,24 +10,17 @@ file reproduces `aptune eval`'s predictions. Output: one JSON line per input, in
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import yaml
 
 from .errors import AptuneError
-from .tasks import DataReport, Example, get_task
+from .tasks import DataReport, Example, files, get_task, task_options
 
-csv.field_size_limit(1 << 24)
-
-SINGLE_COLUMNS = ("text", "sentence", "review", "content")
-PAIR_COLUMNS = (("premise", "hypothesis"), ("text", "text_pair"), ("sentence1", "sentence2"),
-                ("question", "context"))
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".csv": "csv"}
 DEFAULT_MAX_LENGTH = 128
 
 
@@ -58,86 +52,29 @@ def run_settings(model_path: Path, max_length: int | None) -> RunSettings:
         if config.is_file() or manifest.is_file():
             data = (yaml.safe_load(config.read_text()) if config.is_file()
                     else json.loads(manifest.read_text()).get("run", {})) or {}
-            task = get_task(data["task"]) if data.get("task") else None
+            options = task_options(data)
+            task = get_task(data["task"], options) if data.get("task") else None
             default = data.get("max_length") or (task.default_max_length if task else DEFAULT_MAX_LENGTH)
-            return RunSettings(task, max_length or default,
-                               {"strip_trailing_periods": data.get("strip_trailing_periods", True)})
+            return RunSettings(task, max_length or default, options)
     return RunSettings(max_length=max_length or DEFAULT_MAX_LENGTH)
 
 
 # -- reading inputs ------------------------------------------------------------------------------
-def _rows(path: Path) -> tuple[list[str], Iterator[dict | None]]:
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise AptuneError(f"{path} is not a file type aptune reads ({path.suffix or 'no suffix'})",
-                          f"pass a {', '.join(FORMATS)} file")
-    fh = open(path, newline="", encoding="utf-8", errors="strict")
-    if kind == "jsonl":
-        lines = [ln for ln in fh if ln.strip()]
-        fh.close()
-        rows = []
-        for ln in lines:
-            try:
-                row = json.loads(ln)
-            except json.JSONDecodeError:
-                row = None
-            rows.append(row if isinstance(row, dict) else None)
-        first = next((r for r in rows if r is not None), None)
-        return (list(first) if first else []), iter(rows)
-    reader = csv.reader(fh, delimiter="\t" if kind == "tsv" else ",",
-                        quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL)
-    header = next(reader, None) or []
-    rows = [dict(zip(header, r)) if len(r) == len(header) else None for r in reader]
-    fh.close()
-    return header, iter(rows)
-
-
-def _columns(found: list[str], text_column: str | None, pair_column: str | None,
-             pairs: bool | None, source: str) -> tuple[str, ...]:
-    listed = ", ".join(found) or "(none)"
-    if text_column:
-        chosen = (text_column, pair_column) if pair_column else (text_column,)
-        missing = [c for c in chosen if c not in found]
-        if missing:
-            raise AptuneError(f"{source} has no column {', '.join(missing)} (columns: {listed})",
-                              "name the columns with --text-column and --text-pair-column")
-        return chosen
-    if pairs is not False:
-        for pair in PAIR_COLUMNS:
-            if all(c in found for c in pair):
-                return pair
-    if pairs is not True:
-        for column in SINGLE_COLUMNS:
-            if column in found:
-                return (column,)
-    want = "two text columns" if pairs else "a text column"
-    raise AptuneError(f"{source}: cannot tell which columns hold the text (columns: {listed})",
-                      f"the model takes {want}; name them with --text-column"
-                      + (" and --text-pair-column" if pairs is not False else ""))
-
-
 def read_texts(path: str | Path, settings: RunSettings, text_column: str | None = None,
                pair_column: str | None = None) -> tuple[list[Example], DataReport]:
     """The input rows as examples (label -1), empty or garbled rows skipped and counted."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise AptuneError(f"input file {path} does not exist", "pass an existing --input file")
-    try:
-        found, rows = _rows(path)
-        if not found:
-            raise AptuneError(f"{path} is empty (no header, or no JSON object)",
-                              "pass a file with a header row, or JSON lines with text keys")
-        columns = _columns(found, text_column, pair_column, settings.pairs, str(path))
-        report, examples = DataReport(source=str(path)), []
-        for row in rows:
-            report.rows_read += 1
-            texts = None if row is None else [row.get(c) for c in columns]
-            if texts is None or any(not isinstance(t, str) or not t.strip() for t in texts):
-                report.dropped["empty text" if row is not None else "garbled"] += 1
-                continue
-            examples.append(Example(tuple(settings.clean(t) for t in texts), -1))
-    except UnicodeDecodeError:
-        raise AptuneError(f"{path} is not UTF-8 text", "pass a UTF-8 text file") from None
+    found, rows = files.read_table(path, "--input file")
+    own = settings.task.text_columns if settings.task is not None else ()
+    columns = files.text_columns(found, text_column, pair_column, settings.pairs, str(path), preferred=own)
+    report, examples = DataReport(source=str(path)), []
+    for row in rows:
+        report.rows_read += 1
+        texts = None if row is None else [row.get(c) for c in columns]
+        if texts is None or any(not isinstance(t, str) or not t.strip() for t in texts):
+            report.dropped["empty text" if row is not None else "garbled"] += 1
+            continue
+        examples.append(Example(tuple(settings.clean(t) for t in texts), -1))
     if not examples:
         raise AptuneError(f"{path} has no rows with text ({report.summary()})",
                           "check the file's columns and that it is not empty")

@@ -5,16 +5,26 @@ from __future__ import annotations
 from ..errors import AptuneError
 from .base import DATA_DIR_ENV, DataReport, Example, Split, Task, resolve_data_dir
 from .glue import MNLI, SST2, ClassificationTask
+from .options import OWN_DATA_TASK, OwnDataOptions, task_options
+from .text_classification import TextClassification
 
-TASKS: dict[str, type[Task]] = {"sst2": SST2, "mnli": MNLI}
+TASKS: dict[str, type[Task]] = {"sst2": SST2, "mnli": MNLI, OWN_DATA_TASK: TextClassification}
 
 
-def get_task(name: str) -> Task:
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in TASKS:
+def _key(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def get_task(name: str, options: dict | None = None) -> Task:
+    """A fresh task by name (case, '-' and '_' ignored), configured with the run's options."""
+    found = {_key(k): cls for k, cls in TASKS.items()}.get(_key(name))
+    if found is None:
         raise AptuneError(f"unknown task '{name}'", f"choose one of: {', '.join(TASKS)}")
-    return TASKS[key]()
+    task = found()
+    task.configure(options or {})
+    return task
 
 
-__all__ = ["DATA_DIR_ENV", "TASKS", "ClassificationTask", "DataReport", "Example", "Split", "Task",
-           "get_task", "resolve_data_dir"]
+__all__ = ["DATA_DIR_ENV", "OWN_DATA_TASK", "TASKS", "ClassificationTask", "DataReport", "Example",
+           "OwnDataOptions", "Split", "Task", "TextClassification", "get_task", "resolve_data_dir",
+           "task_options"]

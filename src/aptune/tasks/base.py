@@ -83,6 +83,16 @@ def fixed_subset(n_rows: int, max_rows: int | None, seed: int) -> np.ndarray | N
     return np.sort(rng.permutation(n_rows)[:max_rows])
 
 
+def take_subset(loaded: Split, max_rows: int | None, seed: int) -> Split:
+    """Keep the fixed random subset of `max_rows` examples (in file order), noted in the report."""
+    keep = fixed_subset(len(loaded.examples), max_rows, seed)
+    if keep is not None:
+        loaded.report.subset_of = len(loaded.examples)
+        loaded.examples = [loaded.examples[i] for i in keep]
+        loaded.report.rows_kept = len(loaded.examples)
+    return loaded
+
+
 class Task:
     """Base class. A task is registered once and the training loop never special-cases it."""
 
@@ -95,6 +105,30 @@ class Task:
     def load(self, split: str, data_dir: Path | None, max_rows: int | None, seed: int,
              options: dict | None = None) -> Split:
         raise NotImplementedError
+
+    def configure(self, options: dict) -> None:
+        """Take what the run's options say about the data (a task with its own files reads its
+        columns and metric here); fixed benchmark tasks need nothing."""
+
+    def adopt_labels(self, config) -> None:
+        """Check a saved model against the task's labels (a task whose labels come from the
+        training file takes the model's instead)."""
+        if config.num_labels != self.num_labels:
+            raise AptuneError(f"the model has {config.num_labels} labels but {self.name} has "
+                              f"{self.num_labels}", "pass the --task the model was trained on")
+
+    def resolved_options(self) -> dict:
+        """Options the task found for itself (columns detected from a header), to record in the
+        run's config.yaml so that eval and predict read the data the same way."""
+        return {}
+
+    def per_class(self, predictions: np.ndarray, labels: np.ndarray) -> list[dict]:
+        """The per-class report (classification tasks); empty where it means nothing."""
+        return []
+
+    def describe(self) -> str | None:
+        """A start-up line about the data that the user did not spell out (columns found, labels)."""
+        return None
 
     def tokenize_fn(self, tokenizer, max_length: int) -> Callable:
         raise NotImplementedError

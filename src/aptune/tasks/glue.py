@@ -7,12 +7,13 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..errors import AptuneError
-from .base import DataReport, Example, Split, Task, fixed_subset, tokenize_examples
+from .base import DataReport, Example, Split, Task, take_subset, tokenize_examples
+from .metrics import per_class_scores
 
 csv.field_size_limit(1 << 24)
 
@@ -109,17 +110,21 @@ class ClassificationTask(Task):
                 continue
             examples.append(Example(tuple(self.clean_text(t, options) for t in texts), label))
         if bad_labels:
-            found = ", ".join(f"{k!r} ({n})" for k, n in bad_labels.most_common(5))
-            raise AptuneError(
-                f"{source} has labels outside {self.name}'s label set: {found}",
-                f"{self.name} labels are {', '.join(f'{i}={n}' for i, n in self.id2label.items())}; "
-                "check that --task matches the file",
-            )
+            self.refuse_unknown_labels(source, bad_labels)
         if not examples:
             raise AptuneError(f"{source} has no usable rows ({report.summary()})",
-                              "check the file's format against shared/data/SOURCES.md")
+                              f"check that it has rows with text in {', '.join(self.text_columns)} "
+                              f"and a label in {self.label_column}")
         report.rows_kept = len(examples)
         return Split(examples, report)
+
+    def refuse_unknown_labels(self, source: str, found: Counter) -> None:
+        listed = ", ".join(f"{k!r} ({n})" for k, n in found.most_common(5))
+        raise AptuneError(
+            f"{source} has labels outside {self.name}'s label set: {listed}",
+            f"{self.name} labels are {', '.join(f'{i}={n}' for i, n in self.id2label.items())}; "
+            "check that --task matches the file",
+        )
 
     def clean_text(self, text: str, options: dict) -> str:
         return text.strip()
@@ -139,12 +144,7 @@ class ClassificationTask(Task):
             loaded = self._validate(rows, str(path), options)
         else:
             loaded = self._validate(self._rows_hub(split), self._hub_name(split), options)
-        keep = fixed_subset(len(loaded.examples), max_rows, seed)
-        if keep is not None:
-            loaded.report.subset_of = len(loaded.examples)
-            loaded.examples = [loaded.examples[i] for i in keep]
-            loaded.report.rows_kept = len(loaded.examples)
-        return loaded
+        return take_subset(loaded, max_rows, seed)
 
     def _hub_name(self, split: str) -> str:
         return f"hub {'/'.join(p for p in self.hub_path if p)}[{self.hub_splits[split]}]"
@@ -170,6 +170,10 @@ class ClassificationTask(Task):
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         return {"accuracy": float((predictions == labels).mean())}
+
+    def per_class(self, predictions: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+        """Precision, recall, F1 and support of every label, by name."""
+        return per_class_scores(predictions, labels, self.label_names)
 
 
 class SST2(ClassificationTask):

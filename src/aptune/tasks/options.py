@@ -1,0 +1,80 @@
+"""The options of `--task text-classification`: which files (or hub dataset), which columns, how
+the validation rows are chosen and which metric leads. Torch-free: TrainConfig inherits them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Mapping
+
+from ..errors import AptuneError
+from ..fields import check_choices, option
+
+OWN_DATA_TASK = "text-classification"
+PANEL = f"Your own data (--task {OWN_DATA_TASK})"
+
+
+@dataclass
+class OwnDataOptions:
+    """Where the rows of `--task text-classification` come from and how they are read."""
+
+    train_file: str | None = option(None, "Training rows: a .csv, .tsv, .jsonl or .parquet file with a "
+                                    "header (or JSON keys) naming its columns.", PANEL)
+    validation_file: str | None = option(None, "Validation rows in the same format. Default: hold out "
+                                         "--validation-split of the training rows.", PANEL)
+    validation_split: float = option(0.1, "Fraction of the training rows held out for validation "
+                                     "(drawn with --data-seed) when there is no validation file.", PANEL)
+    dataset: str | None = option(None, "A Hugging Face hub dataset id instead of files (needs a "
+                                 "connection), e.g. 'imdb' or 'glue'.", PANEL)
+    dataset_config: str | None = option(None, "The hub dataset's configuration, e.g. 'sst2' for 'glue'.",
+                                        PANEL)
+    dataset_train_split: str = option("train", "The hub split to train on.", PANEL)
+    dataset_validation_split: str | None = option(None, "The hub split to validate on, e.g. "
+                                                  "'validation'. Default: hold out --validation-split.",
+                                                  PANEL)
+    text_column: str | None = option(None, "Column of the text. Default: the first of text, sentence, "
+                                     "review, ... or a known pair such as premise + hypothesis.", PANEL)
+    text_pair_column: str | None = option(None, "Column of the second text of a pair (e.g. a "
+                                          "hypothesis). Default: found with the text column.", PANEL)
+    label_column: str | None = option(None, "Column of the label (strings or integers). Default: the "
+                                      "first of label, labels, class, category, intent, target.", PANEL)
+    metric: Literal["accuracy", "macro_f1"] = option("accuracy", "Headline dev metric: it selects the "
+                                                     "checkpoint and leads the report.", PANEL)
+    max_skipped_fraction: float = option(0.1, "Rows with empty text or no label are skipped and "
+                                         "counted; a file with more than this fraction of them is "
+                                         "refused.", PANEL)
+
+    def validate(self) -> None:
+        check_choices(self, OwnDataOptions)
+        own = getattr(self, "task", OWN_DATA_TASK).lower().replace("_", "-") == OWN_DATA_TASK
+        given = [f.name for f in fields(OwnDataOptions) if f.name in SOURCES and getattr(self, f.name)]
+        if not own:
+            if given:
+                flags = ", ".join("--" + g.replace("_", "-") for g in given)
+                raise AptuneError(f"{flags} is for --task {OWN_DATA_TASK}, not --task {self.task}",
+                                  f"pass --task {OWN_DATA_TASK} to train on your own files, or drop {flags}")
+            return
+        if bool(self.train_file) == bool(self.dataset):
+            raise AptuneError(f"--task {OWN_DATA_TASK} needs its rows: either --train-file FILE or "
+                              "--dataset HUB_ID" + (", not both" if self.train_file else ""),
+                              "e.g. --train-file tickets.csv (--validation-file is optional)")
+        if self.validation_file and self.dataset:
+            raise AptuneError("--validation-file goes with --train-file, not with --dataset",
+                              "name the hub split to validate on with --dataset-validation-split")
+        if not 0 < self.validation_split < 1:
+            raise AptuneError(f"--validation-split must be a fraction in (0, 1), got {self.validation_split}",
+                              "pass e.g. --validation-split 0.1")
+        if not 0 <= self.max_skipped_fraction < 1:
+            raise AptuneError(f"--max-skipped-fraction must be in [0, 1), got {self.max_skipped_fraction}",
+                              "pass e.g. --max-skipped-fraction 0.1")
+
+
+SOURCES = ("train_file", "validation_file", "dataset", "dataset_config", "dataset_validation_split")
+
+
+def task_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a task's loader reads, from a config (TrainConfig.to_dict(), a run's
+    config.yaml, an export's manifest); missing keys take their defaults."""
+    defaults = {f.name: f.default for f in fields(OwnDataOptions)}
+    out = {name: values.get(name, default) for name, default in defaults.items()}
+    out["strip_trailing_periods"] = values.get("strip_trailing_periods", True)
+    return out
