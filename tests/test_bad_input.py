@@ -114,6 +114,26 @@ def jsonl_label_without_texts(tmp):
     return ["--task", "mnli", "--data-dir", jsonl(good_data(tmp), rows)]
 
 
+def tsv_binary(tmp):
+    data = good_data(tmp)
+    (data / "sst2" / "train.tsv").write_bytes(bytes(range(256)) * 12)
+    return ["--data-dir", data]
+
+
+def tsv_not_utf8(tmp):
+    data = good_data(tmp)
+    (data / "sst2" / "train.tsv").write_bytes("sentence\tlabel\nun film très drôle\t1\n".encode("latin-1"))
+    return ["--data-dir", data]
+
+
+def jsonl_truncated(tmp):
+    data = jsonl(good_data(tmp), [{"premise": "a man runs.", "hypothesis": "a man moves",
+                                   "label": "entailment"}] * 5)
+    path = data / "mnli" / "train_sample_10k.jsonl"
+    path.write_text(path.read_text() + '{"premise": "a dog sle')  # the copy stopped mid-line
+    return ["--task", "mnli", "--data-dir", data]
+
+
 def sst2_label_7(tmp):
     return ["--data-dir", tsv(good_data(tmp), "sentence\tlabel\na good film\t1\na dull film\t7\n")]
 
@@ -178,6 +198,9 @@ TRAIN_CASES = [
     ("tsv-empty", tsv_empty, ["train.tsv is empty"]),
     ("jsonl-wrong-keys", jsonl_wrong_keys, ["rows lack the keys premise, hypothesis, label"]),
     ("jsonl-label-but-no-texts", jsonl_label_without_texts, ["rows lack the keys", "found: text, label"]),
+    ("tsv-binary", tsv_binary, ["train.tsv is not UTF-8 text"]),
+    ("tsv-not-utf8", tsv_not_utf8, ["train.tsv is not UTF-8 text"]),
+    ("jsonl-truncated", jsonl_truncated, ["ends in the middle of a JSON line (line 6)", "truncated"]),
     ("sst2-label-7", sst2_label_7, ["outside sst2's label set", "'7' (1)"]),
     ("mnli-label-maybe", mnli_label_maybe, ["outside mnli's label set", "'maybe' (1)"]),
     ("unknown-task", flags("--task", "qnli"), ["unknown task 'qnli'"]),
@@ -248,6 +271,21 @@ def test_train_refuses_read_only_parent(tmp_path, tiny_bert_dir, tiny_data_dir):
         assert not out.exists()
     finally:
         locked.chmod(0o700)
+
+
+def test_a_full_disk_while_saving_is_one_clear_error(tmp_path, tiny_bert_dir, tiny_data_dir, monkeypatch):
+    import errno
+
+    import aptune.pipeline
+
+    def disk_full(model, folder, tokenizer=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "model.safetensors"))
+
+    monkeypatch.setattr(aptune.pipeline, "save_pruned", disk_full)
+    args, out = train_args(tmp_path, tiny_bert_dir, tiny_data_dir, [])
+    assert_user_error(invoke(*args), "the disk is full while writing", "model.safetensors")
+    assert_nothing_finished(out)
+    assert not out.exists()
 
 
 # -- the real console script: nothing on stderr but the two lines --------------------------------

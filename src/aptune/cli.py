@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import json
@@ -42,6 +43,16 @@ def user_errors(fn):
         except KeyboardInterrupt:
             typer.echo("aptune: interrupted; nothing was written to the output folder", err=True)
             raise typer.Exit(130) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Outputs are written to a temporary path and renamed, and a failed run removes its
+            # temporary folder, so nothing that looks finished is left behind.
+            where = f" while writing {err.filename}" if err.filename else ""
+            typer.echo(f"aptune: error: the disk is full{where}; nothing finished was written", err=True)
+            typer.echo("  fix: free some space, or write the output to another disk (--output-dir "
+                       "or --output)", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 

@@ -10,7 +10,7 @@ import yaml
 from .errors import AptuneError
 from .export import load_for_inference
 from .predict import write_jsonl
-from .tasks import OWN_DATA_TASK, get_task, resolve_data_dir, task_options
+from .tasks import OWN_DATA_TASK, get_task, resolve_data_dir, same_task, task_options
 from .train.data import encode, make_loader
 from .train.loop import predict_labels
 
@@ -43,14 +43,14 @@ def evaluate_saved(model_dir: str | Path, task_name: str | None = None, data_dir
         raise AptuneError(f"{model_dir} does not say which task it was trained on (no config.yaml)",
                           "pass --task")
     given = {k: v for k, v in data_options.items() if v is not None}
-    if given.get("validation_file") and task_name.replace("_", "-").lower() != OWN_DATA_TASK:
+    if given.get("validation_file") and not same_task(task_name, OWN_DATA_TASK):
         raise AptuneError(f"--validation-file needs --task {OWN_DATA_TASK} (got --task {task_name})",
                           f"pass --task {OWN_DATA_TASK} to score the model on a file")
-    same_task = task_name == run.get("task")
-    options = task_options({**(run if same_task else {}), **given})
+    run_task = bool(run.get("task")) and same_task(task_name, run["task"])  # the run's options apply
+    options = task_options({**(run if run_task else {}), **given})
     task = get_task(task_name, options)
     task.adopt_labels(model.config)
-    seed = data_seed if data_seed is not None else (run.get("data_seed", 0) if same_task else 0)
+    seed = data_seed if data_seed is not None else (run.get("data_seed", 0) if run_task else 0)
     if data_dir is None and run.get("data_dir") and Path(run["data_dir"]).expanduser().is_dir():
         data_dir = run["data_dir"]  # where the run read its data, while it is still there
     dev = task.load("dev", resolve_data_dir(data_dir), max_eval_samples, seed, options)

@@ -31,7 +31,7 @@ from .models import load_classifier, load_config, load_tokenizer, resolve_model_
 from .report import format_report
 from .tasks.metrics import format_per_class
 from .structure import recorded_structure
-from .tasks import get_task, resolve_data_dir, task_options
+from .tasks import Task, get_task, resolve_data_dir, task_options
 from .train.context import RunContext
 from .train.data import EncodedDataset, encode, make_loader
 from .train.loop import LoopConfig, Trainer, TrainResult, predict_labels
@@ -91,7 +91,7 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     dense_shape, dense_params = spec.shape(model), parameter_summary(model)
 
     scratch = run_dir.tmp if run_dir is not None else Path(cfg.output_dir)
-    needed = prerequisite_run(cfg, method, data.task.name, accelerator, scratch, show_progress, say)
+    needed = prerequisite_run(cfg, method, data.task, accelerator, scratch, show_progress, say)
     context = RunContext(cfg, data.task, data.tokenizer, data.train_ds, data.dev_ds, accelerator, say)
     model, cost = method.start(model, spec, context, needed)
     del needed  # the method keeps what it needs (CoFi's teacher); the rest can be freed
@@ -161,7 +161,7 @@ def _trainer(cfg: TrainConfig, method: Method, model, spec, data: RunData, accel
 
 
 # -- prerequisite runs ---------------------------------------------------------------------------
-def prerequisite_run(cfg: TrainConfig, method: Method, task: str, accelerator, scratch: Path,
+def prerequisite_run(cfg: TrainConfig, method: Method, task: Task, accelerator, scratch: Path,
                      show_progress: bool, say) -> PrerequisiteRun | None:
     """The finished run the method declares it needs: the folder the user gave, or one trained
     inline into this run's folder first. None when the method needs none."""
@@ -185,7 +185,7 @@ def prerequisite_run(cfg: TrainConfig, method: Method, task: str, accelerator, s
         run_training(sub_cfg, show_progress=show_progress)
         folder = str(out)
     path = Path(folder).expanduser()
-    metrics = _finished_run(path, need, cfg, task)
+    metrics = _finished_run(path, need, cfg, task.name, task.label_names)
     summary = {"run": str(path), "dev": metrics["eval"], "selected_step": metrics["selection"]["step"],
                "train_seconds_to_selected": seconds_to_selected(metrics),
                "peak_train_memory_bytes": metrics.get("peak_train_memory_bytes", 0)}
@@ -194,7 +194,7 @@ def prerequisite_run(cfg: TrainConfig, method: Method, task: str, accelerator, s
     return PrerequisiteRun(load_pruned(path / "model", accelerator.device), summary, cost)
 
 
-def _finished_run(path: Path, need, cfg: TrainConfig, task: str) -> dict:
+def _finished_run(path: Path, need, cfg: TrainConfig, task: str, label_names: tuple[str, ...]) -> dict:
     """The metrics of a finished run of the needed method, task and model, or one clear error."""
     metrics_path = path / "metrics.json"
     if not metrics_path.is_file() or not (path / "model").is_dir():
@@ -210,6 +210,19 @@ def _finished_run(path: Path, need, cfg: TrainConfig, task: str) -> dict:
         raise AptuneError(f"{need.flag} {path} was trained from --model {metrics.get('model')}, this run "
                           f"uses --model {cfg.model}",
                           f"pass the same --model, or a {need.method} run of {cfg.model}")
+    # Own data: the same labels in the same order, from the same rows.
+    labels = json.loads((path / "model" / "config.json").read_text()).get("id2label", {})
+    theirs = [labels[k] for k in sorted(labels, key=int)]
+    if labels and theirs != list(label_names):
+        raise AptuneError(f"{need.flag} {path} has the labels {', '.join(theirs)}; this run's are "
+                          f"{', '.join(label_names)}",
+                          f"pass a {need.method} run trained on the same data, or leave {need.flag} out")
+    config = path / "config.yaml"
+    earlier = (yaml.safe_load(config.read_text()) if config.is_file() else None) or {}
+    moved = [k for k in ("train_file", "dataset", "dataset_config") if earlier.get(k) != getattr(cfg, k)]
+    if moved:
+        raise AptuneError(f"{need.flag} {path} was trained on other data ({', '.join(moved)} differ)",
+                          f"pass a {need.method} run trained on the same rows, or leave {need.flag} out")
     return metrics
 
 

@@ -20,6 +20,7 @@ import yaml
 
 from .errors import AptuneError
 from .tasks import DataReport, Example, files, get_task, task_options
+from .tasks.base import text_problem
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -30,7 +31,8 @@ class RunSettings:
 
     task: Any = None  # the Task it was trained on, when known
     max_length: int = DEFAULT_MAX_LENGTH
-    options: dict | None = None  # text-cleaning options of the task
+    options: dict | None = None  # the task's options (text cleaning; own data: files, columns)
+    data_seed: int = 0  # the run's, which drew its held-out validation rows
 
     @property
     def pairs(self) -> bool | None:
@@ -55,7 +57,7 @@ def run_settings(model_path: Path, max_length: int | None) -> RunSettings:
             options = task_options(data)
             task = get_task(data["task"], options) if data.get("task") else None
             default = data.get("max_length") or (task.default_max_length if task else DEFAULT_MAX_LENGTH)
-            return RunSettings(task, max_length or default, options)
+            return RunSettings(task, max_length or default, options, int(data.get("data_seed") or 0))
     return RunSettings(max_length=max_length or DEFAULT_MAX_LENGTH)
 
 
@@ -70,10 +72,11 @@ def read_texts(path: str | Path, settings: RunSettings, text_column: str | None 
     report, examples = DataReport(source=str(path)), []
     for row in rows:
         report.rows_read += 1
-        texts = None if row is None else [row.get(c) for c in columns]
-        if texts is None or any(not isinstance(t, str) or not t.strip() for t in texts):
-            report.dropped["empty text" if row is not None else "garbled"] += 1
+        problem = "garbled" if row is None else text_problem([row.get(c) for c in columns])
+        if problem:
+            report.dropped[problem] += 1
             continue
+        texts = [row[c] for c in columns]
         examples.append(Example(tuple(settings.clean(t) for t in texts), -1))
     if not examples:
         raise AptuneError(f"{path} has no rows with text ({report.summary()})",

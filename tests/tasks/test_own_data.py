@@ -152,6 +152,8 @@ def test_every_format_reads_the_same_rows(tmp_path):
     paths = [write_jsonl(tmp_path / "a.jsonl", rows), write_delimited(tmp_path / "a.csv", rows),
              write_delimited(tmp_path / "a.tsv", rows, "\t"), tmp_path / "a.parquet"]
     pq.write_table(pa.Table.from_pylist(rows), paths[-1])
+    paths.append(tmp_path / "a.json")  # one JSON array of objects
+    paths[-1].write_text(json.dumps(rows))
     loaded = [load("train", train_file=str(p), validation_split=0.25)[1].examples for p in paths]
     assert len(loaded[0]) == 30 and all(x == loaded[0] for x in loaded)
 
@@ -214,8 +216,12 @@ def test_bad_files_get_one_clear_error_each(tmp_path):
     refused(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 20, r"is not UTF-8 text", suffix=".csv")
     refused(b"sentence,label\n\xff\xfe bad bytes,x\n", r"is not UTF-8 text", suffix=".csv")
     refused("a\tb\n", r"not a file type aptune reads", suffix=".txt")
-    refused([{"text": "" if i % 2 else f"t{i}", "label": "ab"[i % 2]} for i in range(20)],
-            r"(?s)9 of 18 rows .* are unusable \(9 empty text\).*--max-skipped-fraction")
+    refused('[{"text": "a", "label": "x"}, {"text": "b", "lab', r"is not valid JSON .* looks truncated",
+            suffix=".json")
+    refused(json.dumps(good[0]) + "\n" + json.dumps(good[1])[:20],
+            r"ends in the middle of a JSON line \(line 2\)")
+    refused([{"text": "" if i % 2 else f"t{i}", "label": "ab"[(i // 2) % 2]} for i in range(20)],
+            r"(?s)\d of 18 rows .* are unusable \(\d empty text\).*--max-skipped-fraction")
     # below the threshold: skipped and counted
     rows = [{"text": "" if i == 0 else f"t{i}", "label": "ab"[i % 2]} for i in range(20)]
     _, split = load("train", train_file=str(write_jsonl(tmp_path / "few.jsonl", rows)), validation_split=0.5)
@@ -225,7 +231,50 @@ def test_bad_files_get_one_clear_error_each(tmp_path):
     refused(good, r"labels never seen in training: 'maybe' \(1 rows\)", split="dev", validation_file=str(dev))
 
 
-def test_config_refuses_inconsistent_flags(tmp_path, tiny_bert_dir):
+def test_files_as_spreadsheets_and_pandas_write_them(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # a byte-order mark (Excel's "CSV UTF-8") and float-looking labels ("1.0") read as intended
+    csv_path = tmp_path / "excel.csv"
+    csv_path.write_bytes("\ufefftext,label\n".encode() + "".join(
+        f"row {i},{i % 2}.0\n" for i in range(20)).encode())
+    task, split = load("train", train_file=str(csv_path), validation_split=0.5)
+    assert task.text_columns == ("text",) and task.label_names == ("0", "1")
+    # Parquet floats 1.0 are the same labels as CSV "1" (train on one, validate on the other)
+    pq.write_table(pa.Table.from_pylist([{"text": f"p{i}", "label": float(i % 2)} for i in range(20)]),
+                   tmp_path / "t.parquet")
+    dev = write_delimited(tmp_path / "dev.csv", [{"text": "a", "label": "1"}, {"text": "b", "label": "0"}])
+    _, checked = load("dev", train_file=str(tmp_path / "t.parquet"), validation_file=str(dev))
+    assert [e.label for e in checked.examples] == [1, 0]
+    # a number where text belongs is reported as such, not as empty text
+    rows = [{"text": i if i < 1 else f"t{i}", "label": "ab"[i % 2]} for i in range(20)]
+    _, split = load("train", train_file=str(write_jsonl(tmp_path / "n.jsonl", rows)), validation_split=0.5)
+    assert "1 text not a string" in split.report.summary()
+
+
+def test_headers_labels_and_hub_ids_that_cannot_work_are_refused(tmp_path, monkeypatch):
+    for header, match in (("text,label,\n", "unnamed column"), ("text,text,label\n", "text more than once")):
+        path = tmp_path / f"h{len(header)}.csv"
+        path.write_text(header + "a,b,c\n" * 5)
+        with pytest.raises(AptuneError, match=match):
+            load("train", train_file=str(path))
+    path = write_jsonl(tmp_path / "multi.jsonl", [{"text": "a", "labels": ["x", "y"]}] * 5)
+    with pytest.raises(AptuneError, match="multi-label"):
+        load("train", train_file=str(path))
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    table = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(20)],
+                                        "label": [-1 if i < 4 else i % 2 for i in range(20)]},
+                                       features=features)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: table)
+    task, split = load("train", dataset="someone/reviews", max_skipped_fraction=0.5)
+    assert task.label_names == ("neg", "pos")  # -1 is "unlabelled", not a third class
+    assert "missing label" in split.report.summary()
+
+
+def test_config_refuses_inconsistent_flags(tmp_path, tiny_bert_dir, monkeypatch):
     data = write_jsonl(tmp_path / "d.jsonl", pair_rows(30))
     assert "--train-file is for --task text-classification, not --task sst2" in fails(
         "train", "--task", "sst2", "--train-file", data, "--model", tiny_bert_dir)
@@ -235,6 +284,14 @@ def test_config_refuses_inconsistent_flags(tmp_path, tiny_bert_dir):
         "train", "--task", "text-classification", "--train-file", data, "--validation-split", "1.5")
     assert "--metric must be one of accuracy, macro_f1" in fails(
         "train", "--task", "text-classification", "--train-file", data, "--metric", "f2")
+    assert "--text-column is for --task text-classification" in fails(
+        "train", "--task", "sst2", "--text-column", "body", "--model", tiny_bert_dir)
+    from aptune.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(task="Text_Classification", train_file="d.jsonl")
+    assert config.task == "text-classification"  # the canonical name goes to config.yaml
+    assert Path(config.train_file) == data.resolve()  # absolute: eval finds it from anywhere
     missing = fails("train", "--task", "text-classification", "--train-file", tmp_path / "missing.csv",
                     "--model", tiny_bert_dir)
     assert "--train-file" in missing and "missing.csv does not exist" in missing
@@ -257,3 +314,19 @@ def test_hub_datasets_map_class_labels_to_names(monkeypatch):
     assert task.label_names == ("neg", "pos") and len(split.examples) == 18
     assert calls == [("someone/reviews", "default", "train")]
     assert "hub someone/reviews/default[train]" in split.report.source
+
+
+def test_a_base_run_on_other_data_is_refused(tmp_path, tiny_bert_dir):
+    first = write_jsonl(tmp_path / "a.jsonl", pair_rows(60))
+    base = tmp_path / "lora"
+    invoke("train", "--task", "text-classification", "--train-file", first, "--method", "lora",
+           "--model", tiny_bert_dir, "--output-dir", base, "--epochs", "1", "--batch-size", "16", "--quiet")
+    other = write_jsonl(tmp_path / "b.jsonl", [{**r, "label": "yes" if r["label"] == "agree" else "no"}
+                                               for r in pair_rows(60)])
+    common = ("--method", "lora-prune", "--base-run", base, "--model", tiny_bert_dir, "--epochs", "1",
+              "--output-dir", tmp_path / "out")
+    assert "has the labels agree, disagree, unrelated; this run's are no, yes" in fails(
+        "train", "--task", "text-classification", "--train-file", other, *common)
+    same_labels = write_jsonl(tmp_path / "c.jsonl", pair_rows(60, seed=5))
+    assert "was trained on other data (train_file differ)" in fails(
+        "train", "--task", "text-classification", "--train-file", same_labels, *common)

@@ -139,7 +139,8 @@ def markdown(result: dict[str, Any], dense_label: str, pruned_label: str) -> str
               "pruned dev accuracy |", "|---|---:|---:|---:|---:|"]
     acc = result["accuracy"]
     for runtime, title in RUNTIMES.items():
-        cells = [f"{acc[m][runtime]:.4f}" if m in acc else "n/a (untrained head)"
+        cells = [f"{acc[m][runtime]:.4f}" if m in acc else
+                 ("n/a (no dev data)" if not result["dev_rows"] else "n/a (untrained head)")
                  for m in ("dense", "pruned")]
         lines.append(f"| {title} | {result['size_mib']['dense'][runtime]:,.1f} | "
                      f"{result['size_mib']['pruned'][runtime]:,.1f} | {cells[0]} | {cells[1]} |")

@@ -42,6 +42,10 @@ def dense_model(dense: str | None, run: Path, pruned: nn.Module) -> tuple[nn.Mod
     path = Path(dense).expanduser()
     if path.is_dir() and _is_run(path):
         model, _, folder = load_for_inference(path)
+        if dict(model.config.id2label) != dict(pruned.config.id2label):
+            raise AptuneError(f"the dense run {folder} has other labels ({dict(model.config.id2label)}) "
+                              f"than the exported model ({dict(pruned.config.id2label)})",
+                              "pass --dense a run trained on the same task, or a pretrained model")
         return model, True, f"the trained run {folder}"
     torch.manual_seed(0)
     config = pruned.config

@@ -36,7 +36,9 @@ def verification_batches(settings, model, tokenizer, data_dir: str | None, rows:
     token rows of two lengths, some padded. Returns the batches and where they came from."""
     if settings.task is not None:
         try:
-            dev = settings.task.load("dev", resolve_data_dir(data_dir), None, 0, settings.options)
+            settings.task.adopt_labels(model.config)  # the model's label ids, whatever the files say now
+            dev = settings.task.load("dev", resolve_data_dir(data_dir), None, settings.data_seed,
+                                     settings.options)
             examples = dev.examples[:rows]
             return list(batches_of(examples, tokenizer, model.config, settings.max_length, batch_size)), \
                 f"the first {len(examples):,} {settings.task.name} dev rows"
@@ -104,7 +106,8 @@ def export_run(model_dir: str | Path, output: str | Path | None = None, fmt: str
     try:
         report = {"format": fmt, "source": str(path),
                   "run": {"task": settings.task.name if settings.task else None,
-                          "max_length": settings.max_length, **(settings.options or {})}}
+                          "max_length": settings.max_length, "data_seed": settings.data_seed,
+                  **(settings.options or {})}}
         writer = _onnx if fmt == "onnx" else _transformers
         report.update(writer(model, tokenizer, tmp, batches, source, quantize, opset, say))
         if benchmark:

@@ -5,19 +5,15 @@ from __future__ import annotations
 from ..errors import AptuneError
 from .base import DATA_DIR_ENV, DataReport, Example, Split, Task, resolve_data_dir
 from .glue import MNLI, SST2, ClassificationTask
-from .options import OWN_DATA_TASK, OwnDataOptions, task_options
+from .options import OWN_DATA_TASK, OwnDataOptions, same_task, task_options
 from .text_classification import TextClassification
 
 TASKS: dict[str, type[Task]] = {"sst2": SST2, "mnli": MNLI, OWN_DATA_TASK: TextClassification}
 
 
-def _key(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
-
-
 def get_task(name: str, options: dict | None = None) -> Task:
     """A fresh task by name (case, '-' and '_' ignored), configured with the run's options."""
-    found = {_key(k): cls for k, cls in TASKS.items()}.get(_key(name))
+    found = next((cls for key, cls in TASKS.items() if same_task(key, name)), None)
     if found is None:
         raise AptuneError(f"unknown task '{name}'", f"choose one of: {', '.join(TASKS)}")
     task = found()

@@ -60,6 +60,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
+def text_problem(texts: list) -> str | None:
+    """Why a row's text cells cannot be used, or None: 'empty text' (missing or blank), or
+    'text not a string' (a number or a list where text belongs)."""
+    if any(t is not None and not isinstance(t, str) for t in texts):
+        return "text not a string"
+    if any(t is None or not t.strip() for t in texts):
+        return "empty text"
+    return None
+
+
 def tokenize_examples(tokenizer, max_length: int) -> Callable[[list[Example]], dict]:
     """Examples -> token ids (one or two text columns, truncated to `max_length`), with their
     labels when every label is known (texts to predict carry -1)."""

@@ -52,7 +52,8 @@ def read_table(path: str | Path, what: str = "input file") -> tuple[list[str], l
 
 
 def _delimited(path: Path, delimiter: str) -> tuple[list[str], list[dict | None]]:
-    with open(path, newline="", encoding="utf-8") as fh:
+    # utf-8-sig: spreadsheet programs start "CSV UTF-8" files with a byte-order mark.
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         if "\0" in fh.read(8192):
             raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL byte: a binary file")
         fh.seek(0)
@@ -60,25 +61,55 @@ def _delimited(path: Path, delimiter: str) -> tuple[list[str], list[dict | None]
         reader = csv.reader(fh, delimiter=delimiter,
                             quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
         header = [h.strip() for h in next(reader, None) or []]
+        _check_header(path, header)
         rows = [dict(zip(header, r)) if len(r) == len(header) else None for r in reader if r]
+    if rows and sum(r is None for r in rows) > len(rows) / 2:
+        raise AptuneError(f"most rows of {path} do not have the header's {len(header)} fields",
+                          "check the delimiter (.csv: commas, .tsv: tabs) and that the header names "
+                          "every column")
     return header, rows
 
 
+def _check_header(path: Path, header: list[str]) -> None:
+    if any(not h for h in header):
+        raise AptuneError(f"{path} has a header with an unnamed column (header: {','.join(header)})",
+                          "name every column in the first row (a trailing delimiter adds an empty one)")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise AptuneError(f"{path} names the column(s) {', '.join(repeated)} more than once",
+                          "give every column its own name")
+
+
 def _jsonl(path: Path) -> tuple[list[str], list[dict | None]]:
-    rows: list[dict | None] = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if "\0" in line:
-                raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL byte: a binary file")
+    """JSON lines; a `.json` file may also hold one JSON array of objects."""
+    text = path.read_text(encoding="utf-8-sig")
+    if "\0" in text:
+        raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL byte: a binary file")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AptuneError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); it looks "
+                              "truncated or damaged", "write the file again, or use JSON lines (one "
+                              "object per line), where a bad line is skipped and counted") from None
+        rows = [r if isinstance(r, dict) else None for r in data]
+    else:
+        rows, cut_off = [], None
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row, cut_off = json.loads(line), None
             except json.JSONDecodeError:
-                row = None
+                row, cut_off = None, number
             rows.append(row if isinstance(row, dict) else None)
-    first = next((r for r in rows if r is not None), None)
-    return (list(first) if first else []), rows
+        if cut_off is not None and not text.endswith("\n"):  # a last line that stops mid-object
+            raise AptuneError(f"{path} ends in the middle of a JSON line (line {cut_off}): the file "
+                              "looks truncated", "copy or write the file again (or delete its last "
+                              "line to use the rest)")
+    # The columns: every key of the first objects (a first row may lack an optional key).
+    columns = list(dict.fromkeys(k for r in [r for r in rows if r is not None][:100] for k in r))
+    return columns, rows
 
 
 def _parquet(path: Path) -> tuple[list[str], list[dict | None]]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -12,10 +10,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import AptuneError
-from .base import DataReport, Example, Split, Task, take_subset, tokenize_examples
+from . import files
+from .base import DataReport, Example, Split, Task, take_subset, text_problem, tokenize_examples
 from .metrics import per_class_scores
-
-csv.field_size_limit(1 << 24)
 
 
 class ClassificationTask(Task):
@@ -50,44 +47,21 @@ class ClassificationTask(Task):
         lowered = text.lower()
         return self.label_names.index(lowered) if lowered in self.label_names else -1
 
-    def _rows_tsv(self, path: Path) -> Iterator[dict | None]:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = next(reader, None)
-            if header is None:
-                raise AptuneError(f"{path} is empty", "point --data-dir at a complete copy of the data")
-            missing = [c for c in (*self.text_columns, self.label_column) if c not in header]
-            if missing:
-                raise AptuneError(
-                    f"{path} lacks the column(s) {', '.join(missing)} (header: {', '.join(header)})",
-                    f"{self.name} needs a tab-separated file with the header "
-                    f"'{chr(9).join((*self.text_columns, self.label_column))}'",
-                )
-            for row in reader:
-                yield dict(zip(header, row)) if len(row) == len(header) else None
-
-    def _rows_jsonl(self, path: Path) -> Iterator[dict | None]:
+    def _local_rows(self, path: Path) -> Iterator[dict | None]:
+        """The file's rows through the reader every task shares (so binary, non-UTF-8 and
+        truncated files get its messages), after checking that the task's columns are there."""
+        columns, rows = files.read_table(path, f"{self.name} data file")
         required = (*self.text_columns, self.label_column)
-        seen_good = False
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    yield None
-                    continue
-                if not isinstance(row, dict):
-                    yield None
-                    continue
-                if not seen_good and any(k not in row for k in required):
-                    raise AptuneError(
-                        f"{path} rows lack the keys {', '.join(required)} (found: {', '.join(row)})",
-                        f"{self.name} needs JSON lines with the keys {', '.join(required)}",
-                    )
-                seen_good = True
-                yield row
+        missing = [c for c in required if c not in columns]
+        if missing and self.file_format == "tsv":
+            raise AptuneError(
+                f"{path} lacks the column(s) {', '.join(missing)} (header: {', '.join(columns)})",
+                f"{self.name} needs a tab-separated file with the header '{chr(9).join(required)}'")
+        if missing:
+            raise AptuneError(
+                f"{path} rows lack the keys {', '.join(required)} (found: {', '.join(columns)})",
+                f"{self.name} needs JSON lines with the keys {', '.join(required)}")
+        return iter(rows)
 
     def _validate(self, rows: Iterator[dict | None], source: str, options: dict) -> Split:
         report = DataReport(source=source)
@@ -98,8 +72,9 @@ class ClassificationTask(Task):
                 report.dropped["garbled"] += 1
                 continue
             texts = [row.get(c) for c in self.text_columns]
-            if any(not isinstance(t, str) or not t.strip() for t in texts):
-                report.dropped["empty text"] += 1
+            problem = text_problem(texts)
+            if problem:
+                report.dropped[problem] += 1
                 continue
             label = self._label_id(row.get(self.label_column))
             if label is None:
@@ -140,8 +115,7 @@ class ClassificationTask(Task):
                     f"put {self.folder}/{self.splits[split]} under the data directory, or unset "
                     "--data-dir/APTUNE_DATA_DIR to download from the hub",
                 )
-            rows = self._rows_tsv(path) if self.file_format == "tsv" else self._rows_jsonl(path)
-            loaded = self._validate(rows, str(path), options)
+            loaded = self._validate(self._local_rows(path), str(path), options)
         else:
             loaded = self._validate(self._rows_hub(split), self._hub_name(split), options)
         return take_subset(loaded, max_rows, seed)

@@ -4,6 +4,7 @@ the validation rows are chosen and which metric leads. Torch-free: TrainConfig i
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from ..errors import AptuneError
@@ -45,7 +46,7 @@ class OwnDataOptions:
 
     def validate(self) -> None:
         check_choices(self, OwnDataOptions)
-        own = getattr(self, "task", OWN_DATA_TASK).lower().replace("_", "-") == OWN_DATA_TASK
+        own = same_task(getattr(self, "task", OWN_DATA_TASK), OWN_DATA_TASK)
         given = [f.name for f in fields(OwnDataOptions) if f.name in SOURCES and getattr(self, f.name)]
         if not own:
             if given:
@@ -66,9 +67,27 @@ class OwnDataOptions:
         if not 0 <= self.max_skipped_fraction < 1:
             raise AptuneError(f"--max-skipped-fraction must be in [0, 1), got {self.max_skipped_fraction}",
                               "pass e.g. --max-skipped-fraction 0.1")
+        if self.train_file and (self.dataset_config or self.dataset_validation_split):
+            raise AptuneError("--dataset-config and --dataset-validation-split go with --dataset, not "
+                              "with --train-file", "drop them, or train from the hub with --dataset")
+        # Absolute paths in the run's config.yaml: eval and predict find the files from anywhere.
+        for name in ("train_file", "validation_file"):
+            if getattr(self, name):
+                setattr(self, name, str(Path(getattr(self, name)).expanduser().resolve()))
+        if hasattr(self, "task"):
+            self.task = OWN_DATA_TASK  # the canonical spelling in config.yaml
 
 
-SOURCES = ("train_file", "validation_file", "dataset", "dataset_config", "dataset_validation_split")
+# Options that only --task text-classification reads: given with another task, they are refused.
+SOURCES = ("train_file", "validation_file", "dataset", "dataset_config", "dataset_validation_split",
+           "text_column", "text_pair_column", "label_column")
+
+
+def same_task(a: str, b: str) -> bool:
+    """Task names compare without case, '-' or '_' (as the task registry looks them up)."""
+    def key(name: str) -> str:
+        return name.lower().replace("-", "").replace("_", "")
+    return key(a) == key(b)
 
 
 def task_options(values: Mapping[str, Any]) -> dict[str, Any]:

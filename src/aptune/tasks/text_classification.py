@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import AptuneError
 from . import files
-from .base import Split, take_subset
+from .base import Split, take_subset, text_problem
 from .glue import ClassificationTask
 from .metrics import classification_scores
 from .options import OWN_DATA_TASK, task_options
@@ -126,7 +126,8 @@ class TextClassification(ClassificationTask):
     def _training_labels(self, o: dict) -> tuple[str, ...]:
         columns, rows, source = self._training_table(o)
         column = files.label_column(columns, o["label_column"] or self.label_column or None, source)
-        found = Counter(label for r in rows if r is not None
+        texts = self.text_columns
+        found = Counter(label for r in rows if r is not None and not text_problem([r.get(c) for c in texts])
                         if (label := label_text(r.get(column))) is not None)
         if len(found) < 2:
             raise AptuneError(f"the label column {column!r} of {source} holds "
@@ -134,7 +135,7 @@ class TextClassification(ClassificationTask):
                               + "; classification needs at least two",
                               "check --label-column, or add rows of the other classes")
         names = list(found)
-        numeric = all(n.lstrip("-").isdigit() for n in names)
+        numeric = all(_is_integer(n) for n in names)
         return tuple(sorted(names, key=int) if numeric else sorted(names))
 
     def _label_id(self, raw) -> int | None:
@@ -155,17 +156,28 @@ class TextClassification(ClassificationTask):
 
 
 def label_text(raw) -> str | None:
-    """A label value as its name: strings stripped, integers (also 1.0 from a float column) as
-    digits; None or empty means no label."""
+    """A label value as its name: strings stripped, integers (also 1.0 from a float column or a
+    "1.0" cell) as digits; None, NaN or empty means no label. A list or mapping (a multi-label
+    row) is refused: one label per row is what classification trains on."""
     if raw is None:
         return None
+    if isinstance(raw, (list, tuple, dict)):
+        raise AptuneError(f"a label value is a {type(raw).__name__} ({str(raw)[:60]}): several labels "
+                          "per row (multi-label) are not supported",
+                          "give each row one label, or name another column with --label-column")
     if isinstance(raw, float):
         if raw != raw:  # NaN: an empty cell read by pandas/pyarrow
             return None
         if raw.is_integer():
             raw = int(raw)
     text = str(raw).strip()
+    if text.endswith(".0") and _is_integer(text[:-2]):
+        text = text[:-2]  # "1.0" from a spreadsheet is the label 1
     return text or None
+
+
+def _is_integer(text: str) -> bool:
+    return (text[1:] if text.startswith("-") else text).isdecimal()
 
 
 def hub_table(dataset: str, config: str | None, split: str) -> tuple[list[str], list[dict], str]:
@@ -180,6 +192,11 @@ def hub_table(dataset: str, config: str | None, split: str) -> tuple[list[str], 
                           "check the dataset id, configuration and split names, and that the hub is "
                           "reachable; or pass --train-file with local files") from None
     named = {c: f.names for c, f in ds.features.items() if hasattr(f, "names")}
-    rows = [{k: (named[k][v] if k in named and isinstance(v, int) and v >= 0 else v) for k, v in r.items()}
-            for r in ds]
+
+    def value(column: str, v):  # a ClassLabel id as its name; -1 (unlabelled) as no label
+        if column in named and isinstance(v, int):
+            return named[column][v] if 0 <= v < len(named[column]) else None
+        return v
+
+    rows = [{k: value(k, v) for k, v in r.items()} for r in ds]
     return list(ds.column_names), rows, name
