@@ -284,8 +284,11 @@ def test_a_full_disk_while_saving_is_one_clear_error(tmp_path, tiny_bert_dir, ti
     monkeypatch.setattr(aptune.pipeline, "save_pruned", disk_full)
     args, out = train_args(tmp_path, tiny_bert_dir, tiny_data_dir, [])
     assert_user_error(invoke(*args), "the disk is full while writing", "model.safetensors")
-    assert_nothing_finished(out)
     assert not out.exists()
+    # what stays is the unfinished folder with its last checkpoint: free space, then --resume
+    unfinished = out.with_name(f".{out.name}.partial-run")
+    assert (unfinished / "checkpoint" / "state.json").is_file()
+    assert not (unfinished / "aptune_run.json").exists() and not (unfinished / "model").exists()
 
 
 # -- the real console script: nothing on stderr but the two lines --------------------------------

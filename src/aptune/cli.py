@@ -50,8 +50,8 @@ def user_errors(fn):
             # temporary folder, so nothing that looks finished is left behind.
             where = f" while writing {err.filename}" if err.filename else ""
             typer.echo(f"aptune: error: the disk is full{where}; nothing finished was written", err=True)
-            typer.echo("  fix: free some space, or write the output to another disk (--output-dir "
-                       "or --output)", err=True)
+            typer.echo("  fix: free some space (a run with a checkpoint then continues with `aptune "
+                       "train --resume OUTPUT_DIR`), or write to another disk", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -135,6 +135,12 @@ def _train_signature() -> inspect.Signature:
                                         help="YAML recipe (a path, or a shipped name from "
                                              "`aptune recipes`). Flags override it.",
                                         rich_help_panel=RUN_PANEL)]))
+    params.append(inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=Annotated[Optional[str], typer.Option(
+                                        help="Continue the killed or interrupted run of this "
+                                             "--output-dir from its last checkpoint, with its "
+                                             "settings (ft and lora so far).",
+                                        rich_help_panel=RUN_PANEL)]))
     params.append(inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
                                     annotation=Annotated[bool, typer.Option(
                                         "--quiet", help="Hide the progress bar.",
@@ -150,9 +156,16 @@ def train(**kwargs) -> None:
     """
     from .pipeline import run_training
 
-    recipe, quiet = kwargs.pop("recipe", None), kwargs.pop("quiet", False)
+    recipe, quiet, resume = kwargs.pop("recipe", None), kwargs.pop("quiet", False), kwargs.pop("resume", None)
     if kwargs.get("target_modules"):
         kwargs["target_modules"] = [t.strip() for t in kwargs["target_modules"].split(",") if t.strip()]
+    if resume:
+        from .config import load_recipe
+        from .pipeline import resume_config
+
+        cfg = resume_config(resume, {**(load_recipe(recipe) if recipe else {}), **kwargs})
+        run_training(cfg, show_progress=not quiet, resume=True)
+        return
     cfg = build_config(TrainConfig, recipe, kwargs)
     run_training(cfg, show_progress=not quiet)
 

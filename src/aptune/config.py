@@ -62,6 +62,9 @@ class TrainConfig(OwnDataOptions, *SECTIONS):  # type: ignore[misc]  # one base 
     strip_trailing_periods: bool = option(True, "MNLI: strip trailing periods from dev and train text "
                                           "(the local train sample has none).")
     log_every: int = option(10, "Refresh the progress bar's figures every N steps.")
+    checkpoint_every: int | None = option(None, "Write a checkpoint every N steps, so that `aptune train "
+                                          "--resume DIR` continues a killed or interrupted run "
+                                          "(default: at each evaluation; ft and lora so far).")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -70,7 +73,7 @@ class TrainConfig(OwnDataOptions, *SECTIONS):  # type: ignore[misc]  # one base 
         if self.method not in METHODS:
             raise AptuneError(f"unknown method '{self.method}'", f"choose one of: {', '.join(METHODS)}")
         method = METHODS[self.method]
-        check_positive(self, ("batch_size", "eval_batch_size", "eval_every", "log_every"))
+        check_positive(self, ("batch_size", "eval_batch_size", "eval_every", "log_every", "checkpoint_every"))
         if not (self.epochs > 0 or (method.loop_optional and self.epochs == 0)):
             optional = [m.name for m in METHODS.values() if m.loop_optional]
             raise AptuneError(f"--epochs must be positive, got {self.epochs}",

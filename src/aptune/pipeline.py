@@ -7,9 +7,12 @@ and hands the method the model and its measured cost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +37,8 @@ from .structure import recorded_structure
 from .tasks import Task, get_task, resolve_data_dir, task_options
 from .train.context import RunContext
 from .train.data import EncodedDataset, encode, make_loader
-from .train.loop import LoopConfig, Trainer, TrainResult, predict_labels
+from .train.checkpoint import read_checkpoint, restore_trainer, write_checkpoint
+from .train.loop import LoopConfig, RunInterrupted, Trainer, TrainResult, predict_labels
 from .train.run_dir import RunDir
 
 
@@ -43,8 +47,11 @@ def _say(accelerator, text: str) -> None:
         print(text, flush=True)
 
 
-def run_training(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Train, select the best dev checkpoint, finalize, save. Returns the metrics dict."""
+def run_training(cfg: TrainConfig, show_progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Train, select the best dev checkpoint, finalize, save. Returns the metrics dict.
+
+    With `resume`, continue the unfinished run in cfg.output_dir from its last checkpoint
+    (resume_config builds that run's config)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     from transformers.utils import logging as hf_logging
@@ -55,9 +62,19 @@ def run_training(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]
     # Masked-out sub-layers leave some adapter weights without gradients under DDP.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=method.has_unused_parameters)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
-    run_dir = RunDir(cfg.output_dir, cfg.overwrite) if accelerator.is_main_process else None
+    if resume and (not method.resumable or accelerator.num_processes > 1):
+        raise AptuneError(f"--resume is not supported for --method {method.name}"
+                          + (" under several processes" if method.resumable else "") + " yet",
+                          "resumable so far: " + ", ".join(m.name for m in METHODS.values() if m.resumable)
+                          + " on one process; start the run again")
+    run_dir = RunDir(cfg.output_dir, cfg.overwrite, resume) if accelerator.is_main_process else None
     try:
-        metrics = _run(cfg, method, accelerator, run_dir, wall_start, show_progress)
+        metrics = _run(cfg, method, accelerator, run_dir, wall_start, show_progress, resume)
+    except RunInterrupted as stop:
+        if run_dir is not None:
+            run_dir.abandon()  # keeps the folder: it holds the checkpoint
+        raise AptuneError(f"interrupted after step {stop.step}; its checkpoint is in {run_dir.tmp}",
+                          f"continue with: aptune train --resume {cfg.output_dir}") from None
     except BaseException:
         if run_dir is not None:
             run_dir.abandon()
@@ -78,7 +95,7 @@ class RunData:
 
 
 def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, wall_start: float,
-         show_progress: bool) -> dict[str, Any]:
+         show_progress: bool, resume: bool = False) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     run_versions = versions()  # read at the start: the commit that the run's code came from
@@ -106,7 +123,10 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     say(f"training {trainer.total_steps:,} steps ({trainer.cfg.epochs:g} epochs of "
         f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
         f"eval every {cfg.eval_every} steps")
-    result = trainer.train()
+    if method.resumable and run_dir is not None:
+        _wire_checkpoints(trainer, cfg, run_dir, resume, say)
+    with stop_on_signals(trainer, enabled=method.resumable and run_dir is not None):
+        result = trainer.train()
 
     accelerator.wait_for_everyone()
     final = method.finalize(accelerator.unwrap_model(trainer.model), spec, cfg)
@@ -122,6 +142,64 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
         metrics["output_dir"] = str(run_dir.final)
         _print_summary(metrics)
     return metrics
+
+
+def _wire_checkpoints(trainer: Trainer, cfg: TrainConfig, run_dir: RunDir, resume: bool, say) -> None:
+    """Checkpoints every cfg.checkpoint_every steps (default: at each evaluation); with `resume`,
+    the trainer continues from the last one."""
+    trainer.checkpoint_every = cfg.checkpoint_every
+    trainer.save_checkpoint = lambda t: write_checkpoint(run_dir.tmp, t, cfg.to_dict())
+    if not resume:
+        return
+    tensors, meta = read_checkpoint(run_dir.tmp)
+    restore_trainer(trainer, tensors, meta)
+    log = run_dir.path("log.jsonl")  # evaluations after the checkpoint are run again
+    if log.is_file():
+        kept = [ln for ln in log.read_text().splitlines() if json.loads(ln)["step"] <= trainer.step]
+        log.write_text("".join(ln + "\n" for ln in kept))
+    say(f"resumed from the checkpoint at step {trainer.step:,} (epoch {trainer.epoch}, "
+        f"{trainer.train_seconds:.1f} s of training so far)")
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer, enabled: bool):
+    """The first SIGINT or SIGTERM asks the loop to finish its step, write a checkpoint and stop;
+    a second one acts as usual (stops at once)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request_stop(signum, frame) -> None:
+        trainer.stop_requested = True
+        trainer.say(f"{signal.Signals(signum).name}: finishing step {trainer.step + 1}, then writing a "
+                    "checkpoint (send it again to stop at once)")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in previous:
+        signal.signal(sig, request_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def resume_config(output_dir: str, given: dict[str, Any]) -> TrainConfig:
+    """The config of the unfinished run in `output_dir`, as its checkpoint recorded it. Flags
+    given again must agree with it: a resumed run is the same run."""
+    from .train.run_dir import unfinished_folder
+
+    _, meta = read_checkpoint(unfinished_folder(output_dir))
+    saved = meta["config"]
+    differ = sorted(k for k, v in given.items() if v is not None and k in saved and saved[k] != v
+                    and k not in ("output_dir", "overwrite"))
+    if differ:
+        listed = ", ".join(f"{k} ({saved[k]!r} in the checkpoint, {given[k]!r} now)" for k in differ)
+        raise AptuneError(f"--resume continues the same run, but these settings differ: {listed}",
+                          "drop those flags (the checkpoint's settings are used), or start a new run")
+    return TrainConfig(**{**saved, "output_dir": str(output_dir)})
 
 
 def load_data(cfg: TrainConfig, say) -> RunData:

@@ -16,6 +16,7 @@ class FullFineTuning(Method):
     label = "FT"
     description = "full fine-tuning of every weight"
     default_lr = 2e-5
+    resumable = True
 
     def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:
         model.requires_grad_(True)

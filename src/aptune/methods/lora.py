@@ -15,6 +15,7 @@ class LoRA(Method):
     name = "lora"
     label = "LoRA"
     description = "LoRA adapters on the query and value projections, plus the task head"
+    resumable = True
 
     def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:
         from ..lora import inject_lora, lora_modules

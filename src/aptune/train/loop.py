@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +26,14 @@ from .control import LoopControl
 from .events import Callback
 from .memory import PeakMemoryMeter, release_freed_memory
 from .optim import LinearWarmupDecay, Survivors, build_optimizer, rebuild_optimizer, set_lr
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the loop after a step whose checkpoint was written."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"interrupted after step {step}")
+        self.step = step
 
 
 @dataclass
@@ -84,6 +94,21 @@ class Trainer:
         self._extra_params: list = []
         self.memory = PeakMemoryMeter(accelerator.device)
         self._trim_each_step = accelerator.device.type == "cpu"
+        # Where the data stream stands, and the running loss, so that a checkpoint can resume it.
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self.loss_window: dict[str, Any] = {"sum": 0.0, "count": 0, "smoothed": None}
+        # Checkpoints (train/checkpoint.py): `save_checkpoint(trainer)` runs every
+        # `checkpoint_every` steps and when a stop is requested (SIGINT/SIGTERM), after which the
+        # loop raises RunInterrupted.
+        self.checkpoint_every: int | None = None
+        self.save_checkpoint = None
+        self.stop_requested = False
+        self.resumed_wall_seconds = 0.0
+        self.resumed_peak_bytes = 0
+        self.pending_rng = None
+        self._wall_start = time.perf_counter()
+        self._fault = _fault_injection()
 
     # -- helpers that callbacks use --------------------------------------------------------------
     @property
@@ -128,6 +153,29 @@ class Trainer:
         if self.accelerator.is_main_process:
             tqdm.write(text)
 
+    def wall_seconds(self) -> float:
+        """Wall time of the loop, earlier sessions of a resumed run included (not the downtime)."""
+        return self.resumed_wall_seconds + time.perf_counter() - self._wall_start
+
+    def peak_so_far(self) -> int:
+        return max(self.memory.peak_bytes(), self.resumed_peak_bytes)
+
+    def _replay_data_order(self) -> None:
+        """A resumed run draws the same batches: iterate the loader through the epochs and batches
+        already trained (the loader's own generator advances exactly as it did), then put back the
+        global RNG states that dropout draws from."""
+        for epoch in range(self.epoch + 1):
+            if hasattr(self.train_loader, "set_epoch"):
+                self.train_loader.set_epoch(epoch)
+            if epoch < self.epoch:
+                for _ in self.train_loader:
+                    pass
+        if self.pending_rng is not None:
+            from .checkpoint import set_rng
+
+            set_rng(self.pending_rng)
+            self.pending_rng = None
+
     def evaluate_untimed(self) -> dict[str, float]:
         """A dev evaluation whose time is excluded from training time (TTA's definition)."""
         t0 = time.perf_counter()
@@ -161,20 +209,28 @@ class Trainer:
     # -- training --------------------------------------------------------------------------------
     def train(self) -> TrainResult:
         acc = self.accelerator
-        wall_start = time.perf_counter()
+        self._wall_start = wall_start = time.perf_counter() - self.resumed_wall_seconds
+        self.resumed_wall_seconds = 0.0
         self.memory.start()
+        resuming = self.step > 0
         for cb in self.callbacks:
             cb.on_train_begin(self)
-        bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True,
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    mininterval=0.2 if sys.stderr.isatty() else 30.0,
                    disable=not (self.show_progress and acc.is_local_main_process))
-        loss_sum, loss_count, window_loss = 0.0, 0, None
+        window = self.loss_window
         self._trainable = self._trainable_params()
-        epoch = 0
+        skip = 0
+        if resuming:
+            self._replay_data_order()
+            skip = self.batches_in_epoch
         while self.step < self.total_steps:
-            if hasattr(self.train_loader, "set_epoch"):
-                self.train_loader.set_epoch(epoch)
-            for batch in self.train_loader:
+            if hasattr(self.train_loader, "set_epoch") and not resuming:
+                self.train_loader.set_epoch(self.epoch)
+            resuming = False
+            for index, batch in enumerate(self.train_loader):
+                if index < skip:  # trained before the restart
+                    continue
                 t0 = time.perf_counter()
                 self._untimed = 0.0
                 for cb in self.callbacks:
@@ -198,25 +254,32 @@ class Trainer:
                 if self._trim_each_step:
                     release_freed_memory()
                 self.step += 1
+                self.batches_in_epoch = index + 1
                 self.samples_seen += batch["input_ids"].shape[0] * acc.num_processes
                 for cb in self.callbacks:
                     cb.after_step(self)
                 self.train_seconds += time.perf_counter() - t0 - self._untimed
                 value = loss.detach().float().item()
-                loss_sum, loss_count = loss_sum + value, loss_count + 1
-                window_loss = value if window_loss is None else 0.9 * window_loss + 0.1 * value
+                window["sum"], window["count"] = window["sum"] + value, window["count"] + 1
+                window["smoothed"] = value if window["smoothed"] is None else \
+                    0.9 * window["smoothed"] + 0.1 * value
                 bar.update(1)
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                    bar.set_postfix(loss=f"{window_loss:.4f}", lr=f"{self.lr:.2e}",
+                    bar.set_postfix(loss=f"{window['smoothed']:.4f}", lr=f"{self.lr:.2e}",
                                     samples_s=f"{self.samples_seen / self.train_seconds:.1f}", refresh=False)
-                if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps:
-                    self._evaluate_and_log(loss_sum / max(1, loss_count), wall_start, bar)
-                    loss_sum, loss_count = 0.0, 0
+                evaluated = self.step % self.cfg.eval_every == 0 or self.step == self.total_steps
+                if evaluated:
+                    self._evaluate_and_log(window["sum"] / max(1, window["count"]), wall_start, bar)
+                    window["sum"], window["count"] = 0.0, 0
+                self._checkpoint_if_due(evaluated)
                 if self.step >= self.total_steps:
                     break
-            epoch += 1
+            else:
+                self.epoch, self.batches_in_epoch, skip = self.epoch + 1, 0, 0
+                continue
+            break
         bar.close()
-        peak = self.memory.peak_bytes()
+        peak = self.peak_so_far()
         for cb in self.callbacks:
             cb.on_train_end(self)
         if self._best_state is not None:
@@ -231,6 +294,18 @@ class Trainer:
             best_step=self.best_step, best_eval=self.best_eval, history=self.history,
             peak_train_memory_bytes=peak, memory_method=self.memory.method,
         )
+
+    def _checkpoint_if_due(self, evaluated: bool) -> None:
+        if self.save_checkpoint is None or self.step >= self.total_steps:
+            return
+        due = evaluated if self.checkpoint_every is None else self.step % self.checkpoint_every == 0
+        if due or self.stop_requested:
+            self.save_checkpoint(self)
+        if self.stop_requested:
+            raise RunInterrupted(self.step)
+        if self._fault and self._fault[0] == self.step:  # tests: a kill or a signal after this step
+            os.kill(os.getpid(), self._fault[1])
+
 
     def _evaluate_and_log(self, mean_loss: float, wall_start: float, bar) -> None:
         control = self.control
@@ -294,3 +369,13 @@ def predict_labels(model: nn.Module, loader, accelerator=None) -> tuple[np.ndarr
         if pred.device.type == "cpu":
             release_freed_memory()  # dynamic shapes again: keep allocator slack out of the peak
     return np.concatenate(preds), np.concatenate(labels)
+
+
+def _fault_injection() -> tuple[int, int] | None:
+    """APTUNE_FAULT_AT_STEP="17:KILL" (or INT, TERM) sends this process that signal after step 17:
+    how the resume tests stop a run at a chosen point. Unset in normal use."""
+    spec = os.environ.get("APTUNE_FAULT_AT_STEP")
+    if not spec:
+        return None
+    step, name = spec.split(":")
+    return int(step), int(getattr(signal, f"SIG{name}"))

@@ -1,6 +1,8 @@
-"""Output folders that appear only when finished: write to a hidden temporary sibling, then rename.
+"""Output folders that appear only when finished: write to a hidden sibling, then rename.
 
-A crash leaves at most a `.<name>.partial-*` folder, never one that looks like a finished run.
+The sibling is `.<name>.partial-run`. A failure removes it, unless it holds a checkpoint
+(train/checkpoint.py): then it stays for `aptune train --resume`. A crash never leaves a folder
+that looks like a finished run.
 """
 
 from __future__ import annotations
@@ -8,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,16 @@ def is_aptune_run(path: Path) -> bool:
     return (path / RUN_MARKER).is_file()
 
 
+def unfinished_folder(output_dir: str | os.PathLike) -> Path:
+    """Where a run writes until it finishes (and where its checkpoints wait for --resume)."""
+    final = Path(output_dir).expanduser().resolve()
+    return final.with_name(f".{final.name}.partial-run")
+
+
 class RunDir:
-    def __init__(self, output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    def __init__(self, output_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> None:
+        from .checkpoint import checkpoint_step
+
         self.final = Path(output_dir).expanduser().resolve()
         if self.final.exists():
             if not self.final.is_dir():
@@ -34,9 +43,21 @@ class RunDir:
                     "choose another --output-dir, or pass --overwrite to replace it",
                 )
         parent = self.final.parent
+        self.tmp = unfinished_folder(self.final)
+        step = checkpoint_step(self.tmp) if self.tmp.is_dir() else None
+        if resume:
+            if step is None:
+                raise AptuneError(f"{self.final} has no unfinished run with a checkpoint to resume",
+                                  "start the run without --resume")
+            return
+        if step is not None and not overwrite:
+            raise AptuneError(f"{self.final} has an unfinished run (checkpoint at step {step})",
+                              f"continue it with: aptune train --resume {self.final}   (or pass "
+                              "--overwrite to start over)")
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-", dir=parent))
+            shutil.rmtree(self.tmp, ignore_errors=True)  # a run that failed before its first checkpoint
+            self.tmp.mkdir(mode=0o700)
         except OSError as exc:
             raise AptuneError(f"cannot write to {parent} ({exc.strerror})",
                               "choose an --output-dir in a folder you can write to") from None
@@ -51,6 +72,8 @@ class RunDir:
 
     def finish(self, marker: dict[str, Any]) -> Path:
         """Mark the run complete and move it into place, replacing an earlier run there."""
+        for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"):  # a finished run needs none
+            shutil.rmtree(self.tmp / name, ignore_errors=True)
         self.write_json(RUN_MARKER, marker)
         os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; a finished run is an ordinary folder
         old = None
@@ -62,5 +85,12 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
         return self.final
 
+    def has_checkpoint(self) -> bool:
+        from .checkpoint import checkpoint_step
+
+        return checkpoint_step(self.tmp) is not None
+
     def abandon(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        """A failed run: remove its folder, unless a checkpoint there can resume it."""
+        if not self.has_checkpoint():
+            shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""The training state, saved and restored exactly: safetensors for tensors, JSON for the rest.
+
+A checkpoint folder holds `tensors.safetensors` (the model's state, the optimizer's moments, the
+best weights so far, torch's RNG state) and `state.json` (the loop's counters and timers, the
+history, the optimizer's hyperparameters, Python's and NumPy's RNG states, the run's config). It
+is written to `checkpoint.tmp/` and renamed over `checkpoint/`, so a kill at any moment leaves
+either the old checkpoint or the new one. No pickle anywhere (docs/protocol.md#checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import AptuneError
+
+FOLDER = "checkpoint"
+STATE = "state.json"
+TENSORS = "tensors.safetensors"
+FORMAT = 1
+
+
+def _inner(optimizer):
+    return optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+
+
+def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, JSON-able state) that decide the rest of the run."""
+    tensors = {f"model.{k}": v.detach().contiguous().clone()
+               for k, v in trainer.unwrapped_model.state_dict().items()}
+    optimizer = _inner(trainer.optimizer).state_dict()
+    for index, state in optimizer["state"].items():
+        for key, value in state.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().clone()
+    if trainer._best_state is not None:
+        tensors.update({f"best.{k}": v.contiguous() for k, v in trainer._best_state.items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    np_state = np.random.get_state()
+    meta = {
+        "format": FORMAT,
+        "step": trainer.step, "epoch": trainer.epoch, "batches_in_epoch": trainer.batches_in_epoch,
+        "samples_seen": trainer.samples_seen, "train_seconds": trainer.train_seconds,
+        "wall_seconds": trainer.wall_seconds(), "peak_train_memory_bytes": trainer.peak_so_far(),
+        "history": trainer.history, "best_metric": trainer.best_metric, "best_step": trainer.best_step,
+        "best_eval": trainer.best_eval, "has_best_state": trainer._best_state is not None,
+        "loss_window": trainer.loss_window,
+        "optimizer_groups": optimizer["param_groups"],
+        "rng_python": _jsonable(random.getstate()),
+        "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    return tensors, meta
+
+
+def _jsonable(value):
+    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _tupled(value):
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
+def write_checkpoint(run_folder: Path, trainer, config: dict[str, Any]) -> Path:
+    """Write the trainer's state under `run_folder/checkpoint`, atomically."""
+    tensors, meta = trainer_state(trainer)
+    meta["config"] = config
+    tmp, final, old = (run_folder / f"{FOLDER}.tmp", run_folder / FOLDER, run_folder / f"{FOLDER}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / TENSORS))
+    (tmp / STATE).write_text(json.dumps(meta, default=float) + "\n")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_checkpoint(run_folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    folder = run_folder / FOLDER
+    if not (folder / STATE).is_file() and (run_folder / f"{FOLDER}.old" / STATE).is_file():
+        folder = run_folder / f"{FOLDER}.old"  # killed between the two renames
+    try:
+        meta = json.loads((folder / STATE).read_text())
+        tensors = load_file(str(folder / TENSORS))
+    except FileNotFoundError:
+        raise AptuneError(f"{run_folder} holds no checkpoint",
+                          "start the run again without --resume") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged header or JSON surfaces as several types
+        raise AptuneError(f"the checkpoint in {folder} is damaged ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160]})",
+                          "start the run again without --resume (pass --overwrite)") from None
+    if meta.get("format") != FORMAT:
+        raise AptuneError(f"the checkpoint in {folder} has format {meta.get('format')}, this aptune "
+                          f"reads {FORMAT}", "resume it with the aptune version that wrote it")
+    return tensors, meta
+
+
+def checkpoint_step(run_folder: Path) -> int | None:
+    """The step of the checkpoint in `run_folder`, or None."""
+    for name in (FOLDER, f"{FOLDER}.old"):
+        state = run_folder / name / STATE
+        if state.is_file():
+            try:
+                return int(json.loads(state.read_text())["step"])
+            except (ValueError, KeyError):
+                return None
+    return None
+
+
+def restore_trainer(trainer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Put the saved state back into a freshly built trainer (same model, method and data)."""
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    model_state = part("model.")
+    missing, unexpected = trainer.unwrapped_model.load_state_dict(model_state, strict=False)
+    if missing or unexpected:
+        raise AptuneError(f"the checkpoint does not match the model (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]})", "start the run again without --resume (pass --overwrite)")
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in part("optimizer.").items():
+        index, name = key.split(".", 1)
+        states.setdefault(int(index), {})[name] = value
+    inner = _inner(trainer.optimizer)
+    inner.load_state_dict({"state": states, "param_groups": meta["optimizer_groups"]})
+    trainer._best_state = part("best.") if meta["has_best_state"] else None
+    for name in ("step", "epoch", "batches_in_epoch", "samples_seen", "train_seconds", "history",
+                 "best_metric", "best_step", "best_eval", "loss_window"):
+        setattr(trainer, name, meta[name])
+    trainer.resumed_wall_seconds = meta["wall_seconds"]
+    trainer.resumed_peak_bytes = meta["peak_train_memory_bytes"]
+    trainer.pending_rng = (tensors["rng.torch"], meta["rng_python"], meta["rng_numpy"])
+
+
+def set_rng(state) -> None:
+    torch_state, python_state, numpy_state = state
+    torch.set_rng_state(torch_state)
+    random.setstate(_tupled(python_state))
+    np.random.set_state((numpy_state[0], np.array(numpy_state[1], dtype=np.uint32), *numpy_state[2:]))

@@ -1,0 +1,125 @@
+"""Checkpoints and --resume: a run killed (SIGKILL) or interrupted (SIGINT, SIGTERM) continues
+from its last checkpoint and ends exactly where the uninterrupted run ends: the same evaluations
+in log.jsonl and bit-identical final weights (one thread, CPU). Runs go through `python -m aptune`
+in a subprocess so that a kill is a real kill; APTUNE_FAULT_AT_STEP picks the step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import load_file
+
+from tests.helpers import read_log
+
+pytestmark = pytest.mark.usefixtures("no_env_data_dir")
+
+
+def aptune(*args, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("APTUNE_FAULT_AT_STEP", None)
+    if fault:
+        env["APTUNE_FAULT_AT_STEP"] = fault
+    return subprocess.run([sys.executable, "-m", "aptune", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def train(out: Path, model: Path, data: Path, method: str, *extra, fault: str | None = None):
+    return aptune("train", "--task", "sst2", "--method", method, "--model", model, "--data-dir", data,
+                  "--output-dir", out, "--epochs", "3", "--batch-size", "16", "--eval-every", "5",
+                  "--lr", "2e-3", "--quiet", *extra, fault=fault)
+
+
+def weights(run: Path) -> dict:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def evaluations(run: Path) -> list[tuple]:
+    return [(r["step"], r["loss"], r["value"], r["samples_seen"]) for r in read_log(run)]
+
+
+def unfinished(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial-run")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_bert_dir, tiny_data_dir):
+    """The uninterrupted runs: 200 rows / 16 = 13 steps per epoch, 39 steps, evaluations every 5."""
+    runs = {}
+    for method in ("ft", "lora"):
+        out = tmp_path_factory.mktemp("reference") / method
+        done = train(out, tiny_bert_dir, tiny_data_dir, method)
+        assert done.returncode == 0, done.stderr
+        runs[method] = out
+    return runs
+
+
+# (method, fault, checkpoint flags): killed mid-epoch after a checkpoint at an evaluation; killed
+# right after an epoch boundary with checkpoints every 4 steps; interrupted by SIGINT and SIGTERM.
+CASES = [("ft", "17:KILL", ()), ("lora", "14:KILL", ("--checkpoint-every", "4")),
+         ("lora", "22:INT", ()), ("ft", "9:TERM", ())]
+
+
+@pytest.mark.parametrize("method, fault, extra", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_a_stopped_run_resumes_exactly(tmp_path, tiny_bert_dir, tiny_data_dir, reference, method, fault,
+                                       extra):
+    out = tmp_path / "run"
+    stopped = train(out, tiny_bert_dir, tiny_data_dir, method, *extra, fault=fault)
+    assert stopped.returncode != 0
+    assert not out.exists() and (unfinished(out) / "checkpoint" / "state.json").is_file()
+    step = json.loads((unfinished(out) / "checkpoint" / "state.json").read_text())["step"]
+    if fault.endswith("KILL"):  # the last checkpoint before the kill
+        every = int(extra[1]) if extra else 5
+        assert step == int(fault.split(":")[0]) // every * every
+    else:  # a signal: the step in progress finishes, then a checkpoint and the resume command
+        assert step == int(fault.split(":")[0]) + 1
+        assert f"interrupted after step {step}" in stopped.stderr
+        assert f"continue with: aptune train --resume {out}" in stopped.stderr
+    resumed = aptune("train", "--resume", out, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from the checkpoint at step {step}" in resumed.stdout
+    assert evaluations(out) == evaluations(reference[method])
+    expected, got = weights(reference[method]), weights(out)
+    assert expected.keys() == got.keys()
+    assert all((expected[k] == got[k]).all() for k in expected), "weights differ after resuming"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 39 and not unfinished(out).exists()
+    assert not (out / "checkpoint").exists()  # a finished run carries no checkpoint
+
+
+def test_resume_guards(tmp_path, tiny_bert_dir, tiny_data_dir):
+    out = tmp_path / "run"
+    assert train(out, tiny_bert_dir, tiny_data_dir, "ft", fault="12:KILL").returncode != 0
+    # the same run, other settings: refused, naming them
+    changed = aptune("train", "--resume", out, "--lr", "0.5", "--quiet")
+    assert changed.returncode == 2 and "these settings differ: lr (0.002 in the checkpoint, 0.5 now)" \
+        in changed.stderr
+    # a new run into the same folder does not silently throw the checkpoint away
+    fresh = train(out, tiny_bert_dir, tiny_data_dir, "ft")
+    assert fresh.returncode == 2 and "has an unfinished run (checkpoint at step 10)" in fresh.stderr
+    assert f"aptune train --resume {out}" in fresh.stderr
+    assert train(out, tiny_bert_dir, tiny_data_dir, "ft", "--overwrite").returncode == 0
+    nothing = aptune("train", "--resume", tmp_path / "never-ran", "--quiet")
+    assert nothing.returncode == 2 and "holds no checkpoint" in nothing.stderr
+    # a damaged checkpoint is one clear error
+    out2 = tmp_path / "run2"
+    assert train(out2, tiny_bert_dir, tiny_data_dir, "ft", fault="12:KILL").returncode != 0
+    tensors = unfinished(out2) / "checkpoint" / "tensors.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:1000])
+    damaged = aptune("train", "--resume", out2, "--quiet")
+    assert damaged.returncode == 2 and "is damaged" in damaged.stderr and "Traceback" not in damaged.stderr
+
+
+def test_methods_without_resume_say_so(tmp_path, tiny_bert_dir, tiny_data_dir):
+    from aptune.config import TrainConfig
+    from aptune.errors import AptuneError
+    from aptune.pipeline import run_training
+
+    cfg = TrainConfig(task="sst2", method="apt", model=str(tiny_bert_dir), data_dir=str(tiny_data_dir),
+                      output_dir=str(tmp_path / "apt"))
+    with pytest.raises(AptuneError, match="--resume is not supported for --method apt yet"):
+        run_training(cfg, show_progress=False, resume=True)
