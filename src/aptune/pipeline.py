@@ -47,11 +47,13 @@ def _say(accelerator, text: str) -> None:
         print(text, flush=True)
 
 
-def run_training(cfg: TrainConfig, show_progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def run_training(cfg: TrainConfig, show_progress: bool = True, resume: bool = False,
+                 checkpoints: bool = True) -> dict[str, Any]:
     """Train, select the best dev checkpoint, finalize, save. Returns the metrics dict.
 
     With `resume`, continue the unfinished run in cfg.output_dir from its last checkpoint
-    (resume_config builds that run's config)."""
+    (resume_config builds that run's config). `checkpoints=False` for a run trained inline as
+    another method's prerequisite: that method's run is what a user resumes or interrupts."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     from transformers.utils import logging as hf_logging
@@ -69,7 +71,7 @@ def run_training(cfg: TrainConfig, show_progress: bool = True, resume: bool = Fa
                           + " on one process; start the run again")
     run_dir = RunDir(cfg.output_dir, cfg.overwrite, resume) if accelerator.is_main_process else None
     try:
-        metrics = _run(cfg, method, accelerator, run_dir, wall_start, show_progress, resume)
+        metrics = _run(cfg, method, accelerator, run_dir, wall_start, show_progress, resume, checkpoints)
     except RunInterrupted as stop:
         if run_dir is not None:
             run_dir.abandon()  # keeps the folder: it holds the checkpoint
@@ -95,7 +97,7 @@ class RunData:
 
 
 def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, wall_start: float,
-         show_progress: bool, resume: bool = False) -> dict[str, Any]:
+         show_progress: bool, resume: bool = False, checkpoints: bool = True) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     run_versions = versions()  # read at the start: the commit that the run's code came from
@@ -123,9 +125,11 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     say(f"training {trainer.total_steps:,} steps ({trainer.cfg.epochs:g} epochs of "
         f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
         f"eval every {cfg.eval_every} steps")
-    if method.resumable and run_dir is not None:
+    # One process only for now: every rank would have to stop at the same step (docs/protocol.md#checkpoints).
+    checkpointed = checkpoints and method.resumable and run_dir is not None and accelerator.num_processes == 1
+    if checkpointed:
         _wire_checkpoints(trainer, cfg, run_dir, resume, say)
-    with stop_on_signals(trainer, enabled=method.resumable and run_dir is not None):
+    with stop_on_signals(trainer, enabled=checkpointed):
         result = trainer.train()
 
     accelerator.wait_for_everyone()
@@ -260,7 +264,7 @@ def prerequisite_run(cfg: TrainConfig, method: Method, task: Task, accelerator, 
                                       **cleared, **inline)
         say(f"{cfg.method}: training its {need.method} run inline into {out} "
             f"({sub_cfg.epochs:g} epochs, lr {sub_cfg.lr:g})")
-        run_training(sub_cfg, show_progress=show_progress)
+        run_training(sub_cfg, show_progress=show_progress, checkpoints=False)
         folder = str(out)
     path = Path(folder).expanduser()
     metrics = _finished_run(path, need, cfg, task.name, task.label_names)

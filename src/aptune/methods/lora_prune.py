@@ -27,6 +27,7 @@ class LoRAPrune(LoRA):
                                 "the LoRA run to prune")
     prunes = True
     loop_optional = True  # --epochs 0: prune without retraining
+    resumable = False  # its Mask Tuning stage and base run are not in the loop's checkpoint yet
 
     def __init__(self) -> None:
         self.base: dict[str, Any] = {}
