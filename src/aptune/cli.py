@@ -41,7 +41,8 @@ def user_errors(fn):
                 typer.echo(f"  fix: {err.fix}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("aptune: interrupted; nothing was written to the output folder", err=True)
+            typer.echo("aptune: interrupted; no finished run was written (an FT or LoRA run with a "
+                       "checkpoint continues with `aptune train --resume OUTPUT_DIR`)", err=True)
             raise typer.Exit(130) from None
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -157,10 +158,10 @@ def _wire_checkpoints(trainer: Trainer, cfg: TrainConfig, run_dir: RunDir, resum
         return
     tensors, meta = read_checkpoint(run_dir.tmp)
     restore_trainer(trainer, tensors, meta)
-    log = run_dir.path("log.jsonl")  # evaluations after the checkpoint are run again
-    if log.is_file():
-        kept = [ln for ln in log.read_text().splitlines() if json.loads(ln)["step"] <= trainer.step]
-        log.write_text("".join(ln + "\n" for ln in kept))
+    # The log is the checkpoint's history: evaluations after the checkpoint are run again.
+    log, tmp = run_dir.path("log.jsonl"), run_dir.path("log.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in trainer.history))
+    os.replace(tmp, log)
     say(f"resumed from the checkpoint at step {trainer.step:,} (epoch {trainer.epoch}, "
         f"{trainer.train_seconds:.1f} s of training so far)")
 
@@ -174,20 +175,20 @@ def stop_on_signals(trainer: Trainer, enabled: bool):
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def request_stop(signum, frame) -> None:
-        trainer.stop_requested = True
-        trainer.say(f"{signal.Signals(signum).name}: finishing step {trainer.step + 1}, then writing a "
-                    "checkpoint (send it again to stop at once)")
+    def restore() -> None:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def request_stop(signum, frame) -> None:  # no printing here: it may interrupt a print
+        trainer.stop_requested = True
+        restore()
 
     for sig in previous:
         signal.signal(sig, request_stop)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
 
 
 def resume_config(output_dir: str, given: dict[str, Any]) -> TrainConfig:

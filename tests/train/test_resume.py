@@ -128,3 +128,37 @@ def test_methods_without_resume_say_so(tmp_path, tiny_bert_dir, tiny_data_dir, m
                       output_dir=str(tmp_path / method))
     with pytest.raises(AptuneError, match=f"--resume is not supported for --method {method} yet"):
         run_training(cfg, show_progress=False, resume=True)
+
+
+def test_writing_a_checkpoint_is_left_out_of_the_peak_memory():
+    import torch
+
+    from aptune.train.memory import PeakMemoryMeter
+
+    meter = PeakMemoryMeter(torch.device("cpu"))
+    meter.start()
+    with meter.excluded():
+        big = torch.ones(64, 2**20)  # 256 MiB, touched: a checkpoint's serialised copies
+        del big
+    assert meter.peak_bytes() < 128 * 2**20  # the block is not in the training peak
+    kept = torch.ones(64, 2**20)
+    assert meter.peak_bytes() >= 200 * 2**20  # what happens outside it is
+    del kept
+
+
+def test_a_bench_job_stopped_mid_run_continues_or_restarts(tmp_path):
+    import yaml
+
+    from aptune.bench.runner import _continue_or_restart
+
+    out = tmp_path / "ft"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"task": "sst2", "method": "ft", "lr": 2e-5, "epochs": 2}))
+    assert _continue_or_restart(config, out) == []  # nothing stopped: a plain run
+    state = unfinished(out) / "checkpoint" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"step": 10, "config": {"task": "sst2", "method": "ft", "lr": 2e-5,
+                                                         "epochs": 2.0, "seed": 128}}))
+    assert _continue_or_restart(config, out) == ["--resume", str(out)]
+    config.write_text(yaml.safe_dump({"task": "sst2", "method": "ft", "lr": 1e-4, "epochs": 2}))
+    assert _continue_or_restart(config, out) == ["--overwrite"]  # the suite changed: start over

@@ -6,6 +6,7 @@ train/run_dir.py), so an interrupted bench reruns only what had not finished.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -148,10 +149,28 @@ def run_jobs(jobs: list[Job], configs: dict[str, dict], run_dir: Path, rerun: se
     return [outcomes[j.key] for j in jobs]
 
 
+def _continue_or_restart(config: Path, out: Path) -> list[str]:
+    """A job stopped mid-run (FT and LoRA keep a checkpoint, train/checkpoint.py) continues from
+    its checkpoint when it was started with this same recipe, and starts over otherwise."""
+    from ..train.checkpoint import FOLDER, STATE
+    from ..train.run_dir import unfinished_folder
+
+    state = unfinished_folder(out) / FOLDER / STATE
+    if not state.is_file():
+        return []
+    try:
+        saved = json.loads(state.read_text())["config"]
+    except (ValueError, KeyError):
+        return ["--overwrite"]
+    wanted = yaml.safe_load(config.read_text()) or {}
+    same = all(saved.get(k) == v for k, v in wanted.items() if v is not None and k not in ("output_dir",))
+    return ["--resume", str(out)] if same else ["--overwrite"]
+
+
 def _train_in_fresh_process(config: Path, out: Path, log_path: Path,
                             echo: Callable[[str], None]) -> int:
     cmd = [sys.executable, "-m", "aptune", "train", "--recipe", str(config), "--output-dir", str(out),
-           "--quiet"]
+           "--quiet", *_continue_or_restart(config, out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")

@@ -34,15 +34,17 @@ def _inner(optimizer):
 
 def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, JSON-able state) that decide the rest of the run."""
-    tensors = {f"model.{k}": v.detach().contiguous().clone()
-               for k, v in trainer.unwrapped_model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach() for k, v in trainer.unwrapped_model.state_dict().items()}
     optimizer = _inner(trainer.optimizer).state_dict()
     for index, state in optimizer["state"].items():
         for key, value in state.items():
-            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().contiguous().clone()
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach()
     if trainer._best_state is not None:
-        tensors.update({f"best.{k}": v.contiguous() for k, v in trainer._best_state.items()})
+        tensors.update({f"best.{k}": v for k, v in trainer._best_state.items()})
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    tensors = _unshared(tensors)
     np_state = np.random.get_state()
     meta = {
         "format": FORMAT,
@@ -57,6 +59,19 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
     }
     return tensors, meta
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, each with its own storage (safetensors refuses shared storage, e.g.
+    tied weights); only the tensors that need it are copied."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in tensors.items():
+        value = value.cpu().contiguous()
+        pointer = value.untyped_storage().data_ptr()
+        out[key] = value.clone() if pointer in seen else value
+        seen.add(pointer)
+    return out
 
 
 def _jsonable(value):
@@ -129,19 +144,30 @@ def restore_trainer(trainer, tensors: dict[str, torch.Tensor], meta: dict[str, A
     for key, value in part("optimizer.").items():
         index, name = key.split(".", 1)
         states.setdefault(int(index), {})[name] = value
-    inner = _inner(trainer.optimizer)
-    inner.load_state_dict({"state": states, "param_groups": meta["optimizer_groups"]})
-    trainer._best_state = part("best.") if meta["has_best_state"] else None
+    best = part("best.") if meta["has_best_state"] else None
+    params = dict(trainer.unwrapped_model.named_parameters())
+    try:
+        _inner(trainer.optimizer).load_state_dict({"state": states, "param_groups": meta["optimizer_groups"]})
+        if best is not None and any(params[k].shape != v.shape for k, v in best.items()):
+            raise ValueError("best weights of another shape")
+    except (ValueError, KeyError) as exc:
+        raise AptuneError(f"the checkpoint does not match this run's model or optimizer ({exc})",
+                          "start the run again without --resume (pass --overwrite)") from None
+    trainer._best_state = best
     for name in ("step", "epoch", "batches_in_epoch", "samples_seen", "train_seconds", "history",
                  "best_metric", "best_step", "best_eval", "loss_window"):
         setattr(trainer, name, meta[name])
     trainer.resumed_wall_seconds = meta["wall_seconds"]
     trainer.resumed_peak_bytes = meta["peak_train_memory_bytes"]
-    trainer.pending_rng = (tensors["rng.torch"], meta["rng_python"], meta["rng_numpy"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
+                                       key=lambda k: int(k.rsplit(".", 1)[1]))]
+    trainer.pending_rng = (tensors["rng.torch"], meta["rng_python"], meta["rng_numpy"], cuda)
 
 
 def set_rng(state) -> None:
-    torch_state, python_state, numpy_state = state
+    torch_state, python_state, numpy_state, cuda_states = state
     torch.set_rng_state(torch_state)
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
     random.setstate(_tupled(python_state))
     np.random.set_state((numpy_state[0], np.array(numpy_state[1], dtype=np.uint32), *numpy_state[2:]))

@@ -299,8 +299,11 @@ class Trainer:
         if self.save_checkpoint is None or self.step >= self.total_steps:
             return
         due = evaluated if self.checkpoint_every is None else self.step % self.checkpoint_every == 0
+        if self.stop_requested:
+            self.say(f"stopping after step {self.step}: writing a checkpoint")
         if due or self.stop_requested:
-            self.save_checkpoint(self)
+            with self.memory.excluded():  # writing a checkpoint is not training
+                self.save_checkpoint(self)
         if self.stop_requested:
             raise RunInterrupted(self.step)
         if self._fault and self._fault[0] == self.step:  # tests: a kill or a signal after this step

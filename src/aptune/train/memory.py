@@ -8,6 +8,7 @@ peak is exact rather than sampled. It includes allocator slack.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import resource
@@ -57,6 +58,25 @@ class PeakMemoryMeter:
         self.device = device
         self.baseline_bytes = 0
         self.method = ""
+        self._carried = 0  # the peak before the last excluded() block
+
+    @contextlib.contextmanager
+    def excluded(self):
+        """Leave the block's memory out of the peak (writing a checkpoint is not training): keep
+        the peak so far, then restart the high-water mark after the block."""
+        before = self.peak_bytes()
+        try:
+            yield
+        finally:
+            self._carried = max(self._carried, before)
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            else:
+                release_freed_memory()  # hand the serialised copies back before the new mark
+                try:
+                    Path("/proc/self/clear_refs").write_text("5")
+                except OSError:
+                    pass  # ru_maxrss cannot be reset: the block stays in the figure
 
     def start(self) -> None:
         if self.device.type == "cuda":
@@ -76,7 +96,7 @@ class PeakMemoryMeter:
     def peak_bytes(self) -> int:
         """Peak above the baseline (for CUDA: the allocator's peak, as the protocol defines it)."""
         if self.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.device))
+            return max(self._carried, int(torch.cuda.max_memory_allocated(self.device)))
         hwm = _status_kib("VmHWM")
         peak = hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return max(0, peak - self.baseline_bytes)
+        return max(self._carried, peak - self.baseline_bytes)

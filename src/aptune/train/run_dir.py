@@ -72,8 +72,6 @@ class RunDir:
 
     def finish(self, marker: dict[str, Any]) -> Path:
         """Mark the run complete and move it into place, replacing an earlier run there."""
-        for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"):  # a finished run needs none
-            shutil.rmtree(self.tmp / name, ignore_errors=True)
         self.write_json(RUN_MARKER, marker)
         os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; a finished run is an ordinary folder
         old = None
@@ -83,6 +81,10 @@ class RunDir:
         os.replace(self.tmp, self.final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        # A finished run needs no checkpoint; removed only now, so a kill before the rename can
+        # still resume.
+        for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"):
+            shutil.rmtree(self.final / name, ignore_errors=True)
         return self.final
 
     def has_checkpoint(self) -> bool:
