@@ -130,6 +130,9 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     checkpointed = checkpoints and method.resumable and run_dir is not None and accelerator.num_processes == 1
     if checkpointed:
         _wire_checkpoints(trainer, cfg, run_dir, resume, say)
+    elif cfg.checkpoint_every is not None and checkpoints:
+        say(f"note: --checkpoint-every is ignored: {method.name} runs do not write checkpoints yet "
+            "(ft and lora on one process do)")
     with stop_on_signals(trainer, enabled=checkpointed):
         result = trainer.train()
 

@@ -130,6 +130,15 @@ def test_methods_without_resume_say_so(tmp_path, tiny_bert_dir, tiny_data_dir, m
         run_training(cfg, show_progress=False, resume=True)
 
 
+def test_checkpoint_every_says_when_it_is_ignored(tmp_path, tiny_bert_dir, tiny_data_dir):
+    from tests.helpers import invoke
+
+    stdout = invoke("train", "--task", "sst2", "--method", "apt", "--model", tiny_bert_dir, "--data-dir",
+                    tiny_data_dir, "--output-dir", tmp_path / "apt", "--epochs", "7", "--batch-size", "16",
+                    "--eval-every", "30", "--checkpoint-every", "10", "--quiet").stdout
+    assert "note: --checkpoint-every is ignored: apt runs do not write checkpoints yet" in stdout
+
+
 def test_writing_a_checkpoint_is_left_out_of_the_peak_memory():
     import torch
 
