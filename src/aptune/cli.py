@@ -83,6 +83,9 @@ class PanelledCommand(TyperCommand):
                 formatter.write_dl(records, col_max=34)
 
 
+# The --model-dir option of eval, predict and export.
+ModelDir = Annotated[str, typer.Option(help="A run folder written by `aptune train`, or its model/ folder.")]
+
 RUN_PANEL = "Run (every method; `aptune recipes` lists ready-made recipes)"
 PANEL_ORDER = ("Run", "Your own data", "Adapters", "APT", "LoRA+Prune", "Prune+Distill", "Options")
 _FLAG_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "str | None": str,
@@ -182,8 +185,7 @@ app.command(cls=PanelledCommand,
              short_help="Evaluate a saved model on a dev split or a labelled file.")
 @user_errors
 def eval_(
-    model_dir: Annotated[str, typer.Option(
-        help="A run folder written by `aptune train`, or its model/ folder.")],
+    model_dir: ModelDir,
     task: Annotated[Optional[str], typer.Option(
         help=f"sst2, mnli or {OWN_DATA_TASK}. Default: the run's task.")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help=_h("data_dir"))] = None,
@@ -228,8 +230,7 @@ def eval_(
 @app.command(cls=PanelledCommand, short_help="Classify new text with a saved or exported model.")
 @user_errors
 def predict(
-    model_dir: Annotated[str, typer.Option(
-        help="A run folder written by `aptune train`, or its model/ folder.")],
+    model_dir: ModelDir,
     text: Annotated[Optional[list[str]], typer.Option(
         "--text", help="A text to classify; repeat the flag for several.")] = None,
     text_pair: Annotated[Optional[list[str]], typer.Option(
@@ -271,8 +272,7 @@ def predict(
              short_help="Export a model to ONNX or a stock-transformers folder, verified.")
 @user_errors
 def export_(
-    model_dir: Annotated[str, typer.Option(
-        help="A run folder written by `aptune train`, or its model/ folder.")],
+    model_dir: ModelDir,
     format_: Annotated[str, typer.Option(
         "--format", help="onnx: an ONNX graph with dynamic batch and sequence axes, checked against "
                          "PyTorch with ONNX Runtime; transformers: a folder that stock transformers "

@@ -5,22 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import AptuneError
 from .export import load_for_inference
-from .predict import write_jsonl
+from .predict import run_config, write_jsonl
 from .tasks import OWN_DATA_TASK, get_task, resolve_data_dir, same_task, task_options
 from .train.data import encode, make_loader
 from .train.loop import predict_labels
-
-
-def run_config(model_path: Path) -> dict[str, Any]:
-    """The config.yaml of the run that holds `model_path` (its folder or the folder above), or {}."""
-    for folder in (model_path, model_path.parent):
-        if (folder / "config.yaml").is_file():
-            return yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    return {}
 
 
 def evaluate_saved(model_dir: str | Path, task_name: str | None = None, data_dir: str | None = None,

@@ -45,20 +45,26 @@ class RunSettings:
 MANIFEST = "aptune_export.json"  # what `aptune export` records of the run it exported
 
 
-def run_settings(model_path: Path, max_length: int | None) -> RunSettings:
-    """Read config.yaml of the run that holds `model_path` (its folder or the folder above), or
-    the manifest of an exported folder."""
+def run_config(model_path: Path) -> dict[str, Any]:
+    """What the run that holds `model_path` (its folder or the folder above) recorded: its
+    config.yaml, or the `run` part of an exported folder's manifest; {} for a bare model."""
     for folder in (model_path, model_path.parent):
-        config = folder / "config.yaml"
-        manifest = folder / MANIFEST
-        if config.is_file() or manifest.is_file():
-            data = (yaml.safe_load(config.read_text()) if config.is_file()
-                    else json.loads(manifest.read_text()).get("run", {})) or {}
-            options = task_options(data)
-            task = get_task(data["task"], options) if data.get("task") else None
-            default = data.get("max_length") or (task.default_max_length if task else DEFAULT_MAX_LENGTH)
-            return RunSettings(task, max_length or default, options, int(data.get("data_seed") or 0))
-    return RunSettings(max_length=max_length or DEFAULT_MAX_LENGTH)
+        if (folder / "config.yaml").is_file():
+            return yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        if (folder / MANIFEST).is_file():
+            return json.loads((folder / MANIFEST).read_text()).get("run", {}) or {}
+    return {}
+
+
+def run_settings(model_path: Path, max_length: int | None) -> RunSettings:
+    """The input settings (task, length, text cleaning, data seed) that the run recorded."""
+    data = run_config(model_path)
+    if not data:
+        return RunSettings(max_length=max_length or DEFAULT_MAX_LENGTH)
+    options = task_options(data)
+    task = get_task(data["task"], options) if data.get("task") else None
+    default = data.get("max_length") or (task.default_max_length if task else DEFAULT_MAX_LENGTH)
+    return RunSettings(task, max_length or default, options, int(data.get("data_seed") or 0))
 
 
 # -- reading inputs ------------------------------------------------------------------------------

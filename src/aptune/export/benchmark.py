@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from torch import nn
 
 from ..errors import AptuneError
 from ..models import load_classifier, resolve_model_path
+from ..predict import run_config
 from .pruned import load_for_inference
 
 FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
@@ -34,8 +34,7 @@ def _is_run(path: Path) -> bool:
 def dense_model(dense: str | None, run: Path, pruned: nn.Module) -> tuple[nn.Module, bool, str]:
     """(the dense model, whether its head is trained, how to name it)."""
     if dense is None:
-        config = run / "config.yaml"
-        dense = (yaml.safe_load(config.read_text()) or {}).get("model") if config.is_file() else None
+        dense = run_config(run).get("model")
         if not dense:
             raise AptuneError(f"{run} does not say which model it started from (no config.yaml)",
                               "name the dense model to compare with: --dense MODEL_OR_RUN")
