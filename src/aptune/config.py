@@ -64,7 +64,7 @@ class TrainConfig(OwnDataOptions, *SECTIONS):  # type: ignore[misc]  # one base 
     log_every: int = option(10, "Refresh the progress bar's figures every N steps.")
     checkpoint_every: int | None = option(None, "Write a checkpoint every N steps, so that `aptune train "
                                           "--resume DIR` continues a killed or interrupted run "
-                                          "(default: at each evaluation; ft and lora so far).")
+                                          "(default: at each evaluation; one process so far).")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -111,8 +111,10 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     dense_shape, dense_params = spec.shape(model), parameter_summary(model)
 
     scratch = run_dir.tmp if run_dir is not None else Path(cfg.output_dir)
-    needed = prerequisite_run(cfg, method, data.task, accelerator, scratch, show_progress, say)
-    context = RunContext(cfg, data.task, data.tokenizer, data.train_ds, data.dev_ds, accelerator, say)
+    needed = prerequisite_run(cfg, method, data.task, accelerator, scratch, show_progress, say, resume)
+    context = RunContext(cfg, data.task, data.tokenizer, data.train_ds, data.dev_ds, accelerator, say,
+                         stages=scratch / "stages" if run_dir is not None and checkpoints else None,
+                         resuming=resume)
     model, cost = method.start(model, spec, context, needed)
     del needed  # the method keeps what it needs (CoFi's teacher); the rest can be freed
     set_seed(cfg.seed, deterministic=True)  # the same stream whatever ran before
@@ -131,8 +133,9 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     if checkpointed:
         _wire_checkpoints(trainer, cfg, run_dir, resume, say)
     elif cfg.checkpoint_every is not None and checkpoints:
-        say(f"note: --checkpoint-every is ignored: {method.name} runs do not write checkpoints yet "
-            "(ft and lora on one process do)")
+        why = (f"{method.name} runs do not write checkpoints yet" if not method.resumable
+               else "runs on several processes do not write checkpoints yet")
+        say(f"note: --checkpoint-every is ignored: {why}")
     with stop_on_signals(trainer, enabled=checkpointed):
         result = trainer.train()
 
@@ -248,9 +251,10 @@ def _trainer(cfg: TrainConfig, method: Method, model, spec, data: RunData, accel
 
 # -- prerequisite runs ---------------------------------------------------------------------------
 def prerequisite_run(cfg: TrainConfig, method: Method, task: Task, accelerator, scratch: Path,
-                     show_progress: bool, say) -> PrerequisiteRun | None:
+                     show_progress: bool, say, resume: bool = False) -> PrerequisiteRun | None:
     """The finished run the method declares it needs: the folder the user gave, or one trained
-    inline into this run's folder first. None when the method needs none."""
+    inline into this run's folder first (a resumed run reuses the inline run it finished). None
+    when the method needs none."""
     need = method.prerequisite
     if need is None:
         return None
@@ -262,6 +266,9 @@ def prerequisite_run(cfg: TrainConfig, method: Method, task: Task, accelerator, 
                               f"train it first with `aptune train --method {need.method}` and pass "
                               f"{need.flag}")
         out = scratch / f"base-{need.method}"
+        if resume and (out / "metrics.json").is_file():
+            say(f"{cfg.method}: reusing its finished {need.method} run in {out}")
+            return _load_prerequisite(out, need, cfg, task, accelerator)
         cleared = {m.prerequisite.folder_field: None for m in METHODS.values() if m.prerequisite}
         inline = {field: getattr(cfg, source) for field, source in need.inline.items()}
         sub_cfg = dataclasses.replace(cfg, method=need.method, output_dir=str(out), overwrite=True,
@@ -270,7 +277,10 @@ def prerequisite_run(cfg: TrainConfig, method: Method, task: Task, accelerator, 
             f"({sub_cfg.epochs:g} epochs, lr {sub_cfg.lr:g})")
         run_training(sub_cfg, show_progress=show_progress, checkpoints=False)
         folder = str(out)
-    path = Path(folder).expanduser()
+    return _load_prerequisite(Path(folder).expanduser(), need, cfg, task, accelerator)
+
+
+def _load_prerequisite(path: Path, need, cfg: TrainConfig, task: Task, accelerator) -> PrerequisiteRun:
     metrics = _finished_run(path, need, cfg, task.name, task.label_names)
     summary = {"run": str(path), "dev": metrics["eval"], "selected_step": metrics["selection"]["step"],
                "train_seconds_to_selected": seconds_to_selected(metrics),

@@ -114,29 +114,137 @@ def test_resume_guards(tmp_path, tiny_bert_dir, tiny_data_dir):
     assert damaged.returncode == 2 and "is damaged" in damaged.stderr and "Traceback" not in damaged.stderr
 
 
-@pytest.mark.parametrize("method", ["apt", "lora-prune", "cofi", "cofi-lora"])
-def test_methods_without_resume_say_so(tmp_path, tiny_bert_dir, tiny_data_dir, method):
-    from aptune.config import TrainConfig
-    from aptune.errors import AptuneError
+def apt_run(out: Path, model: Path, data: Path, *extra, fault: str | None = None):
+    """7 epochs of 13 steps: pruning points at 9, 18 (kept 0.475, ranks grow) and 27 (0.40);
+    teacher snapshots at the window starts 5, 14 and 23 (each compacts the student); distillation
+    over [19, 45); then fine-tuning at 0.1x the learning rate."""
+    return aptune("train", "--task", "sst2", "--method", "apt", "--model", model, "--data-dir", data,
+                  "--output-dir", out, "--epochs", "7", "--batch-size", "16", "--eval-every", "5",
+                  "--lr", "2e-3", "--checkpoint-every", "1", "--quiet", *extra, fault=fault)
+
+
+def test_apt_killed_in_every_phase_resumes_exactly(tmp_path, tiny_bert_dir, tiny_data_dir):
+    """One APT run, killed (SIGKILL) and resumed five times: before pruning (4), inside a
+    mask-decay window with soft masks and a live salience EMA (15), right after a rank growth at
+    a pruning point (18), during distillation on a compacted student with a teacher and Tr (34),
+    and in the final fine-tuning (60). It ends where the uninterrupted run ends: the same
+    evaluations, masks and ranks at every pruning point, and bit-identical weights."""
+    from safetensors.torch import load_file as load_tensors
+
+    reference = tmp_path / "reference"
+    assert apt_run(reference, tiny_bert_dir, tiny_data_dir).returncode == 0
+    out = tmp_path / "run"
+    assert apt_run(out, tiny_bert_dir, tiny_data_dir, fault="4:KILL").returncode != 0
+    for step in (15, 18, 34, 60):
+        resumed = aptune("train", "--resume", out, "--quiet", fault=f"{step}:KILL")
+        assert resumed.returncode != 0 and "resumed from the checkpoint" in resumed.stdout, resumed.stderr
+        folder = unfinished(out) / "checkpoint"
+        state = json.loads((folder / "state.json").read_text())
+        apt, tensors = state["callbacks"][0], load_tensors(str(folder / "tensors.safetensors"))
+        assert state["step"] == step
+        if step == 15:  # the kill landed where the test means it to
+            masks = [v for k, v in tensors.items() if k.startswith("callback.0.masks.")]
+            assert any(((m > 0) & (m < 1)).any() for m in masks) and apt["has_ema"]
+        if step == 18:
+            assert len(apt["rank_history"]) == 3 and apt["rank_history"][-1]["step"] == 18
+        if step == 34:
+            assert apt["transform_rank"] is not None and apt["teacher_metric"] is not None
+            assert any(k.startswith("callback.0.teacher.") for k in tensors)
+    final = aptune("train", "--resume", out, "--quiet")
+    assert final.returncode == 0, final.stderr
+    assert "resumed from the checkpoint at step 60" in final.stdout
+    assert evaluations(out) == evaluations(reference)
+    expected, got = weights(reference), weights(out)
+    assert expected.keys() == got.keys()
+    assert all((expected[k] == got[k]).all() for k in expected), "weights differ after resuming"
+    before, after = (json.loads((run / "metrics.json").read_text()) for run in (reference, out))
+    for key in ("rank_history", "pruning_log", "final_ranks", "structure"):
+        assert after["method_settings"][key] == before["method_settings"][key], key
+    assert after["steps"] == 91 and after["selection"] == before["selection"]
+
+
+def test_apt_without_distillation_resumes_after_a_compaction(tmp_path, tiny_bert_dir, tiny_data_dir):
+    """Without a teacher APT compacts the student at every pruning point: killed right after the
+    second one (18), the resumed run rebuilds the smaller shapes and the grown ranks first."""
+    from aptune.structure import Structure
+
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert apt_run(reference, tiny_bert_dir, tiny_data_dir, "--no-distill").returncode == 0
+    assert apt_run(out, tiny_bert_dir, tiny_data_dir, "--no-distill", fault="18:KILL").returncode != 0
+    apt = json.loads((unfinished(out) / "checkpoint" / "state.json").read_text())["callbacks"][0]
+    structure = Structure.from_dict(apt["structure"])
+    assert sum(map(len, structure.heads)) + sum(map(len, structure.neurons)) < 2 * 4 + 2 * 64
+    assert max(apt["ranks"].values()) > 8
+    assert aptune("train", "--resume", out, "--quiet").returncode == 0
+    assert evaluations(out) == evaluations(reference)
+    expected, got = weights(reference), weights(out)
+    assert expected.keys() == got.keys() and all((expected[k] == got[k]).all() for k in expected)
+
+
+COFI_STAGES = ("--cofi-pruning-epochs", "4", "--cofi-ft-epochs", "1", "--cofi-prepruning-steps", "3",
+               "--lagrangian-warmup-epochs", "1", "--reg-lr", "0.2", "--eval-every", "4",
+               "--cofi-teacher-epochs", "1", "--checkpoint-every", "2")
+
+
+def test_cofi_killed_mid_lagrangian_and_in_fine_tuning_resumes_exactly(tmp_path, tiny_bert_dir,
+                                                                       tiny_data_dir):
+    """CoFi-LoRA with its FT teacher trained inline: killed in the pruning stage with sampled gates
+    and a moving λ (30 of 52), then in the fine-tuning stage on the compacted student with fresh
+    LoRA (58 of 65). The resumed run reuses the finished teacher and ends as the uninterrupted one."""
+    def cofi(out: Path, fault: str | None = None):
+        return aptune("train", "--task", "sst2", "--method", "cofi-lora", "--model", tiny_bert_dir,
+                      "--data-dir", tiny_data_dir, "--output-dir", out, "--batch-size", "16", "--quiet",
+                      *COFI_STAGES, fault=fault)
+
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert cofi(reference).returncode == 0
+    assert cofi(out, fault="30:KILL").returncode != 0
+    state = json.loads((unfinished(out) / "checkpoint" / "state.json").read_text())["callbacks"][0]
+    assert not state["compacted"] and state["history"]  # the Lagrangian was at work
+    resumed = aptune("train", "--resume", out, "--quiet", fault="58:KILL")
+    assert resumed.returncode != 0 and "reusing its finished ft run" in resumed.stdout, resumed.stderr
+    state = json.loads((unfinished(out) / "checkpoint" / "state.json").read_text())["callbacks"][0]
+    assert state["compacted"]
+    assert aptune("train", "--resume", out, "--quiet").returncode == 0
+    assert evaluations(out) == evaluations(reference)
+    expected, got = weights(reference), weights(out)
+    assert expected.keys() == got.keys() and all((expected[k] == got[k]).all() for k in expected)
+    before, after = (json.loads((run / "metrics.json").read_text())["method_settings"]
+                     for run in (reference, out))
+    assert after["sparsity_history"] == before["sparsity_history"]
+    assert after["compaction"] == before["compaction"]
+
+
+def test_lora_prune_killed_after_mask_tuning_resumes_exactly(tmp_path, tiny_bert_dir, tiny_data_dir):
+    """LoRA+Prune with its LoRA run inline: killed in the retraining (10 of 26); the resumed run
+    reuses the base run and Mask Tuning's saved result instead of redoing them."""
+    def lora_prune(out: Path, fault: str | None = None):
+        return aptune("train", "--task", "sst2", "--method", "lora-prune", "--model", tiny_bert_dir,
+                      "--data-dir", tiny_data_dir, "--output-dir", out, "--epochs", "2", "--base-epochs",
+                      "1", "--eval-every", "5", "--batch-size", "16", "--lr", "2e-3", "--checkpoint-every",
+                      "2", "--quiet", fault=fault)
+
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert lora_prune(reference).returncode == 0
+    assert lora_prune(out, fault="10:KILL").returncode != 0
+    assert (unfinished(out) / "stages" / "mask-tuning" / "summary.json").is_file()
+    resumed = aptune("train", "--resume", out, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "reusing its finished lora run" in resumed.stdout
+    assert "mask tuning: reusing the result" in resumed.stdout
+    assert evaluations(out) == evaluations(reference)
+    expected, got = weights(reference), weights(out)
+    assert expected.keys() == got.keys() and all((expected[k] == got[k]).all() for k in expected)
+    before, after = (json.loads((run / "metrics.json").read_text()) for run in (reference, out))
+    tuned = [m["method_settings"]["mask_tuning"] for m in (before, after)]
+    assert tuned[0]["kept_heads"] == tuned[1]["kept_heads"] and tuned[0]["budget"] == tuned[1]["budget"]
+    assert not (out / "stages").exists() and not (out / "checkpoint").exists()
+
+
+def test_every_method_resumes_on_one_process():
     from aptune.methods import METHODS
-    from aptune.pipeline import run_training
 
-    # only the methods whose whole state is the loop's write checkpoints (LoRA+Prune inherits
-    # LoRA's loop but not its resumability: Mask Tuning and the base run are outside it)
-    assert {n for n, m in METHODS.items() if m.resumable} == {"ft", "lora"}
-    cfg = TrainConfig(task="sst2", method=method, model=str(tiny_bert_dir), data_dir=str(tiny_data_dir),
-                      output_dir=str(tmp_path / method))
-    with pytest.raises(AptuneError, match=f"--resume is not supported for --method {method} yet"):
-        run_training(cfg, show_progress=False, resume=True)
-
-
-def test_checkpoint_every_says_when_it_is_ignored(tmp_path, tiny_bert_dir, tiny_data_dir):
-    from tests.helpers import invoke
-
-    stdout = invoke("train", "--task", "sst2", "--method", "apt", "--model", tiny_bert_dir, "--data-dir",
-                    tiny_data_dir, "--output-dir", tmp_path / "apt", "--epochs", "7", "--batch-size", "16",
-                    "--eval-every", "30", "--checkpoint-every", "10", "--quiet").stdout
-    assert "note: --checkpoint-every is ignored: apt runs do not write checkpoints yet" in stdout
+    assert all(m.resumable for m in METHODS.values())
 
 
 def test_writing_a_checkpoint_is_left_out_of_the_peak_memory():

@@ -44,18 +44,22 @@ class APTCallback(Callback):
         self.distillation = SelfDistillation(cfg, generator)
         self.schedule: PruningSchedule | None = None
         self.consistency: list[dict] = []
+        self.resumed_selection_open: bool | None = None  # set when a checkpoint was restored
 
     # -- events --------------------------------------------------------------------------------
     def on_train_begin(self, trainer) -> None:
         cfg, control = self.cfg, trainer.control
         self.schedule = build_schedule(settings_for(cfg, trainer.total_steps, trainer.steps_per_epoch))
-        self.schedule.set_tuning_budget(self.ranks.delta(self.pruner.masks), cfg.tuning_budget_ratio)
+        resumed = self.resumed_selection_open is not None
+        if not resumed:
+            self.ranks.history.append({"step": 0, "ranks": self.ranks.table(),
+                                       "delta": self.ranks.delta(self.pruner.masks)})
+        self.schedule.set_tuning_budget(self.ranks.history[0]["delta"], cfg.tuning_budget_ratio)
         control.lr_schedule = SegmentedSchedule(trainer.cfg.lr, trainer.total_steps, trainer.cfg.warmup_ratio,
                                                 self.schedule.distill_start, self.schedule.distill_end,
                                                 cfg.post_distill_lr_factor)
-        control.selection_open = False  # checkpoints count once structure and ranks are final
-        self.ranks.history.append({"step": 0, "ranks": self.ranks.table(),
-                                   "delta": self.ranks.delta(self.pruner.masks)})
+        # Checkpoints count once structure and ranks are final (the last pruning point).
+        control.selection_open = bool(self.resumed_selection_open)
         trainer.say(self.schedule.describe())
 
     def on_step_begin(self, trainer, batch) -> None:
@@ -181,6 +185,18 @@ class APTCallback(Callback):
         trainer.reset_best_to_current()
         trainer.say(f"step {trainer.step}: distillation ends; fine-tuning the pruned model at "
                     f"{self.cfg.post_distill_lr_factor:g}x LR")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_state(self, trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        from .checkpoint import apt_state
+
+        return apt_state(self, trainer)
+
+    def restore_checkpoint_state(self, trainer, tensors: dict[str, torch.Tensor],
+                                 state: dict[str, Any]) -> None:
+        from .checkpoint import restore_apt
+
+        restore_apt(self, trainer, tensors, state)
 
     # -- the end of the run --------------------------------------------------------------------
     def finalize(self, model: nn.Module) -> nn.Module:

@@ -150,7 +150,7 @@ def run_jobs(jobs: list[Job], configs: dict[str, dict], run_dir: Path, rerun: se
 
 
 def _continue_or_restart(config: Path, out: Path) -> list[str]:
-    """A job stopped mid-run (FT and LoRA keep a checkpoint, train/checkpoint.py) continues from
+    """A job stopped mid-run (every method keeps a checkpoint, train/checkpoint.py) continues from
     its checkpoint when it was started with this same recipe, and starts over otherwise."""
     from ..train.checkpoint import FOLDER, STATE
     from ..train.run_dir import unfinished_folder

@@ -56,9 +56,19 @@ class CoFiCallback(Callback):
         self.compaction: dict[str, Any] = {}
         self.stages: dict[str, int] = {}
         self._best_pruned: tuple[float, dict] | None = None
+        self._built = False  # by on_train_begin, or earlier by a checkpoint's restore
 
     # -- set-up ----------------------------------------------------------------------------------
     def on_train_begin(self, trainer) -> None:
+        if not self._built:
+            self._build(trainer)
+        trainer.say(f"CoFi: pre-pruning until step {self.prepruning}, pruning stage until "
+                    f"{self.pruning_end} (target sparsity {self.cfg.sparsity:g}, Lagrangian warm-up "
+                    f"{self.control.warmup_steps} steps), then {trainer.total_steps - self.pruning_end} "
+                    "fine-tuning steps")
+
+    def _build(self, trainer) -> None:
+        """The gates, the Lagrangian, the distillation loss and the stages, on the dense student."""
         cfg, model = self.cfg, trainer.unwrapped_model
         device = next(model.parameters()).device
         E = trainer.steps_per_epoch
@@ -85,9 +95,7 @@ class CoFiCallback(Callback):
                                                    cfg.cofi_ft_lr)
         trainer.control.selection_open = False  # the final model is the fine-tuning stage's best
         trainer.rebuild_optimizer({}, extra_params=self._tr_params())
-        trainer.say(f"CoFi: pre-pruning until step {self.prepruning}, pruning stage until "
-                    f"{self.pruning_end} (target sparsity {cfg.sparsity:g}, Lagrangian warm-up "
-                    f"{warmup} steps), then {trainer.total_steps - self.pruning_end} fine-tuning steps")
+        self._built = True
 
     def _tr_params(self) -> list[nn.Parameter]:
         return [p for p in self.distill.transform.parameters() if p.requires_grad]
@@ -169,13 +177,44 @@ class CoFiCallback(Callback):
         if step < self.pruning_end and qualifies and better:
             self._best_pruned = (value, self._snapshot(trainer))
 
+    def _to_fine_tuning(self, trainer):
+        """Compact the student with the deterministic gates and make it trainable for the
+        fine-tuning stage (also how a resumed run rebuilds that student's shapes)."""
+        model = trainer.unwrapped_model
+        self.hooks.remove()
+        # "exact" folds z_hid into the LayerNorms, so the compacted model equals the gated one that
+        # selection evaluated; CoFi's own fold ("cofi", --cofi-hidden-fold) is exact only for z = 1.
+        result = compact_with_gates(model, self.spec, self.gates.deterministic(),
+                                    hidden_fold=self.cfg.cofi_hidden_fold)
+        if self.lora:  # fresh LoRA for the fine-tuning stage
+            heads = self.spec.head_modules if self.cfg.cofi_lora_head == "trainable" else ()
+            inject_lora(model, self.cfg.r, self.cfg.lora_alpha,
+                        self.cfg.target_modules or list(self.spec.lora_target_modules), heads)
+        else:
+            train_all_but_embeddings(model, self.spec)
+        self.teacher = None  # not needed after the pruning stage: free its memory
+        trainer.rebuild_optimizer({}, extra_params=[])
+        trainer.control.selection_open = True
+        return result
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def checkpoint_state(self, trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        from .checkpoint import cofi_state
+
+        return cofi_state(self, trainer)
+
+    def restore_checkpoint_state(self, trainer, tensors: dict[str, torch.Tensor],
+                                 state: dict[str, Any]) -> None:
+        from .checkpoint import restore_cofi
+
+        restore_cofi(self, trainer, tensors, state)
+
     def _snapshot(self, trainer) -> dict:
         return {"model": trainer.snapshot_trainable(),
                 "gates": {k: v.detach().clone() for k, v in self.gates.state_dict().items()}}
 
     # -- compaction, then the fine-tuning stage --------------------------------------------------
     def _compact(self, trainer) -> None:
-        model = trainer.unwrapped_model
         with torch.no_grad():  # where the Lagrangian left ŝ, before a snapshot is restored
             stage_end = float(expected_sparsity(self.gates, self.shape))
         if self._best_pruned is not None:
@@ -186,12 +225,9 @@ class CoFiCallback(Callback):
         else:
             source = "the last pruning-stage state: no evaluation reached the target sparsity"
         gates = self.gates.deterministic()
-        self.hooks.remove()
         with torch.no_grad():
             s_hat = float(expected_sparsity(self.gates, self.shape))
-        # "exact" folds z_hid into the LayerNorms, so the compacted model equals the gated one that
-        # selection evaluated; CoFi's own fold ("cofi", --cofi-hidden-fold) is exact only for z = 1.
-        result = compact_with_gates(model, self.spec, gates, hidden_fold=self.cfg.cofi_hidden_fold)
+        result = self._to_fine_tuning(trainer)
         summary = result.structure.summary()
         self.compaction = {"source": source, "expected_sparsity": s_hat,
                            "expected_sparsity_at_pruning_end": stage_end,
@@ -199,15 +235,6 @@ class CoFiCallback(Callback):
                            "empty_unit_sublayers": result.empty_unit_sublayers,
                            "kept_heads": summary["heads"], "kept_neurons": summary["neurons"],
                            "kept_hidden": summary["hidden"]}
-        if self.lora:  # fresh LoRA for the fine-tuning stage
-            heads = self.spec.head_modules if self.cfg.cofi_lora_head == "trainable" else ()
-            inject_lora(model, self.cfg.r, self.cfg.lora_alpha,
-                        self.cfg.target_modules or list(self.spec.lora_target_modules), heads)
-        else:
-            train_all_but_embeddings(model, self.spec)
-        self.teacher = None  # not needed after the pruning stage: free its memory
-        trainer.rebuild_optimizer({}, extra_params=[])
-        trainer.control.selection_open = True
         trainer.say(f"CoFi: pruning stage ended at expected sparsity {stage_end:.4f} (target "
                     f"{self.cfg.sparsity:g})")
         trainer.say(f"CoFi: compacted {source}; expected sparsity {s_hat:.4f}; fine-tuning the "

@@ -18,6 +18,7 @@ class APT(Method):
     description = "adaptive pruning and tuning with self-distillation"
     config_section = APTConfig
     prunes = True
+    resumable = True  # its callback checkpoints masks, ranks, salience and the teacher
     has_unused_parameters = True
 
     def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:

@@ -76,8 +76,9 @@ class Method:
     default_lr: ClassVar[float] = 2e-4
     default_weight_decay: ClassVar[float] = 0.1
     config_section: ClassVar[type | None] = None  # the dataclass of its own options
-    # Whether its runs write checkpoints and continue with --resume (the loop's state suffices:
-    # no callback state, no prerequisite stage).
+    # Whether its runs write checkpoints and continue with --resume: everything that decides the
+    # rest of a run is in the loop's state, its callbacks' checkpoint_state, or a pre-loop stage
+    # it keeps in RunContext.stages.
     resumable: ClassVar[bool] = False
     prerequisite: ClassVar[Prerequisite | None] = None
     prunes: ClassVar[bool] = False  # ends in a smaller model (and takes --sparsity)

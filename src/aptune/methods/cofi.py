@@ -27,6 +27,7 @@ class CoFi(Method):
                                 {"epochs": "cofi_teacher_epochs", "lr": "cofi_teacher_lr"},
                                 "the FT teacher")
     prunes = True
+    resumable = True  # its callback checkpoints the gates, λ, W_tr and the stage; the teacher is reloaded
     has_unused_parameters = True
     lora = False  # CoFi-LoRA trains only LoRA, the gates and the head
 

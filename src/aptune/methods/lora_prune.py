@@ -27,7 +27,10 @@ class LoRAPrune(LoRA):
                                 "the LoRA run to prune")
     prunes = True
     loop_optional = True  # --epochs 0: prune without retraining
-    resumable = False  # its Mask Tuning stage and base run are not in the loop's checkpoint yet
+    # The retraining loop is LoRA's; Mask Tuning's result is kept beside the checkpoint (stages/)
+    # and an inline base run in the unfinished folder, so a resumed run reuses both.
+    resumable = True
+    STAGE = "mask-tuning"
 
     def __init__(self) -> None:
         self.base: dict[str, Any] = {}
@@ -42,6 +45,8 @@ class LoRAPrune(LoRA):
 
         del model  # the pretrained weights are not used: the LoRA run is the starting point
         cfg, base, self.base = ctx.cfg, needed.model, needed.summary
+        if ctx.resuming and ctx.stages is not None and (ctx.stages / self.STAGE / "summary.json").is_file():
+            return self._finished_stage(ctx, needed)
         batches = ctx.calibration_batches(cfg.mt_num_samples, cfg.mt_batch_size,
                                           cfg.mt_sample_with_replacement)
         base_eval = ctx.evaluate(base)
@@ -65,9 +70,41 @@ class LoRAPrune(LoRA):
                             "kept_neurons_per_layer": summary["neurons"]}
         ctx.say(f"mask tuning: {seconds:.1f} s in all; dev {metric} {base_eval[metric]:.4f} (LoRA, "
                 f"merged) -> {pruned_eval[metric]:.4f} (pruned, before retraining)")
-        return base, Cost(seconds=needed.cost.seconds + seconds,
-                          peak_memory_bytes=max(needed.cost.peak_memory_bytes,
-                                                self.mask_tuning["peak_memory_bytes"]))
+        if ctx.stages is not None:
+            self._keep_stage(ctx.stages / self.STAGE, base, ctx.tokenizer)
+        return base, self._cost(needed)
+
+    def _cost(self, needed: PrerequisiteRun) -> Cost:
+        peak = max(needed.cost.peak_memory_bytes, self.mask_tuning["peak_memory_bytes"])
+        return Cost(seconds=needed.cost.seconds + self.mask_tuning["seconds_with_materialize"],
+                    peak_memory_bytes=peak)
+
+    def _keep_stage(self, folder, model, tokenizer) -> None:
+        """The pruned, rescaled model and Mask Tuning's record, for a resumed run (written to a
+        temporary folder, then renamed)."""
+        import json
+        import os
+        import shutil
+
+        from ..export.pruned import save_pruned
+
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_pruned(model, tmp / "model", tokenizer)
+        (tmp / "summary.json").write_text(json.dumps(self.mask_tuning, default=float) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+
+    def _finished_stage(self, ctx, needed: PrerequisiteRun) -> tuple[nn.Module, Cost]:
+        import json
+
+        from ..export.pruned import load_pruned
+
+        folder = ctx.stages / self.STAGE
+        self.mask_tuning = json.loads((folder / "summary.json").read_text())
+        ctx.say(f"mask tuning: reusing the result this run saved in {folder} (its "
+                f"{self.mask_tuning['seconds_with_materialize']:.1f} s still count)")
+        return load_pruned(folder / "model", ctx.accelerator.device), self._cost(needed)
 
     # retraining: plain LoRA on the compacted model (inherited prepare/finalize)
     def describe(self, model: nn.Module, cfg) -> dict:

@@ -35,12 +35,15 @@ def _inner(optimizer):
 def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, JSON-able state) that decide the rest of the run."""
     tensors = {f"model.{k}": v.detach() for k, v in trainer.unwrapped_model.state_dict().items()}
-    optimizer = _inner(trainer.optimizer).state_dict()
-    for index, state in optimizer["state"].items():
-        for key, value in state.items():
-            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach()
+    moments, optimizer_groups = optimizer_state(trainer.optimizer)
+    tensors.update({f"optimizer.{k}": v for k, v in moments.items()})
     if trainer._best_state is not None:
         tensors.update({f"best.{k}": v for k, v in trainer._best_state.items()})
+    callbacks = []
+    for index, callback in enumerate(trainer.callbacks):  # a method's state outside the loop
+        part, state = callback.checkpoint_state(trainer)
+        tensors.update({f"callback.{index}.{k}": v for k, v in part.items()})
+        callbacks.append(state)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -53,12 +56,30 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "wall_seconds": trainer.wall_seconds(), "peak_train_memory_bytes": trainer.peak_so_far(),
         "history": trainer.history, "best_metric": trainer.best_metric, "best_step": trainer.best_step,
         "best_eval": trainer.best_eval, "has_best_state": trainer._best_state is not None,
-        "loss_window": trainer.loss_window,
-        "optimizer_groups": optimizer["param_groups"],
+        "loss_window": trainer.loss_window, "callbacks": callbacks,
+        "optimizer_groups": optimizer_groups,
         "rng_python": _jsonable(random.getstate()),
         "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
     }
     return tensors, meta
+
+
+def optimizer_state(optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """An optimizer's state as tensors ("<param index>.<name>") and its JSON-able param groups."""
+    state = _inner(optimizer).state_dict()
+    tensors = {f"{index}.{key}": torch.as_tensor(value).detach()
+               for index, values in state["state"].items() for key, value in values.items()}
+    return tensors, state["param_groups"]
+
+
+def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> None:
+    """The inverse of optimizer_state, into an optimizer over the same parameters (ValueError or
+    KeyError when they differ)."""
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        states.setdefault(int(index), {})[name] = value
+    _inner(optimizer).load_state_dict({"state": states, "param_groups": groups})
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -135,19 +156,23 @@ def restore_trainer(trainer, tensors: dict[str, torch.Tensor], meta: dict[str, A
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
+    saved_callbacks = meta.get("callbacks", [])
+    if len(saved_callbacks) != len(trainer.callbacks):
+        raise AptuneError("the checkpoint was written by another method's loop",
+                          "start the run again without --resume (pass --overwrite)")
+    for index, (callback, state) in enumerate(zip(trainer.callbacks, saved_callbacks)):
+        # First: a method that reshaped the model (APT's compaction, rank growth) rebuilds the
+        # shapes, so that the model's tensors and the optimizer's moments fit them.
+        callback.restore_checkpoint_state(trainer, part(f"callback.{index}."), state)
     model_state = part("model.")
     missing, unexpected = trainer.unwrapped_model.load_state_dict(model_state, strict=False)
     if missing or unexpected:
         raise AptuneError(f"the checkpoint does not match the model (missing {missing[:3]}, unexpected "
                           f"{unexpected[:3]})", "start the run again without --resume (pass --overwrite)")
-    states: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in part("optimizer.").items():
-        index, name = key.split(".", 1)
-        states.setdefault(int(index), {})[name] = value
     best = part("best.") if meta["has_best_state"] else None
     params = dict(trainer.unwrapped_model.named_parameters())
     try:
-        _inner(trainer.optimizer).load_state_dict({"state": states, "param_groups": meta["optimizer_groups"]})
+        load_optimizer_state(trainer.optimizer, part("optimizer."), meta["optimizer_groups"])
         if best is not None and any(params[k].shape != v.shape for k, v in best.items()):
             raise ValueError("best weights of another shape")
     except (ValueError, KeyError) as exc:

@@ -4,6 +4,7 @@ space), so that a method's `start` never reaches into the pipeline."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -22,6 +23,10 @@ class RunContext:
     dev_ds: Any
     accelerator: Any
     say: Callable[[str], None]
+    # Where a method keeps the result of work done before its loop (LoRA+Prune's Mask Tuning),
+    # so that a resumed run reuses it; None when the run writes no checkpoints.
+    stages: Path | None = None
+    resuming: bool = False
 
     @property
     def dev_mean_tokens(self) -> float:

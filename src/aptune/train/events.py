@@ -56,3 +56,14 @@ class Callback:
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
 
     def on_train_end(self, trainer: Trainer) -> None: ...
+
+    # -- checkpoints (train/checkpoint.py) -------------------------------------------------------
+    def checkpoint_state(self, trainer: Trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, JSON-able state) that this callback needs to continue the run exactly; called
+        between steps. A callback whose state is only the trainer's returns nothing."""
+        return {}, {}
+
+    def restore_checkpoint_state(self, trainer: Trainer, tensors: dict[str, torch.Tensor],
+                                 state: dict[str, Any]) -> None:
+        """Put back what checkpoint_state returned, before the trainer loads the model's tensors
+        and the optimizer (so reshape the model here if the run had reshaped it)."""

@@ -83,7 +83,7 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
         # A finished run needs no checkpoint; removed only now, so a kill before the rename can
         # still resume.
-        for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"):
+        for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old", "stages"):
             shutil.rmtree(self.final / name, ignore_errors=True)
         return self.final
 
