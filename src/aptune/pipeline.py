@@ -38,7 +38,7 @@ from .structure import recorded_structure
 from .tasks import Task, get_task, resolve_data_dir, task_options
 from .train.context import RunContext
 from .train.data import EncodedDataset, encode, make_loader
-from .train.checkpoint import read_checkpoint, restore_trainer, write_checkpoint
+from .train.checkpoint import read_checkpoint, read_checkpoint_state, restore_trainer, write_checkpoint
 from .train.loop import LoopConfig, RunInterrupted, Trainer, TrainResult, predict_labels
 from .train.run_dir import RunDir
 
@@ -116,6 +116,7 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
                          stages=scratch / "stages" if run_dir is not None and checkpoints else None,
                          resuming=resume)
     model, cost = method.start(model, spec, context, needed)
+    started_from = needed.summary if needed is not None else None
     del needed  # the method keeps what it needs (CoFi's teacher); the rest can be freed
     set_seed(cfg.seed, deterministic=True)  # the same stream whatever ran before
     model = method.prepare(model, spec, cfg)
@@ -131,7 +132,7 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     # One process only for now: every rank would have to stop at the same step (docs/protocol.md#checkpoints).
     checkpointed = checkpoints and method.resumable and run_dir is not None and accelerator.num_processes == 1
     if checkpointed:
-        _wire_checkpoints(trainer, cfg, run_dir, resume, say)
+        _wire_checkpoints(trainer, cfg, run_dir, resume, say, started_from)
     elif cfg.checkpoint_every is not None and checkpoints:
         why = (f"{method.name} runs do not write checkpoints yet" if not method.resumable
                else "runs on several processes do not write checkpoints yet")
@@ -155,14 +156,21 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     return metrics
 
 
-def _wire_checkpoints(trainer: Trainer, cfg: TrainConfig, run_dir: RunDir, resume: bool, say) -> None:
+def _wire_checkpoints(trainer: Trainer, cfg: TrainConfig, run_dir: RunDir, resume: bool, say,
+                      started_from: dict[str, Any] | None) -> None:
     """Checkpoints every cfg.checkpoint_every steps (default: at each evaluation); with `resume`,
-    the trainer continues from the last one."""
+    the trainer continues from the last one. `started_from` summarises the prerequisite run (the
+    LoRA run pruned, the FT teacher): a resumed run must find it unchanged."""
+    prerequisite = json.loads(json.dumps(started_from, default=float)) if started_from else None
     trainer.checkpoint_every = cfg.checkpoint_every
-    trainer.save_checkpoint = lambda t: write_checkpoint(run_dir.tmp, t, cfg.to_dict())
+    trainer.save_checkpoint = lambda t: write_checkpoint(run_dir.tmp, t, cfg.to_dict(), prerequisite)
     if not resume:
         return
     tensors, meta = read_checkpoint(run_dir.tmp)
+    if meta.get("prerequisite") != prerequisite:
+        raise AptuneError(f"the run this one started from ({(prerequisite or {}).get('run')}) changed after "
+                          "the checkpoint was written (its selected step, dev scores or timing differ)",
+                          "start the run again with --overwrite, so that it uses that run throughout")
     restore_trainer(trainer, tensors, meta)
     # The log is the checkpoint's history: evaluations after the checkpoint are run again.
     log, tmp = run_dir.path("log.jsonl"), run_dir.path("log.jsonl.tmp")
@@ -202,8 +210,7 @@ def resume_config(output_dir: str, given: dict[str, Any]) -> TrainConfig:
     given again must agree with it: a resumed run is the same run."""
     from .train.run_dir import unfinished_folder
 
-    _, meta = read_checkpoint(unfinished_folder(output_dir))
-    saved = meta["config"]
+    saved = read_checkpoint_state(unfinished_folder(output_dir))["config"]
     differ = sorted(k for k, v in given.items() if v is not None and k in saved and saved[k] != v
                     and k not in ("output_dir", "overwrite"))
     if differ:

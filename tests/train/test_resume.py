@@ -124,18 +124,19 @@ def apt_run(out: Path, model: Path, data: Path, *extra, fault: str | None = None
 
 
 def test_apt_killed_in_every_phase_resumes_exactly(tmp_path, tiny_bert_dir, tiny_data_dir):
-    """One APT run, killed (SIGKILL) and resumed five times: before pruning (4), inside a
-    mask-decay window with soft masks and a live salience EMA (15), right after a rank growth at
-    a pruning point (18), during distillation on a compacted student with a teacher and Tr (34),
-    and in the final fine-tuning (60). It ends where the uninterrupted run ends: the same
-    evaluations, masks and ranks at every pruning point, and bit-identical weights."""
+    """One APT run, killed (SIGKILL) and resumed six times: before any unit is pruned, resuming
+    at a window start where the teacher is refreshed (14), inside a mask-decay window with soft
+    masks and a live salience EMA (15), right after a rank growth at a pruning point (18),
+    resuming at the step where distillation starts (19), during distillation with a teacher and
+    Tr (34), and in the final fine-tuning (60). It ends where the uninterrupted run ends: the
+    same evaluations, masks and ranks at every pruning point, and bit-identical weights."""
     from safetensors.torch import load_file as load_tensors
 
     reference = tmp_path / "reference"
     assert apt_run(reference, tiny_bert_dir, tiny_data_dir).returncode == 0
     out = tmp_path / "run"
-    assert apt_run(out, tiny_bert_dir, tiny_data_dir, fault="4:KILL").returncode != 0
-    for step in (15, 18, 34, 60):
+    assert apt_run(out, tiny_bert_dir, tiny_data_dir, fault="14:KILL").returncode != 0
+    for step in (15, 18, 19, 34, 60):
         resumed = aptune("train", "--resume", out, "--quiet", fault=f"{step}:KILL")
         assert resumed.returncode != 0 and "resumed from the checkpoint" in resumed.stdout, resumed.stderr
         folder = unfinished(out) / "checkpoint"
@@ -150,6 +151,16 @@ def test_apt_killed_in_every_phase_resumes_exactly(tmp_path, tiny_bert_dir, tiny
         if step == 34:
             assert apt["transform_rank"] is not None and apt["teacher_metric"] is not None
             assert any(k.startswith("callback.0.teacher.") for k in tensors)
+    # a checkpoint whose structure does not fit the model is one clear error, and harms nothing
+    state_file = unfinished(out) / "checkpoint" / "state.json"
+    good = state_file.read_text()
+    bad = json.loads(good)
+    bad["callbacks"][0]["structure"]["heads"][0] = [0, 1, 9]
+    state_file.write_text(json.dumps(bad))
+    refused = aptune("train", "--resume", out, "--quiet")
+    assert refused.returncode == 2 and "pruned structure does not fit this model" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    state_file.write_text(good)
     final = aptune("train", "--resume", out, "--quiet")
     assert final.returncode == 0, final.stderr
     assert "resumed from the checkpoint at step 60" in final.stdout
@@ -183,14 +194,16 @@ def test_apt_without_distillation_resumes_after_a_compaction(tmp_path, tiny_bert
 
 COFI_STAGES = ("--cofi-pruning-epochs", "4", "--cofi-ft-epochs", "1", "--cofi-prepruning-steps", "3",
                "--lagrangian-warmup-epochs", "1", "--reg-lr", "0.2", "--eval-every", "4",
-               "--cofi-teacher-epochs", "1", "--checkpoint-every", "2")
+               "--cofi-teacher-epochs", "1", "--checkpoint-every", "1")
 
 
-def test_cofi_killed_mid_lagrangian_and_in_fine_tuning_resumes_exactly(tmp_path, tiny_bert_dir,
-                                                                       tiny_data_dir):
-    """CoFi-LoRA with its FT teacher trained inline: killed in the pruning stage with sampled gates
-    and a moving λ (30 of 52), then in the fine-tuning stage on the compacted student with fresh
-    LoRA (58 of 65). The resumed run reuses the finished teacher and ends as the uninterrupted one."""
+def test_cofi_killed_at_every_stage_boundary_resumes_exactly(tmp_path, tiny_bert_dir,
+                                                            tiny_data_dir):
+    """CoFi-LoRA with its FT teacher trained inline: killed at the end of pre-pruning (3: the
+    resumed run starts the pruning stage), in the pruning stage with sampled gates and a moving λ
+    (30), and right after compaction at the end of that stage (52 of 65: the resumed run rebuilds
+    the compacted student with fresh LoRA). It reuses the finished teacher and ends as the
+    uninterrupted run."""
     def cofi(out: Path, fault: str | None = None):
         return aptune("train", "--task", "sst2", "--method", "cofi-lora", "--model", tiny_bert_dir,
                       "--data-dir", tiny_data_dir, "--output-dir", out, "--batch-size", "16", "--quiet",
@@ -198,13 +211,13 @@ def test_cofi_killed_mid_lagrangian_and_in_fine_tuning_resumes_exactly(tmp_path,
 
     reference, out = tmp_path / "reference", tmp_path / "run"
     assert cofi(reference).returncode == 0
-    assert cofi(out, fault="30:KILL").returncode != 0
-    state = json.loads((unfinished(out) / "checkpoint" / "state.json").read_text())["callbacks"][0]
-    assert not state["compacted"] and state["history"]  # the Lagrangian was at work
-    resumed = aptune("train", "--resume", out, "--quiet", fault="58:KILL")
-    assert resumed.returncode != 0 and "reusing its finished ft run" in resumed.stdout, resumed.stderr
-    state = json.loads((unfinished(out) / "checkpoint" / "state.json").read_text())["callbacks"][0]
-    assert state["compacted"]
+    assert cofi(out, fault="3:KILL").returncode != 0
+    for step in (30, 52):
+        resumed = aptune("train", "--resume", out, "--quiet", fault=f"{step}:KILL")
+        assert resumed.returncode != 0 and "reusing its finished ft run" in resumed.stdout, resumed.stderr
+        state = json.loads((unfinished(out) / "checkpoint" / "state.json").read_text())
+        assert state["step"] == step and state["callbacks"][0]["compacted"] == (step == 52)
+        assert step == 52 or state["callbacks"][0]["history"]  # the Lagrangian was at work
     assert aptune("train", "--resume", out, "--quiet").returncode == 0
     assert evaluations(out) == evaluations(reference)
     expected, got = weights(reference), weights(out)
@@ -228,6 +241,15 @@ def test_lora_prune_killed_after_mask_tuning_resumes_exactly(tmp_path, tiny_bert
     assert lora_prune(reference).returncode == 0
     assert lora_prune(out, fault="10:KILL").returncode != 0
     assert (unfinished(out) / "stages" / "mask-tuning" / "summary.json").is_file()
+    # the LoRA run it prunes must be the one it started from
+    base_metrics = unfinished(out) / "base-lora" / "metrics.json"
+    original = base_metrics.read_text()
+    changed = json.loads(original)
+    changed["eval"]["accuracy"] += 0.25
+    base_metrics.write_text(json.dumps(changed))
+    refused = aptune("train", "--resume", out, "--quiet")
+    assert refused.returncode == 2 and "changed after the checkpoint was written" in refused.stderr
+    base_metrics.write_text(original)
     resumed = aptune("train", "--resume", out, "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert "reusing its finished lora run" in resumed.stdout
@@ -239,6 +261,25 @@ def test_lora_prune_killed_after_mask_tuning_resumes_exactly(tmp_path, tiny_bert
     tuned = [m["method_settings"]["mask_tuning"] for m in (before, after)]
     assert tuned[0]["kept_heads"] == tuned[1]["kept_heads"] and tuned[0]["budget"] == tuned[1]["budget"]
     assert not (out / "stages").exists() and not (out / "checkpoint").exists()
+
+
+def test_two_runs_never_share_an_output_folder(tmp_path):
+    from aptune.errors import AptuneError
+    from aptune.train.run_dir import RunDir
+
+    first = RunDir(tmp_path / "run")
+    with pytest.raises(AptuneError, match="another aptune run is writing to"):
+        RunDir(tmp_path / "run")
+    assert (first.tmp).is_dir()  # the refused run touched nothing of the first one's
+    first.abandon()
+    second = RunDir(tmp_path / "run")  # released: free again
+    second.finish({"kind": "test"})
+    assert not (tmp_path / ".run.lock").exists()
+    # a killed run's lock dies with its process
+    other = str(tmp_path / "other")
+    code = f"from aptune.train.run_dir import RunDir; RunDir({other!r}); import os; os._exit(0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    RunDir(tmp_path / "other", overwrite=True).abandon()
 
 
 def test_every_method_resumes_on_one_process():
@@ -274,8 +315,21 @@ def test_a_bench_job_stopped_mid_run_continues_or_restarts(tmp_path):
     assert _continue_or_restart(config, out) == []  # nothing stopped: a plain run
     state = unfinished(out) / "checkpoint" / "state.json"
     state.parent.mkdir(parents=True)
-    state.write_text(json.dumps({"step": 10, "config": {"task": "sst2", "method": "ft", "lr": 2e-5,
-                                                         "epochs": 2.0, "seed": 128}}))
+    saved = {"task": "sst2", "method": "ft", "lr": 2e-5, "epochs": 2.0, "seed": 128}
+    state.write_text(json.dumps({"format": 1, "step": 10, "config": saved}))
     assert _continue_or_restart(config, out) == ["--resume", str(out)]
     config.write_text(yaml.safe_dump({"task": "sst2", "method": "ft", "lr": 1e-4, "epochs": 2}))
     assert _continue_or_restart(config, out) == ["--overwrite"]  # the suite changed: start over
+    # a LoRA+Prune job whose LoRA run was retrained after its checkpoint starts over
+    base = tmp_path / "lora"
+    base.mkdir()
+    (base / "metrics.json").write_text("{}")
+    job = tmp_path / "lora-prune"
+    state = unfinished(job) / "checkpoint" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"format": 1, "step": 10, "config": {"method": "lora-prune"},
+                                 "prerequisite": {"run": str(base)}}))
+    config.write_text(yaml.safe_dump({"method": "lora-prune"}))
+    assert _continue_or_restart(config, job) == ["--resume", str(job)]
+    os.utime(base / "metrics.json", (state.stat().st_mtime + 10,) * 2)
+    assert _continue_or_restart(config, job) == ["--overwrite"]

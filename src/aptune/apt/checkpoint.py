@@ -1,7 +1,7 @@
 """APT's part of a training checkpoint: everything outside the loop that decides the rest of the
 run (docs/protocol.md#checkpoints).
 
-    structure      which heads, neurons and hidden dims the student has physically lost so far
+    structure      which heads, neurons and hidden dims the student still has physically
     ranks          each adapter's rank, and Tr's, as grown so far
     masks          the current (possibly soft) mask values on those shapes
     salience       the EMA S̄ and the adapter importance Ī
@@ -114,11 +114,14 @@ def _rebuild_structure(cb: APTCallback, model, structure: Structure) -> None:
     if structure == cb.pruner.structure:
         return
     masks = cb.pruner.masks
-    if len(structure.heads) != len(masks.head) or max(structure.hidden, default=-1) >= masks.hidden.numel():
+    pairs = [*zip(masks.head, structure.heads), *zip(masks.neuron, structure.neurons),
+             (masks.hidden, structure.hidden)]
+    fits = (len(structure.heads) == len(masks.head) and len(structure.neurons) == len(masks.neuron)
+            and all(max(kept, default=-1) < mask.numel() for mask, kept in pairs))
+    if not fits:  # an index past the end would be a device-side assert on CUDA
         raise AptuneError("the checkpoint's pruned structure does not fit this model", MISMATCH_FIX)
     with torch.no_grad():
-        for mask, kept in [*zip(masks.head, structure.heads), *zip(masks.neuron, structure.neurons),
-                           (masks.hidden, structure.hidden)]:
+        for mask, kept in pairs:
             mask.zero_()
             mask[torch.as_tensor(kept, dtype=torch.long)] = 1.0
     cb.pruner.compact(model)
@@ -136,8 +139,10 @@ def _grow_ranks(cb: APTCallback, ranks: dict[str, int]) -> None:
                           f"({sorted(set(ranks) ^ set(sites))[:3]} differ)", MISMATCH_FIX)
     scratch = torch.Generator().manual_seed(0)
     for name, r in ranks.items():
-        if r != sites[name].module.r:
-            sites[name].module.grow_rank(r, "gaussian", scratch)
+        if r < sites[name].module.r:  # ranks only grow: another run's checkpoint
+            raise AptuneError(f"the checkpoint's rank of {name} ({r}) is below the model's "
+                              f"({sites[name].module.r})", MISMATCH_FIX)
+        sites[name].module.grow_rank(r, "gaussian", scratch)
 
 
 def _rebuild_transform(cb: APTCallback, model, rank: int, state: dict[str, torch.Tensor]) -> None:

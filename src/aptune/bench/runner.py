@@ -6,7 +6,6 @@ train/run_dir.py), so an interrupted bench reruns only what had not finished.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -151,19 +150,27 @@ def run_jobs(jobs: list[Job], configs: dict[str, dict], run_dir: Path, rerun: se
 
 def _continue_or_restart(config: Path, out: Path) -> list[str]:
     """A job stopped mid-run (every method keeps a checkpoint, train/checkpoint.py) continues from
-    its checkpoint when it was started with this same recipe, and starts over otherwise."""
-    from ..train.checkpoint import FOLDER, STATE
+    its checkpoint when it was started with this same recipe and its prerequisite run (the
+    suite's LoRA or FT run) has not been retrained since; otherwise it starts over."""
+    from ..errors import AptuneError
+    from ..train.checkpoint import read_checkpoint_state
     from ..train.run_dir import unfinished_folder
 
-    state = unfinished_folder(out) / FOLDER / STATE
-    if not state.is_file():
+    folder = unfinished_folder(out)
+    if not folder.is_dir():
         return []
     try:
-        saved = json.loads(state.read_text())["config"]
-    except (ValueError, KeyError):
-        return ["--overwrite"]
+        state = read_checkpoint_state(folder)
+        saved = state["config"]
+    except (AptuneError, KeyError):
+        return ["--overwrite"] if folder.joinpath("checkpoint").exists() else []
     wanted = yaml.safe_load(config.read_text()) or {}
     same = all(saved.get(k) == v for k, v in wanted.items() if v is not None and k not in ("output_dir",))
+    prerequisite = (state.get("prerequisite") or {}).get("run")
+    if prerequisite is not None:
+        metrics = Path(prerequisite) / "metrics.json"
+        written = max(p.stat().st_mtime for p in folder.glob("checkpoint*/state.json"))
+        same = same and metrics.is_file() and metrics.stat().st_mtime <= written
     return ["--resume", str(out)] if same else ["--overwrite"]
 
 

@@ -64,12 +64,15 @@ def restore_cofi(cb: CoFiCallback, trainer, tensors: dict[str, torch.Tensor], me
             cb.distill.load_state_dict(_part(tensors, "distill."))
             for name in ("descent", "ascent"):
                 load_optimizer_state(getattr(cb, name), _part(tensors, f"{name}."), meta[f"{name}_groups"])
+            # The gate sampler lives on the model's device: a checkpoint from another device type
+            # is refused here (its state has another size).
+            cb.generator.set_state(tensors["generator"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise AptuneError(f"the checkpoint's CoFi state does not match this run "
                           f"({str(exc).splitlines()[0][:160]})", MISMATCH_FIX) from None
-    if not meta["compacted"]:
-        cb.generator.set_state(tensors["generator"])
-        if meta["best_pruned"] is not None:
-            cb._best_pruned = (float(meta["best_pruned"]), {"model": _part(tensors, "best.model."),
-                                                            "gates": _part(tensors, "best.gates.")})
+    if not meta["compacted"] and meta["best_pruned"] is not None:
+        device = next(trainer.unwrapped_model.parameters()).device
+        best = {part: {k: v.to(device) for k, v in _part(tensors, f"best.{part}.").items()}
+                for part in ("model", "gates")}
+        cb._best_pruned = (float(meta["best_pruned"]), best)
     cb.history, cb.compaction = meta["history"], meta["compaction"]

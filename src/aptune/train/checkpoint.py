@@ -103,10 +103,12 @@ def _tupled(value):
     return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
 
 
-def write_checkpoint(run_folder: Path, trainer, config: dict[str, Any]) -> Path:
-    """Write the trainer's state under `run_folder/checkpoint`, atomically."""
+def write_checkpoint(run_folder: Path, trainer, config: dict[str, Any],
+                     prerequisite: dict[str, Any] | None = None) -> Path:
+    """Write the trainer's state under `run_folder/checkpoint`, atomically. `prerequisite` is the
+    summary of the finished run this one started from, which a resumed run must find unchanged."""
     tensors, meta = trainer_state(trainer)
-    meta["config"] = config
+    meta["config"], meta["prerequisite"] = config, prerequisite
     tmp, final, old = (run_folder / f"{FOLDER}.tmp", run_folder / FOLDER, run_folder / f"{FOLDER}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -119,36 +121,53 @@ def write_checkpoint(run_folder: Path, trainer, config: dict[str, Any]) -> Path:
     return final
 
 
-def read_checkpoint(run_folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _folder(run_folder: Path) -> Path:
+    """The checkpoint folder to read: `checkpoint/`, or `checkpoint.old/` when a kill fell
+    between write_checkpoint's two renames."""
     folder = run_folder / FOLDER
     if not (folder / STATE).is_file() and (run_folder / f"{FOLDER}.old" / STATE).is_file():
-        folder = run_folder / f"{FOLDER}.old"  # killed between the two renames
+        return run_folder / f"{FOLDER}.old"
+    return folder
+
+
+def read_checkpoint_state(run_folder: Path) -> dict[str, Any]:
+    """The JSON half of the checkpoint (config, step, history), without loading any tensor."""
+    folder = _folder(run_folder)
     try:
         meta = json.loads((folder / STATE).read_text())
-        tensors = load_file(str(folder / TENSORS))
     except FileNotFoundError:
         raise AptuneError(f"{run_folder} holds no checkpoint",
                           "start the run again without --resume") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged header or JSON surfaces as several types
-        raise AptuneError(f"the checkpoint in {folder} is damaged ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:160]})",
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AptuneError(f"the checkpoint in {folder} is damaged ({type(exc).__name__})",
                           "start the run again without --resume (pass --overwrite)") from None
     if meta.get("format") != FORMAT:
         raise AptuneError(f"the checkpoint in {folder} has format {meta.get('format')}, this aptune "
                           f"reads {FORMAT}", "resume it with the aptune version that wrote it")
+    return meta
+
+
+def read_checkpoint(run_folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    meta = read_checkpoint_state(run_folder)
+    folder = _folder(run_folder)
+    try:
+        tensors = load_file(str(folder / TENSORS))
+    except FileNotFoundError:
+        raise AptuneError(f"the checkpoint in {folder} lacks {TENSORS}",
+                          "start the run again without --resume (pass --overwrite)") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged header surfaces as several types
+        raise AptuneError(f"the checkpoint in {folder} is damaged ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160]})",
+                          "start the run again without --resume (pass --overwrite)") from None
     return tensors, meta
 
 
 def checkpoint_step(run_folder: Path) -> int | None:
     """The step of the checkpoint in `run_folder`, or None."""
-    for name in (FOLDER, f"{FOLDER}.old"):
-        state = run_folder / name / STATE
-        if state.is_file():
-            try:
-                return int(json.loads(state.read_text())["step"])
-            except (ValueError, KeyError):
-                return None
-    return None
+    try:
+        return int(json.loads((_folder(run_folder) / STATE).read_text())["step"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def restore_trainer(trainer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -156,28 +175,29 @@ def restore_trainer(trainer, tensors: dict[str, torch.Tensor], meta: dict[str, A
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
+    fix = "start the run again without --resume (pass --overwrite)"
     saved_callbacks = meta.get("callbacks", [])
     if len(saved_callbacks) != len(trainer.callbacks):
-        raise AptuneError("the checkpoint was written by another method's loop",
-                          "start the run again without --resume (pass --overwrite)")
-    for index, (callback, state) in enumerate(zip(trainer.callbacks, saved_callbacks)):
-        # First: a method that reshaped the model (APT's compaction, rank growth) rebuilds the
-        # shapes, so that the model's tensors and the optimizer's moments fit them.
-        callback.restore_checkpoint_state(trainer, part(f"callback.{index}."), state)
-    model_state = part("model.")
-    missing, unexpected = trainer.unwrapped_model.load_state_dict(model_state, strict=False)
-    if missing or unexpected:
-        raise AptuneError(f"the checkpoint does not match the model (missing {missing[:3]}, unexpected "
-                          f"{unexpected[:3]})", "start the run again without --resume (pass --overwrite)")
-    best = part("best.") if meta["has_best_state"] else None
-    params = dict(trainer.unwrapped_model.named_parameters())
+        raise AptuneError("the checkpoint was written by another method's loop", fix)
+    device = next(trainer.unwrapped_model.parameters()).device
     try:
+        for index, (callback, state) in enumerate(zip(trainer.callbacks, saved_callbacks)):
+            # First: a method that reshaped the model (APT's compaction, rank growth) rebuilds the
+            # shapes, so that the model's tensors and the optimizer's moments fit them.
+            callback.restore_checkpoint_state(trainer, part(f"callback.{index}."), state)
+        missing, unexpected = trainer.unwrapped_model.load_state_dict(part("model."), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        best = {k: v.to(device) for k, v in part("best.").items()} if meta["has_best_state"] else None
+        params = dict(trainer.unwrapped_model.named_parameters())
         load_optimizer_state(trainer.optimizer, part("optimizer."), meta["optimizer_groups"])
         if best is not None and any(params[k].shape != v.shape for k, v in best.items()):
             raise ValueError("best weights of another shape")
-    except (ValueError, KeyError) as exc:
-        raise AptuneError(f"the checkpoint does not match this run's model or optimizer ({exc})",
-                          "start the run again without --resume (pass --overwrite)") from None
+    except AptuneError:
+        raise
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise AptuneError(f"the checkpoint does not match this run's model, method state or optimizer "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", fix) from None
     trainer._best_state = best
     for name in ("step", "epoch", "batches_in_epoch", "samples_seen", "train_seconds", "history",
                  "best_metric", "best_step", "best_eval", "loss_window"):

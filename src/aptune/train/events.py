@@ -15,6 +15,10 @@ call these actions:
     trainer.say(text)                                   one line of output, main process only
 and read: trainer.step, total_steps, steps_per_epoch, cfg (the LoopConfig), task, accelerator,
 model, unwrapped_model. Nothing else on the Trainer is part of the contract.
+
+A callback whose state decides the rest of the run (masks, gates, a teacher) returns it from
+checkpoint_state and takes it back in restore_checkpoint_state, which runs before the trainer
+loads the model's tensors and the optimizer (train/checkpoint.py).
 """
 
 from __future__ import annotations

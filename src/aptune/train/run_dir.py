@@ -10,6 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,40 @@ def unfinished_folder(output_dir: str | os.PathLike) -> Path:
     return final.with_name(f".{final.name}.partial-run")
 
 
+class OutputLock:
+    """An exclusive lock on one --output-dir (`.<name>.lock` beside it), held from the start of a
+    run to its end, so that two runs never write the same unfinished folder. The kernel drops it
+    when the process dies, even by SIGKILL, so a killed run never leaves a stale lock."""
+
+    def __init__(self, final: Path) -> None:
+        self.path = final.with_name(f".{final.name}.lock")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise AptuneError(f"cannot write to {final.parent} ({exc.strerror})",
+                              "choose an --output-dir in a folder you can write to") from None
+        if fcntl is None:  # no flock (Windows): runs are not protected from each other
+            return
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise AptuneError(f"another aptune run is writing to {final} right now",
+                              "wait for it to finish, or choose another --output-dir") from None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
 class RunDir:
     def __init__(self, output_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> None:
         from .checkpoint import checkpoint_step
@@ -42,9 +81,15 @@ class RunDir:
                     f"output folder {self.final} exists and is not an aptune run",
                     "choose another --output-dir, or pass --overwrite to replace it",
                 )
-        parent = self.final.parent
         self.tmp = unfinished_folder(self.final)
-        step = checkpoint_step(self.tmp) if self.tmp.is_dir() else None
+        self._lock = OutputLock(self.final)  # before anything in the unfinished folder is read
+        try:
+            self._prepare(resume, overwrite, checkpoint_step(self.tmp) if self.tmp.is_dir() else None)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _prepare(self, resume: bool, overwrite: bool, step: int | None) -> None:
         if resume:
             if step is None:
                 raise AptuneError(f"{self.final} has no unfinished run with a checkpoint to resume",
@@ -55,11 +100,10 @@ class RunDir:
                               f"continue it with: aptune train --resume {self.final}   (or pass "
                               "--overwrite to start over)")
         try:
-            parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self.tmp, ignore_errors=True)  # a run that failed before its first checkpoint
             self.tmp.mkdir(mode=0o700)
         except OSError as exc:
-            raise AptuneError(f"cannot write to {parent} ({exc.strerror})",
+            raise AptuneError(f"cannot write to {self.final.parent} ({exc.strerror})",
                               "choose an --output-dir in a folder you can write to") from None
 
     def path(self, *parts: str) -> Path:
@@ -85,6 +129,7 @@ class RunDir:
         # still resume.
         for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old", "stages"):
             shutil.rmtree(self.final / name, ignore_errors=True)
+        self._lock.release()
         return self.final
 
     def has_checkpoint(self) -> bool:
@@ -96,3 +141,4 @@ class RunDir:
         """A failed run: remove its folder, unless a checkpoint there can resume it."""
         if not self.has_checkpoint():
             shutil.rmtree(self.tmp, ignore_errors=True)
+        self._lock.release()
