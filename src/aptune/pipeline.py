@@ -278,8 +278,10 @@ def prerequisite_run(cfg: TrainConfig, method: Method, task: Task, accelerator, 
             return _load_prerequisite(out, need, cfg, task, accelerator)
         cleared = {m.prerequisite.folder_field: None for m in METHODS.values() if m.prerequisite}
         inline = {field: getattr(cfg, source) for field, source in need.inline.items()}
+        # weight_decay None: the inline run takes its own method's default (FT's 0.1 for CoFi's
+        # teacher, not CoFi's 0.0).
         sub_cfg = dataclasses.replace(cfg, method=need.method, output_dir=str(out), overwrite=True,
-                                      **cleared, **inline)
+                                      weight_decay=None, **cleared, **inline)
         say(f"{cfg.method}: training its {need.method} run inline into {out} "
             f"({sub_cfg.epochs:g} epochs, lr {sub_cfg.lr:g})")
         run_training(sub_cfg, show_progress=show_progress, checkpoints=False)

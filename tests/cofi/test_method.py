@@ -130,6 +130,9 @@ def test_cofi_lora_changes_only_lora_and_head(tiny_roberta_dir, tiny_data_dir):
                       eval_every=100), Accelerator(cpu=True),
                       callbacks=[*method.callbacks(model, spec, cfg), probe], show_progress=False)
     trainer.train()
+    # the optimizer was rebuilt (at the start and when pruning starts); Accelerate keeps only the
+    # current one, so old moments are freed (not charged to the training memory)
+    assert trainer.accelerator._optimizers == [trainer.optimizer]
     after, with_state = probe.seen
     allowed = ("lora_", "classifier.")
     changed = {n for n in before if not torch.equal(before[n], after[n])}

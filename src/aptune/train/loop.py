@@ -129,10 +129,16 @@ class Trainer:
         old = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
         new = rebuild_optimizer(old, self.unwrapped_model, self.cfg.weight_decay, survivors,
                                 self._extra_params)
-        if self.accelerator.num_processes > 1:
+        acc = self.accelerator
+        if acc.num_processes > 1:
             # DDP holds the old parameters: wrap the changed model again (this also re-syncs it).
-            self.model = self.accelerator.prepare_model(self.unwrapped_model)
-        self.optimizer = self.accelerator.prepare_optimizer(new)
+            old_model, self.model = self.model, acc.prepare_model(self.unwrapped_model)
+            _forget(acc, "_models", old_model)
+        old_optimizer, self.optimizer = self.optimizer, acc.prepare_optimizer(new)
+        # Accelerate keeps every prepared object in a list it never prunes: without this, each old
+        # optimizer (and its moments) would stay alive for the rest of the run and be charged to
+        # the training memory (APT rebuilds at every shape change).
+        _forget(acc, "_optimizers", old_optimizer)
         self._trainable = self._trainable_params()
 
     def average_gradients(self, params) -> None:
@@ -372,6 +378,13 @@ def predict_labels(model: nn.Module, loader, accelerator=None) -> tuple[np.ndarr
         if pred.device.type == "cpu":
             release_freed_memory()  # dynamic shapes again: keep allocator slack out of the peak
     return np.concatenate(preds), np.concatenate(labels)
+
+
+def _forget(accelerator, registry: str, obj) -> None:
+    """Drop `obj` from one of Accelerate's internal registries (`_models`, `_optimizers`)."""
+    held = getattr(accelerator, registry, None)
+    if isinstance(held, list):
+        held[:] = [o for o in held if o is not obj]
 
 
 def _fault_injection() -> tuple[int, int] | None:
