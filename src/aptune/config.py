@@ -65,6 +65,9 @@ class TrainConfig(OwnDataOptions, *SECTIONS):  # type: ignore[misc]  # one base 
     checkpoint_every: int | None = option(None, "Write a checkpoint every N steps, so that `aptune train "
                                           "--resume DIR` continues a killed or interrupted run "
                                           "(default: at each evaluation; one process so far).")
+    tta_reference: str | None = option(None, "A finished FT run on the same task, data and model: the "
+                                       "run's summary adds its time to 97% of that run's best dev "
+                                       "score (TTA), beside the FT run's own.")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -31,6 +31,7 @@ from .errors import AptuneError
 from .export import load_pruned, save_pruned
 from .lora import count_parameters
 from .methods import METHODS, Cost, Method, PrerequisiteRun, get_method
+from .methods.base import Prerequisite
 from .models import load_classifier, load_config, load_tokenizer, resolve_model_path
 from .report import format_report
 from .tasks.metrics import format_per_class
@@ -104,6 +105,7 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     run_versions = versions()  # read at the start: the commit that the run's code came from
     say = lambda text: _say(accelerator, text)  # noqa: E731
     data = load_data(cfg, say)
+    reference = _tta_reference(cfg, data.task)  # checked before training, not after
 
     set_seed(cfg.seed, deterministic=True)
     model = load_classifier(data.model_path, data.task.num_labels, data.task.id2label)
@@ -149,6 +151,8 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
                             dense_params, inference, accelerator, run_versions,
                             method.describe(accelerator.unwrap_model(trainer.model), cfg))
     metrics["per_class"] = data.task.per_class(predicted, gold)
+    if reference is not None:
+        metrics["tta"] = _tta_against(*reference, metrics["history"])
     if run_dir is not None:
         _save(run_dir, final, data.tokenizer, cfg, metrics, wall_start)
         metrics["output_dir"] = str(run_dir.final)
@@ -331,6 +335,37 @@ def _finished_run(path: Path, need, cfg: TrainConfig, task: str, label_names: tu
     return metrics
 
 
+# -- time to accuracy against an FT run -----------------------------------------------------------
+def _tta_reference(cfg: TrainConfig, task: Task) -> tuple[Path, dict] | None:
+    """The FT run of --tta-reference, checked like a prerequisite (same task, model, labels, data)."""
+    if cfg.tta_reference is None:
+        return None
+    path = Path(cfg.tta_reference).expanduser().resolve()
+    need = Prerequisite("ft", "tta_reference", role="the FT run to measure TTA against")
+    return path, _finished_run(path, need, cfg, task.name, task.label_names)
+
+
+def _tta_against(path: Path, ft: dict, history: list[dict]) -> dict[str, Any]:
+    """TTA of this run and of the FT run at 97% of FT's best dev score (docs/protocol.md#time-to-accuracy)."""
+    from .bench.tta import TTA_FRACTION, threshold_from, time_to_accuracy
+
+    threshold = threshold_from(ft["history"])
+    return {"reference": str(path), "fraction": TTA_FRACTION, "threshold": threshold,
+            "ft_best": max(r["value"] for r in ft["history"]),
+            "run": time_to_accuracy(history, threshold), "ft": time_to_accuracy(ft["history"], threshold)}
+
+
+def _tta_line(tta: dict[str, Any], metric: str) -> str:
+    head = (f"TTA: dev {metric} >= {tta['threshold']:.4f} ({tta['fraction']:.0%} of the FT run's best "
+            f"{tta['ft_best']:.4f})")
+    ft = tta["ft"]["seconds"]
+    if not tta["run"]["reached"]:
+        return f"{head}: not reached (best at the final size {tta['run']['best']:.4f}); FT took {ft:.1f} s"
+    mine = tta["run"]["seconds"]
+    return (f"{head}: {mine:.1f} s (step {tta['run']['step']}), FT {ft:.1f} s "
+            f"({mine / ft:.2f}x FT's)" if ft else f"{head}: {mine:.1f} s")
+
+
 def seconds_to_selected(metrics: dict) -> float:
     """Training seconds of a run up to its selected checkpoint (evaluations excluded)."""
     step = metrics.get("selection", {}).get("step")
@@ -424,6 +459,8 @@ def _print_summary(m: dict) -> None:
           f"train {m['train_seconds'] / 60:.1f} min, {m['seconds_per_step']:.3f} s/step, "
           f"{m['samples_per_second']:.1f} samples/s | peak train memory {mem:,.0f} MiB | "
           f"wall {m['wall_seconds'] / 60:.1f} min", flush=True)
+    if "tta" in m:
+        print(_tta_line(m["tta"], m["selection"]["metric"]), flush=True)
     print(f"saved: {m['output_dir']}", flush=True)
     if "structure" in m:  # a pruned model: what to run next
         print(f"next: aptune export --model-dir {m['output_dir']} --format onnx   "

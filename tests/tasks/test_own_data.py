@@ -117,6 +117,21 @@ def test_the_generated_pairs_are_learnable(tmp_path, learnable_bert_dir):
            "--batch-size", "16", "--eval-every", "25", "--quiet")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval"]["accuracy"] > 0.6, metrics["history"]
+    # TTA on own data: against this FT run, printed and recorded
+    lora = tmp_path / "lora"
+    stdout = invoke("train", "--task", "text-classification", "--train-file", data, "--method", "lora",
+                    "--model", learnable_bert_dir, "--output-dir", lora, "--epochs", "2", "--lr", "2e-2",
+                    "--batch-size", "16", "--eval-every", "25", "--tta-reference", run, "--quiet").stdout
+    tta = json.loads((lora / "metrics.json").read_text())["tta"]
+    best = max(r["value"] for r in metrics["history"])
+    assert tta["threshold"] == pytest.approx(0.97 * best) and tta["ft"]["reached"]
+    assert line(stdout, "TTA: dev accuracy >= ").startswith(
+        f"TTA: dev accuracy >= {0.97 * best:.4f} (97% of the FT run's best {best:.4f}): ")
+    # a reference trained on other rows is refused before training
+    other = write_jsonl(tmp_path / "other.jsonl", pair_rows(90, seed=3))
+    refused = fails("train", "--task", "text-classification", "--train-file", other, "--method", "lora",
+                    "--model", learnable_bert_dir, "--output-dir", tmp_path / "x", "--tta-reference", run)
+    assert "--tta-reference" in refused and "was trained on other data" in refused
 
 
 @pytest.mark.parametrize("method", ["ft", "lora", "lora-prune", "cofi", "cofi-lora"])
