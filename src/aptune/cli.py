@@ -143,7 +143,7 @@ def _train_signature() -> inspect.Signature:
                                     annotation=Annotated[Optional[str], typer.Option(
                                         help="Continue the killed or interrupted run of this "
                                              "--output-dir from its last checkpoint, with its "
-                                             "settings (one process so far).",
+                                             "settings (under torchrun: the same process count).",
                                         rich_help_panel=RUN_PANEL)]))
     params.append(inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
                                     annotation=Annotated[bool, typer.Option(

@@ -64,7 +64,7 @@ class TrainConfig(OwnDataOptions, *SECTIONS):  # type: ignore[misc]  # one base 
     log_every: int = option(10, "Refresh the progress bar's figures every N steps.")
     checkpoint_every: int | None = option(None, "Write a checkpoint every N steps, so that `aptune train "
                                           "--resume DIR` continues a killed or interrupted run "
-                                          "(default: at each evaluation; one process so far).")
+                                          "(default: at each evaluation).")
     tta_reference: str | None = option(None, "A finished FT run on the same task, data and model: the "
                                        "run's summary adds its time to 97% of that run's best dev "
                                        "score (TTA), beside the FT run's own.")

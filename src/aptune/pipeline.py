@@ -41,7 +41,7 @@ from .train.context import RunContext
 from .train.data import EncodedDataset, encode, make_loader
 from .train.checkpoint import read_checkpoint, read_checkpoint_state, restore_trainer, write_checkpoint
 from .train.loop import LoopConfig, RunInterrupted, Trainer, TrainResult, predict_labels
-from .train.run_dir import RunDir
+from .train.run_dir import RunDir, unfinished_folder
 
 
 def _say(accelerator, text: str) -> None:
@@ -66,19 +66,21 @@ def run_training(cfg: TrainConfig, show_progress: bool = True, resume: bool = Fa
     # Masked-out sub-layers leave some adapter weights without gradients under DDP.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=method.has_unused_parameters)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
-    if resume and (not method.resumable or accelerator.num_processes > 1):
-        raise AptuneError(f"--resume is not supported for --method {method.name}"
-                          + (" under several processes" if method.resumable else "") + " yet",
+    if resume and not method.resumable:
+        raise AptuneError(f"--resume is not supported for --method {method.name} yet",
                           "resumable so far: " + ", ".join(m.name for m in METHODS.values() if m.resumable)
-                          + " on one process; start the run again")
+                          + "; start the run again")
     run_dir = RunDir(cfg.output_dir, cfg.overwrite, resume) if accelerator.is_main_process else None
     try:
         metrics = _run(cfg, method, accelerator, run_dir, wall_start, show_progress, resume, checkpoints)
     except RunInterrupted as stop:
         if run_dir is not None:
             run_dir.abandon()  # keeps the folder: it holds the checkpoint
-        raise AptuneError(f"interrupted after step {stop.step}; its checkpoint is in {run_dir.tmp}",
-                          f"continue with: aptune train --resume {cfg.output_dir}") from None
+        raise AptuneError(f"interrupted after step {stop.step}; its checkpoint is in "
+                          f"{unfinished_folder(cfg.output_dir)}",
+                          f"continue with: aptune train --resume {cfg.output_dir}"
+                          + (" (under the same launcher and process count)"
+                             if accelerator.num_processes > 1 else "")) from None
     except BaseException:
         if run_dir is not None:
             run_dir.abandon()
@@ -114,8 +116,9 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
 
     scratch = run_dir.tmp if run_dir is not None else Path(cfg.output_dir)
     needed = prerequisite_run(cfg, method, data.task, accelerator, scratch, show_progress, say, resume)
+    # Every process reads a kept stage on resume; the main process writes it.
     context = RunContext(cfg, data.task, data.tokenizer, data.train_ds, data.dev_ds, accelerator, say,
-                         stages=scratch / "stages" if run_dir is not None and checkpoints else None,
+                         stages=unfinished_folder(cfg.output_dir) / "stages" if checkpoints else None,
                          resuming=resume)
     model, cost = method.start(model, spec, context, needed)
     started_from = needed.summary if needed is not None else None
@@ -131,14 +134,13 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     say(f"training {trainer.total_steps:,} steps ({trainer.cfg.epochs:g} epochs of "
         f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
         f"eval every {cfg.eval_every} steps")
-    # One process only for now: every rank would have to stop at the same step (docs/protocol.md#checkpoints).
-    checkpointed = checkpoints and method.resumable and run_dir is not None and accelerator.num_processes == 1
+    # Every process takes part (they stop at the same step and gather their random states); the
+    # main process writes (docs/protocol.md#checkpoints).
+    checkpointed = checkpoints and method.resumable
     if checkpointed:
         _wire_checkpoints(trainer, cfg, run_dir, resume, say, started_from)
     elif cfg.checkpoint_every is not None and checkpoints:
-        why = (f"{method.name} runs do not write checkpoints yet" if not method.resumable
-               else "runs on several processes do not write checkpoints yet")
-        say(f"note: --checkpoint-every is ignored: {why}")
+        say(f"note: --checkpoint-every is ignored: {method.name} runs do not write checkpoints yet")
     with stop_on_signals(trainer, enabled=checkpointed):
         result = trainer.train()
 
@@ -160,26 +162,27 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     return metrics
 
 
-def _wire_checkpoints(trainer: Trainer, cfg: TrainConfig, run_dir: RunDir, resume: bool, say,
+def _wire_checkpoints(trainer: Trainer, cfg: TrainConfig, run_dir: RunDir | None, resume: bool, say,
                       started_from: dict[str, Any] | None) -> None:
     """Checkpoints every cfg.checkpoint_every steps (default: at each evaluation); with `resume`,
     the trainer continues from the last one. `started_from` summarises the prerequisite run (the
     LoRA run pruned, the FT teacher): a resumed run must find it unchanged."""
     prerequisite = json.loads(json.dumps(started_from, default=float)) if started_from else None
     trainer.checkpoint_every = cfg.checkpoint_every
-    trainer.save_checkpoint = lambda t: write_checkpoint(run_dir.tmp, t, cfg.to_dict(), prerequisite)
+    folder = unfinished_folder(cfg.output_dir)  # run_dir.tmp on the main process, None elsewhere
+    trainer.save_checkpoint = lambda t: write_checkpoint(folder, t, cfg.to_dict(), prerequisite)
     if not resume:
         return
-    tensors, meta = read_checkpoint(run_dir.tmp)
+    tensors, meta = read_checkpoint(folder)
     if meta.get("prerequisite") != prerequisite:
         raise AptuneError(f"the run this one started from ({(prerequisite or {}).get('run')}) changed after "
                           "the checkpoint was written (its selected step, dev scores or timing differ)",
                           "start the run again with --overwrite, so that it uses that run throughout")
     restore_trainer(trainer, tensors, meta)
-    # The log is the checkpoint's history: evaluations after the checkpoint are run again.
-    log, tmp = run_dir.path("log.jsonl"), run_dir.path("log.jsonl.tmp")
-    tmp.write_text("".join(json.dumps(record) + "\n" for record in trainer.history))
-    os.replace(tmp, log)
+    if run_dir is not None:  # the log is the checkpoint's history: later evaluations run again
+        log, tmp = run_dir.path("log.jsonl"), run_dir.path("log.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in trainer.history))
+        os.replace(tmp, log)
     say(f"resumed from the checkpoint at step {trainer.step:,} (epoch {trainer.epoch}, "
         f"{trainer.train_seconds:.1f} s of training so far)")
 
@@ -212,8 +215,6 @@ def stop_on_signals(trainer: Trainer, enabled: bool):
 def resume_config(output_dir: str, given: dict[str, Any]) -> TrainConfig:
     """The config of the unfinished run in `output_dir`, as its checkpoint recorded it. Flags
     given again must agree with it: a resumed run is the same run."""
-    from .train.run_dir import unfinished_folder
-
     saved = read_checkpoint_state(unfinished_folder(output_dir))["config"]
     differ = sorted(k for k, v in given.items() if v is not None and k in saved and saved[k] != v
                     and k not in ("output_dir", "overwrite"))

@@ -70,7 +70,7 @@ class LoRAPrune(LoRA):
                             "kept_neurons_per_layer": summary["neurons"]}
         ctx.say(f"mask tuning: {seconds:.1f} s in all; dev {metric} {base_eval[metric]:.4f} (LoRA, "
                 f"merged) -> {pruned_eval[metric]:.4f} (pruned, before retraining)")
-        if ctx.stages is not None:
+        if ctx.stages is not None and ctx.accelerator.is_main_process:
             self._keep_stage(ctx.stages / self.STAGE, base, ctx.tokenizer)
         return base, self._cost(needed)
 

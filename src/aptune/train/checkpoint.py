@@ -44,11 +44,14 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         part, state = callback.checkpoint_state(trainer)
         tensors.update({f"callback.{index}.{k}": v for k, v in part.items()})
         callbacks.append(state)
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    # Every process's random streams (one collective call when there are several); the rest of
+    # the state is identical on every process, so the main process's copy is the one written.
+    ranks = _gather_rng(trainer.accelerator, _rng_state())
+    for rank, (torch_state, _, _, cuda) in enumerate(ranks):
+        prefix = "rng" if rank == 0 else f"rng.rank{rank}"
+        tensors[f"{prefix}.torch"] = torch_state
+        tensors.update({f"{prefix}.cuda.{i}": s for i, s in enumerate(cuda)})
     tensors = _unshared(tensors)
-    np_state = np.random.get_state()
     meta = {
         "format": FORMAT,
         "step": trainer.step, "epoch": trainer.epoch, "batches_in_epoch": trainer.batches_in_epoch,
@@ -58,10 +61,28 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "best_eval": trainer.best_eval, "has_best_state": trainer._best_state is not None,
         "loss_window": trainer.loss_window, "callbacks": callbacks,
         "optimizer_groups": optimizer_groups,
-        "rng_python": _jsonable(random.getstate()),
-        "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "rng_python": ranks[0][1], "rng_numpy": ranks[0][2],
+        "rng_other_ranks": [{"python": python, "numpy": numpy} for _, python, numpy, _ in ranks[1:]],
+        "num_processes": trainer.accelerator.num_processes,
     }
     return tensors, meta
+
+
+def _rng_state() -> tuple[torch.Tensor, list, list, list[torch.Tensor]]:
+    """(torch, Python as JSON, NumPy as JSON, CUDA per device) random states of this process."""
+    np_state = np.random.get_state()
+    cuda = list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else []
+    return (torch.get_rng_state(), _jsonable(random.getstate()),
+            [np_state[0], np_state[1].tolist(), *np_state[2:]], cuda)
+
+
+def _gather_rng(accelerator, state) -> list:
+    """Every process's `_rng_state()`, in rank order (this process's alone when it is the only one)."""
+    if accelerator.num_processes == 1:
+        return [state]
+    from accelerate.utils import gather_object
+
+    return gather_object([state])  # in memory over the process group; nothing is written pickled
 
 
 def optimizer_state(optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
@@ -107,7 +128,9 @@ def write_checkpoint(run_folder: Path, trainer, config: dict[str, Any],
                      prerequisite: dict[str, Any] | None = None) -> Path:
     """Write the trainer's state under `run_folder/checkpoint`, atomically. `prerequisite` is the
     summary of the finished run this one started from, which a resumed run must find unchanged."""
-    tensors, meta = trainer_state(trainer)
+    tensors, meta = trainer_state(trainer)  # on every process: it gathers their random states
+    if not trainer.accelerator.is_main_process:
+        return run_folder / FOLDER
     meta["config"], meta["prerequisite"] = config, prerequisite
     tmp, final, old = (run_folder / f"{FOLDER}.tmp", run_folder / FOLDER, run_folder / f"{FOLDER}.old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -176,6 +199,11 @@ def restore_trainer(trainer, tensors: dict[str, torch.Tensor], meta: dict[str, A
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     fix = "start the run again without --resume (pass --overwrite)"
+    saved_processes, processes = meta.get("num_processes", 1), trainer.accelerator.num_processes
+    if saved_processes != processes:
+        raise AptuneError(f"the checkpoint was written by {saved_processes} process(es), this run has "
+                          f"{processes}", f"resume it with {saved_processes} process(es), e.g. torchrun "
+                          f"--nproc_per_node {saved_processes} -m aptune.cli train --resume ...")
     saved_callbacks = meta.get("callbacks", [])
     if len(saved_callbacks) != len(trainer.callbacks):
         raise AptuneError("the checkpoint was written by another method's loop", fix)
@@ -204,9 +232,13 @@ def restore_trainer(trainer, tensors: dict[str, torch.Tensor], meta: dict[str, A
         setattr(trainer, name, meta[name])
     trainer.resumed_wall_seconds = meta["wall_seconds"]
     trainer.resumed_peak_bytes = meta["peak_train_memory_bytes"]
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
+    rank = trainer.accelerator.process_index
+    prefix = "rng" if rank == 0 else f"rng.rank{rank}"
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith(f"{prefix}.cuda.")),
                                        key=lambda k: int(k.rsplit(".", 1)[1]))]
-    trainer.pending_rng = (tensors["rng.torch"], meta["rng_python"], meta["rng_numpy"], cuda)
+    other = meta["rng_other_ranks"][rank - 1] if rank > 0 else None
+    python, numpy = (other["python"], other["numpy"]) if other else (meta["rng_python"], meta["rng_numpy"])
+    trainer.pending_rng = (tensors[f"{prefix}.torch"], python, numpy, cuda)
 
 
 def set_rng(state) -> None:

@@ -305,16 +305,25 @@ class Trainer:
         if self.save_checkpoint is None or self.step >= self.total_steps:
             return
         due = evaluated if self.checkpoint_every is None else self.step % self.checkpoint_every == 0
-        if self.stop_requested:
+        stop = self._stop_agreed()
+        if stop:
             self.say(f"stopping after step {self.step}: writing a checkpoint")
-        if due or self.stop_requested:
+        if due or stop:
             with self.memory.excluded():  # writing a checkpoint is not training
                 self.save_checkpoint(self)
-        if self.stop_requested:
+        if stop:
             raise RunInterrupted(self.step)
         if self._fault and self._fault[0] == self.step:  # tests: a kill or a signal after this step
             os.kill(os.getpid(), self._fault[1])
 
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop: every process stops after the same step, so
+        that they write one checkpoint together (a signal may reach them a step apart)."""
+        if self.accelerator.num_processes == 1:
+            return self.stop_requested
+        flag = torch.tensor([float(self.stop_requested)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, "sum").item() > 0)
 
     def _evaluate_and_log(self, mean_loss: float, wall_start: float, bar) -> None:
         control = self.control
