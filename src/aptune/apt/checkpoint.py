@@ -76,14 +76,14 @@ def restore_apt(cb: APTCallback, trainer, tensors: dict[str, torch.Tensor], meta
             mask.copy_(_shaped(tensors, f"masks.{name}", mask.shape))
     salience = cb.pruner.salience
     if meta["has_ema"]:
-        salience.ema = {kind: [tensors[f"salience.{kind}.{i}"].to(mask_device(cb)) for i in range(count)]
+        salience.ema = {kind: [tensors[f"salience.{kind}.{i}"].to(_device(cb)) for i in range(count)]
                         for kind, count in (("head", len(masks.head)), ("neuron", len(masks.neuron)),
                                             ("hidden", 1))}
     salience.last_components = dict(meta["salience_components"])
     cb.ranks.importance.scores = {k: float(v) for k, v in meta["importance"].items()}
     if meta["teacher_metric"] is not None:
-        teacher = TeacherSnapshot.__new__(TeacherSnapshot)
-        teacher.state = {k: v.to(mask_device(cb)) for k, v in _part(tensors, "teacher.").items()}
+        state = {k: v.to(_device(cb)) for k, v in _part(tensors, "teacher.").items()}
+        teacher = TeacherSnapshot.from_state(state)
         cb.distillation.teacher, cb.distillation.best_metric = teacher, float(meta["teacher_metric"])
     cb.ranks.generator.set_state(tensors["generator"])
     cb.ranks.history, cb.pruner.pruning_log = meta["rank_history"], meta["pruning_log"]
@@ -92,7 +92,7 @@ def restore_apt(cb: APTCallback, trainer, tensors: dict[str, torch.Tensor], meta
     trainer.rebuild_optimizer({}, extra_params=cb.distillation.trainable())
 
 
-def mask_device(cb: APTCallback) -> torch.device:
+def _device(cb: APTCallback) -> torch.device:
     return cb.pruner.masks.hidden.device
 
 

@@ -60,6 +60,13 @@ class TeacherSnapshot:
     def __init__(self, model: nn.Module) -> None:
         self.state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> "TeacherSnapshot":
+        """A snapshot taken earlier, as a checkpoint saved it (apt/checkpoint.py)."""
+        snapshot = cls.__new__(cls)
+        snapshot.state = state
+        return snapshot
+
     @torch.no_grad()
     def forward(self, model: nn.Module, batch: dict, masks=None, salience=None):
         was_training = model.training
