@@ -22,12 +22,12 @@ import torch
 
 from ..errors import AptuneError
 from ..structure import Structure
+from ..train.checkpoint import RESTART_FIX, section
 from .teacher import TeacherSnapshot
 
 if TYPE_CHECKING:
     from .callback import APTCallback
 
-MISMATCH_FIX = "start the run again without --resume (pass --overwrite)"
 
 
 def apt_state(cb: APTCallback, trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -67,7 +67,7 @@ def restore_apt(cb: APTCallback, trainer, tensors: dict[str, torch.Tensor], meta
     _rebuild_structure(cb, model, Structure.from_dict(meta["structure"]))
     _grow_ranks(cb, meta["ranks"])
     if meta["transform_rank"] is not None:
-        _rebuild_transform(cb, model, meta["transform_rank"], _part(tensors, "transform."))
+        _rebuild_transform(cb, model, meta["transform_rank"], section(tensors, "transform."))
     masks = cb.pruner.masks
     with torch.no_grad():
         named = [*((f"head.{i}", m) for i, m in enumerate(masks.head)),
@@ -82,7 +82,7 @@ def restore_apt(cb: APTCallback, trainer, tensors: dict[str, torch.Tensor], meta
     salience.last_components = dict(meta["salience_components"])
     cb.ranks.importance.scores = {k: float(v) for k, v in meta["importance"].items()}
     if meta["teacher_metric"] is not None:
-        state = {k: v.to(_device(cb)) for k, v in _part(tensors, "teacher.").items()}
+        state = {k: v.to(_device(cb)) for k, v in section(tensors, "teacher.").items()}
         teacher = TeacherSnapshot.from_state(state)
         cb.distillation.teacher, cb.distillation.best_metric = teacher, float(meta["teacher_metric"])
     cb.ranks.generator.set_state(tensors["generator"])
@@ -96,16 +96,13 @@ def _device(cb: APTCallback) -> torch.device:
     return cb.pruner.masks.hidden.device
 
 
-def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
 
 def _shaped(tensors: dict[str, torch.Tensor], key: str, shape: torch.Size) -> torch.Tensor:
     value = tensors.get(key)
     if value is None or value.shape != shape:
         raise AptuneError(f"the checkpoint's APT state does not match the model ({key}: "
                           f"{None if value is None else tuple(value.shape)} saved, {tuple(shape)} now)",
-                          MISMATCH_FIX)
+                          RESTART_FIX)
     return value
 
 
@@ -119,7 +116,7 @@ def _rebuild_structure(cb: APTCallback, model, structure: Structure) -> None:
     fits = (len(structure.heads) == len(masks.head) and len(structure.neurons) == len(masks.neuron)
             and all(max(kept, default=-1) < mask.numel() for mask, kept in pairs))
     if not fits:  # an index past the end would be a device-side assert on CUDA
-        raise AptuneError("the checkpoint's pruned structure does not fit this model", MISMATCH_FIX)
+        raise AptuneError("the checkpoint's pruned structure does not fit this model", RESTART_FIX)
     with torch.no_grad():
         for mask, kept in pairs:
             mask.zero_()
@@ -127,7 +124,7 @@ def _rebuild_structure(cb: APTCallback, model, structure: Structure) -> None:
     cb.pruner.compact(model)
     cb.ranks.refresh(model)
     if cb.pruner.structure != structure:
-        raise AptuneError("the checkpoint's pruned structure could not be rebuilt", MISMATCH_FIX)
+        raise AptuneError("the checkpoint's pruned structure could not be rebuilt", RESTART_FIX)
 
 
 def _grow_ranks(cb: APTCallback, ranks: dict[str, int]) -> None:
@@ -136,12 +133,12 @@ def _grow_ranks(cb: APTCallback, ranks: dict[str, int]) -> None:
     sites = {s.name: s for s in cb.ranks.sites}
     if sites.keys() != ranks.keys():
         raise AptuneError(f"the checkpoint's adapters do not match the model's "
-                          f"({sorted(set(ranks) ^ set(sites))[:3]} differ)", MISMATCH_FIX)
+                          f"({sorted(set(ranks) ^ set(sites))[:3]} differ)", RESTART_FIX)
     scratch = torch.Generator().manual_seed(0)
     for name, r in ranks.items():
         if r < sites[name].module.r:  # ranks only grow: another run's checkpoint
             raise AptuneError(f"the checkpoint's rank of {name} ({r}) is below the model's "
-                              f"({sites[name].module.r})", MISMATCH_FIX)
+                              f"({sites[name].module.r})", RESTART_FIX)
         sites[name].module.grow_rank(r, "gaussian", scratch)
 
 
@@ -154,5 +151,5 @@ def _rebuild_transform(cb: APTCallback, model, rank: int, state: dict[str, torch
         transform.load_state_dict(state)
     except RuntimeError as exc:
         raise AptuneError(f"the checkpoint's distillation map Tr does not match ({str(exc).splitlines()[0]})",
-                          MISMATCH_FIX) from None
+                          RESTART_FIX) from None
     cb.pruner.hidden_followers.append(transform)

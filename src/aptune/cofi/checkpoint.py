@@ -16,20 +16,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import AptuneError
-from ..train.checkpoint import load_optimizer_state, optimizer_state
+from ..train.checkpoint import RESTART_FIX, load_optimizer_state, optimizer_state, section
 
 if TYPE_CHECKING:
     from .callback import CoFiCallback
 
-MISMATCH_FIX = "start the run again without --resume (pass --overwrite)"
 
 
 def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"{prefix}{k}": v.detach() for k, v in tensors.items()}
 
-
-def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def cofi_state(cb: CoFiCallback, trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -56,23 +52,23 @@ def restore_cofi(cb: CoFiCallback, trainer, tensors: dict[str, torch.Tensor], me
     saved values, and, past the pruning stage, compact the student as the run did."""
     cb._build(trainer)
     try:
-        cb.gates.load_state_dict(_part(tensors, "gates."))
+        cb.gates.load_state_dict(section(tensors, "gates."))
         if meta["compacted"]:
             cb._to_fine_tuning(trainer)
         else:
-            cb.control.load_state_dict(_part(tensors, "control."))
-            cb.distill.load_state_dict(_part(tensors, "distill."))
+            cb.control.load_state_dict(section(tensors, "control."))
+            cb.distill.load_state_dict(section(tensors, "distill."))
             for name in ("descent", "ascent"):
-                load_optimizer_state(getattr(cb, name), _part(tensors, f"{name}."), meta[f"{name}_groups"])
+                load_optimizer_state(getattr(cb, name), section(tensors, f"{name}."), meta[f"{name}_groups"])
             # The gate sampler lives on the model's device: a checkpoint from another device type
             # is refused here (its state has another size).
             cb.generator.set_state(tensors["generator"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise AptuneError(f"the checkpoint's CoFi state does not match this run "
-                          f"({str(exc).splitlines()[0][:160]})", MISMATCH_FIX) from None
+                          f"({str(exc).splitlines()[0][:160]})", RESTART_FIX) from None
     if not meta["compacted"] and meta["best_pruned"] is not None:
         device = next(trainer.unwrapped_model.parameters()).device
-        best = {part: {k: v.to(device) for k, v in _part(tensors, f"best.{part}.").items()}
+        best = {part: {k: v.to(device) for k, v in section(tensors, f"best.{part}.").items()}
                 for part in ("model", "gates")}
         cb._best_pruned = (float(meta["best_pruned"]), best)
     cb.history, cb.compaction = meta["history"], meta["compaction"]

@@ -26,6 +26,12 @@ FOLDER = "checkpoint"
 STATE = "state.json"
 TENSORS = "tensors.safetensors"
 FORMAT = 1
+RESTART_FIX = "start the run again without --resume (pass --overwrite)"  # what every mismatch says
+
+
+def section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under `prefix`, with it stripped: one part of a checkpoint."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _inner(optimizer):
@@ -128,9 +134,10 @@ def write_checkpoint(run_folder: Path, trainer, config: dict[str, Any],
                      prerequisite: dict[str, Any] | None = None) -> Path:
     """Write the trainer's state under `run_folder/checkpoint`, atomically. `prerequisite` is the
     summary of the finished run this one started from, which a resumed run must find unchanged."""
-    tensors, meta = trainer_state(trainer)  # on every process: it gathers their random states
-    if not trainer.accelerator.is_main_process:
+    if not trainer.accelerator.is_main_process:  # its part: its random states, for the main one
+        _gather_rng(trainer.accelerator, _rng_state())
         return run_folder / FOLDER
+    tensors, meta = trainer_state(trainer)
     meta["config"], meta["prerequisite"] = config, prerequisite
     tmp, final, old = (run_folder / f"{FOLDER}.tmp", run_folder / FOLDER, run_folder / f"{FOLDER}.old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -163,7 +170,7 @@ def read_checkpoint_state(run_folder: Path) -> dict[str, Any]:
                           "start the run again without --resume") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise AptuneError(f"the checkpoint in {folder} is damaged ({type(exc).__name__})",
-                          "start the run again without --resume (pass --overwrite)") from None
+                          RESTART_FIX) from None
     if meta.get("format") != FORMAT:
         raise AptuneError(f"the checkpoint in {folder} has format {meta.get('format')}, this aptune "
                           f"reads {FORMAT}", "resume it with the aptune version that wrote it")
@@ -177,11 +184,11 @@ def read_checkpoint(run_folder: Path) -> tuple[dict[str, torch.Tensor], dict[str
         tensors = load_file(str(folder / TENSORS))
     except FileNotFoundError:
         raise AptuneError(f"the checkpoint in {folder} lacks {TENSORS}",
-                          "start the run again without --resume (pass --overwrite)") from None
+                          RESTART_FIX) from None
     except Exception as exc:  # noqa: BLE001 - a damaged header surfaces as several types
         raise AptuneError(f"the checkpoint in {folder} is damaged ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:160]})",
-                          "start the run again without --resume (pass --overwrite)") from None
+                          RESTART_FIX) from None
     return tensors, meta
 
 
@@ -195,10 +202,7 @@ def checkpoint_step(run_folder: Path) -> int | None:
 
 def restore_trainer(trainer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Put the saved state back into a freshly built trainer (same model, method and data)."""
-    def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-    fix = "start the run again without --resume (pass --overwrite)"
+    fix = RESTART_FIX
     saved_processes, processes = meta.get("num_processes", 1), trainer.accelerator.num_processes
     if saved_processes != processes:
         raise AptuneError(f"the checkpoint was written by {saved_processes} process(es), this run has "
@@ -212,13 +216,15 @@ def restore_trainer(trainer, tensors: dict[str, torch.Tensor], meta: dict[str, A
         for index, (callback, state) in enumerate(zip(trainer.callbacks, saved_callbacks)):
             # First: a method that reshaped the model (APT's compaction, rank growth) rebuilds the
             # shapes, so that the model's tensors and the optimizer's moments fit them.
-            callback.restore_checkpoint_state(trainer, part(f"callback.{index}."), state)
-        missing, unexpected = trainer.unwrapped_model.load_state_dict(part("model."), strict=False)
+            callback.restore_checkpoint_state(trainer, section(tensors, f"callback.{index}."), state)
+        model = trainer.unwrapped_model
+        missing, unexpected = model.load_state_dict(section(tensors, "model."), strict=False)
         if missing or unexpected:
             raise ValueError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-        best = {k: v.to(device) for k, v in part("best.").items()} if meta["has_best_state"] else None
+        best = ({k: v.to(device) for k, v in section(tensors, "best.").items()}
+                if meta["has_best_state"] else None)
         params = dict(trainer.unwrapped_model.named_parameters())
-        load_optimizer_state(trainer.optimizer, part("optimizer."), meta["optimizer_groups"])
+        load_optimizer_state(trainer.optimizer, section(tensors, "optimizer."), meta["optimizer_groups"])
         if best is not None and any(params[k].shape != v.shape for k, v in best.items()):
             raise ValueError("best weights of another shape")
     except AptuneError:
