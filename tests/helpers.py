@@ -59,6 +59,39 @@ def write_mnli(folder: Path, n_train: int = 200, n_dev: int = 64, seed: int = 1)
                                      "label": label}) + "\n")
 
 
+def write_squad(folder: Path, n_articles: int = 4, seed: int = 2) -> None:
+    """SQuAD v2 JSON files in the official layout from the tokenizer's words: 3 paragraphs per
+    article of 50 to 100 words (long ones need two windows at 80 tokens), 4 questions each, every
+    fourth unanswerable. The answer is the word after the question's two cue words."""
+    rng = random.Random(seed)
+    words = sorted(set(FILLER + POSITIVE + NEGATIVE))
+    (folder / "squad_v2").mkdir(parents=True, exist_ok=True)
+    for name, n in (("train-v2.0.partial.json", n_articles), ("dev-v2.0.json", max(1, n_articles // 2))):
+        articles = []
+        for a in range(n):
+            paragraphs = []
+            for p in range(3):
+                context_words = [rng.choice(words) for _ in range(rng.randint(50, 100))]
+                context = " ".join(context_words)
+                qas = []
+                for q in range(4):
+                    qid = f"{name[:3]}-{a}-{p}-{q}"
+                    if q == 3:
+                        qas.append({"id": qid, "question": "where is the house", "answers": [],
+                                    "is_impossible": True})
+                        continue
+                    at = rng.randint(2, len(context_words) - 3)
+                    start = len(" ".join(context_words[:at])) + 1
+                    answer = " ".join(context_words[at:at + 1 + q % 2])
+                    assert context[start:start + len(answer)] == answer
+                    qas.append({"id": qid, "question": " ".join(context_words[at - 2:at]) + " what",
+                                "answers": [{"text": answer, "answer_start": start}],
+                                "is_impossible": False})
+                paragraphs.append({"context": context, "qas": qas})
+            articles.append({"title": f"article {a}", "paragraphs": paragraphs})
+        (folder / "squad_v2" / name).write_text(json.dumps({"version": "v2.0", "data": articles}))
+
+
 def _tokenizer(folder: Path):
     from transformers import BertTokenizerFast
 

@@ -26,6 +26,8 @@ class APTModel(nn.Module):
 
     def __init__(self, model: nn.Module, config: APTConfig, seed: int = 128) -> None:
         super().__init__()
+        if config.lambda_pred is None and type(model).__name__.endswith("ForQuestionAnswering"):
+            config.lambda_pred = 0.1  # L_pred's weight on extractive QA (docs/method.md#distillation-losses)
         config.validate()
         self.config = config
         self.model = model

@@ -87,7 +87,8 @@ class PanelledCommand(TyperCommand):
 ModelDir = Annotated[str, typer.Option(help="A run folder written by `aptune train`, or its model/ folder.")]
 
 RUN_PANEL = "Run (every method; `aptune recipes` lists ready-made recipes)"
-PANEL_ORDER = ("Run", "Your own data", "Adapters", "APT", "LoRA+Prune", "Prune+Distill", "Options")
+PANEL_ORDER = ("Run", "Your own data", "Question answering", "Adapters", "APT", "LoRA+Prune",
+               "Prune+Distill", "Options")
 _FLAG_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "str | None": str,
                "int | None": int, "float | None": float, "list[str] | None": str}
 

@@ -10,7 +10,6 @@ from .export import load_for_inference
 from .predict import run_config, write_jsonl
 from .tasks import OWN_DATA_TASK, get_task, resolve_data_dir, same_task, task_options
 from .train.data import encode, make_loader
-from .train.loop import predict_labels
 
 
 def evaluate_saved(model_dir: str | Path, task_name: str | None = None, data_dir: str | None = None,
@@ -18,7 +17,8 @@ def evaluate_saved(model_dir: str | Path, task_name: str | None = None, data_dir
                    batch_size: int = 128, max_length: int | None = None,
                    save_predictions: str | None = None, **data_options: Any) -> dict[str, Any]:
     """Score a saved model on a dev split; with `save_predictions`, also write one JSON line per
-    row (predicted and gold label names, in file order).
+    row (predicted and gold label names, in file order; for QA the question id, the answer given,
+    the best span and the gold answers).
 
     The task, data seed, maximum length and data options default to the training run's; any of
     OwnDataOptions' names in `data_options` (validation_file, text_column, ...) overrides them,
@@ -47,11 +47,9 @@ def evaluate_saved(model_dir: str | Path, task_name: str | None = None, data_dir
     # The length the model was trained at, whatever the task it is scored on now (as predict does).
     length = max_length or run.get("max_length") or task.default_max_length
     ds = encode(task, dev.examples, tokenizer, length, model.config)
-    preds, gold = predict_labels(model, make_loader(ds, tokenizer, batch_size, False, 0))
-    result = {"task": task.name, "model_dir": str(path), "rows": len(ds), "data": dev.report.summary(),
-              "eval": task.compute_metrics(preds, gold), "per_class": task.per_class(preds, gold)}
+    scored = task.evaluate(model, make_loader(ds, tokenizer, batch_size, False, 0))
+    result = {"task": task.name, "model_dir": str(path), "rows": len(dev.examples),
+              "data": dev.report.summary(), "eval": scored.metrics, "per_class": scored.per_class}
     if save_predictions:
-        names = task.id2label
-        rows = [{"label": names[int(p)], "gold": names[int(g)]} for p, g in zip(preds, gold)]
-        result["predictions"] = str(write_jsonl(rows, save_predictions))
+        result["predictions"] = str(write_jsonl(scored.rows, save_predictions))
     return result

@@ -20,6 +20,16 @@ def prediction_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
     return tau * tau * kl.mean()
 
 
+def output_prediction_loss(teacher_out, student_out, tau: float) -> torch.Tensor:
+    """L_pred between two model outputs: the KL on the class logits, or for extractive QA the mean
+    of the KLs on the start and on the end logits (each over the sequence positions)."""
+    if getattr(student_out, "start_logits", None) is not None:
+        start = prediction_loss(teacher_out.start_logits.detach(), student_out.start_logits, tau)
+        end = prediction_loss(teacher_out.end_logits.detach(), student_out.end_logits, tau)
+        return (start + end) / 2
+    return prediction_loss(teacher_out.logits.detach(), student_out.logits, tau)
+
+
 def lora_layer_transform(d_model: int, r: int = 8, lora_alpha: float = 16.0,
                          device=None, dtype=None) -> LoRALinear:
     """Tr: a frozen identity d×d map plus a trainable LoRA, so it starts as the identity."""

@@ -109,9 +109,35 @@ def load_tokenizer(name_or_path: str):
                           "the model folder needs tokenizer files (tokenizer.json or vocab)") from None
 
 
-def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str] | None = None):
-    """A sequence-classification model with a fresh head of `num_labels` outputs."""
-    from transformers import AutoModelForSequenceClassification
+# A task's model head -> the transformers Auto class that builds it.
+HEADS = {"sequence-classification": "AutoModelForSequenceClassification",
+         "question-answering": "AutoModelForQuestionAnswering"}
+
+
+def head_of(config) -> str:
+    """The head a saved model has, from its config's architecture name."""
+    names = config.architectures or ()
+    return "question-answering" if any(a.endswith("ForQuestionAnswering") for a in names) \
+        else "sequence-classification"
+
+
+def auto_class(head: str):
+    import transformers
+
+    return getattr(transformers, HEADS[head])
+
+
+def load_task_model(name_or_path: str, task):
+    """The pretrained model with a fresh head for `task` (its labels, or QA's start/end)."""
+    if task.head == "sequence-classification":
+        return load_classifier(name_or_path, task.num_labels, task.id2label)
+    return load_classifier(name_or_path, 2, None, head=task.head)
+
+
+def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str] | None = None,
+                    head: str = "sequence-classification"):
+    """A model with a fresh task head: `num_labels` classes (or, for question answering, the
+    start and end scores)."""
     from transformers.utils import logging as hf_logging
 
     config = load_config(name_or_path)
@@ -128,7 +154,7 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
     hf_logging.set_verbosity_error()  # the "newly initialised head" warning is expected here
     hf_logging.disable_progress_bar()  # a per-tensor loading bar says nothing to an aptune user
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = auto_class(head).from_pretrained(
             name_or_path, config=config.__class__.from_dict({**config.to_dict(), **kwargs}),
             ignore_mismatched_sizes=True,  # a head saved for another label count is replaced
         )
@@ -139,5 +165,6 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
     return model
 
 
-__all__ = ["DEFAULT_MODEL", "GENERATED_MODELS", "MODEL_ALIASES", "load_classifier", "load_config",
+__all__ = ["DEFAULT_MODEL", "GENERATED_MODELS", "HEADS", "MODEL_ALIASES", "auto_class", "head_of",
+           "load_classifier", "load_config", "load_task_model",
            "load_tokenizer", "resolve_model_path", "supported_model_types"]

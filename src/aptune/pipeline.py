@@ -32,7 +32,7 @@ from .export import load_pruned, save_pruned
 from .lora import count_parameters
 from .methods import METHODS, Cost, Method, PrerequisiteRun, get_method
 from .methods.base import Prerequisite
-from .models import load_classifier, load_config, load_tokenizer, resolve_model_path
+from .models import load_config, load_task_model, load_tokenizer, resolve_model_path
 from .report import format_report
 from .tasks.metrics import format_per_class
 from .structure import recorded_structure
@@ -40,7 +40,7 @@ from .tasks import Task, get_task, resolve_data_dir, task_options
 from .train.context import RunContext
 from .train.data import EncodedDataset, encode, make_loader
 from .train.checkpoint import read_checkpoint, read_checkpoint_state, restore_trainer, write_checkpoint
-from .train.loop import LoopConfig, RunInterrupted, Trainer, TrainResult, predict_labels
+from .train.loop import LoopConfig, RunInterrupted, Trainer, TrainResult
 from .train.run_dir import RunDir, unfinished_folder
 
 
@@ -110,7 +110,7 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     reference = _tta_reference(cfg, data.task)  # checked before training, not after
 
     set_seed(cfg.seed, deterministic=True)
-    model = load_classifier(data.model_path, data.task.num_labels, data.task.id2label)
+    model = load_task_model(data.model_path, data.task)
     spec = get_spec(model)
     dense_shape, dense_params = spec.shape(model), parameter_summary(model)
 
@@ -146,13 +146,13 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
 
     accelerator.wait_for_everyone()
     final = method.finalize(accelerator.unwrap_model(trainer.model), spec, cfg)
-    predicted, gold = predict_labels(final, trainer.eval_loader, accelerator)
-    final_eval = data.task.compute_metrics(predicted, gold)
+    scored = data.task.evaluate(final, trainer.eval_loader, accelerator)
+    final_eval = scored.metrics
     inference = _report_pruning(cfg, method, final, data, dense_shape, dense_params, accelerator)
     metrics = build_metrics(cfg, method, data, final, final_eval, result, cost, trainable, total,
                             dense_params, inference, accelerator, run_versions,
                             method.describe(accelerator.unwrap_model(trainer.model), cfg))
-    metrics["per_class"] = data.task.per_class(predicted, gold)
+    metrics["per_class"] = scored.per_class
     if reference is not None:
         metrics["tta"] = _tta_against(*reference, metrics["history"])
     if run_dir is not None:
@@ -383,9 +383,11 @@ def _report_pruning(cfg: TrainConfig, method: Method, final, data: RunData, dens
     structure = recorded_structure(final)
     if structure is None or not accelerator.is_main_process:
         return None
-    _say(accelerator, "measuring inference: dense vs pruned, batch 32 and 128 x 128 tokens ...")
-    dense = load_classifier(data.model_path, data.task.num_labels, data.task.id2label).to(accelerator.device)
-    inference = compare_inference(dense, final)
+    seq_len, batch_sizes = data.task.inference_shape
+    _say(accelerator, f"measuring inference: dense vs pruned, batch {' and '.join(map(str, batch_sizes))} "
+         f"x {seq_len} tokens ...")
+    dense = load_task_model(data.model_path, data.task).to(accelerator.device)
+    inference = compare_inference(dense, final, batch_sizes, seq_len)
     del dense
     ranks = method.describe(final, cfg).get("final_ranks")
     print(format_report(final, structure, dense_shape, dense_params["non_embedding"], ranks, inference,

@@ -190,7 +190,7 @@ def predict_saved(model_dir: str | Path, texts: list[str] | None = None, pairs: 
     """Predictions for `--text` strings or an `--input` file, and the file's data report.
     `backend` "onnx" (or "onnx-int8") runs an `aptune export --format onnx` folder with ONNX
     Runtime."""
-    from .export import load_for_inference
+    from .export import load_for_inference, require_classifier
     from .models import load_tokenizer
 
     if bool(texts) == bool(input_file):
@@ -203,6 +203,7 @@ def predict_saved(model_dir: str | Path, texts: list[str] | None = None, pairs: 
         runner, tokenizer = onnx_backend(path, int8=backend == "onnx-int8"), load_tokenizer(str(path))
     elif backend == "torch":
         model, tokenizer, path = load_for_inference(model_dir)
+        require_classifier(model, "aptune predict")
         runner = torch_backend(model)
     else:
         raise AptuneError(f"unknown --backend {backend!r}", "use torch, onnx or onnx-int8")

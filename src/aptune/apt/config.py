@@ -61,7 +61,8 @@ class APTConfig:
     grow_ranks: bool = option(True, "APT: grow adapter ranks (off = the 'w/o A_T' ablation).")
     distill: bool = option(True, "APT: self-distillation (off = the 'w/o D_S' ablation).")
     distill_temperature: float = option(4.0, "APT: temperature of the prediction-distillation KL.")
-    lambda_pred: float = option(1.0, "APT: weight of the prediction-distillation loss.")
+    lambda_pred: float | None = option(None, "APT: weight of the prediction-distillation loss. Default "
+                                       "per task: 1.0 for classification, 0.1 for squad_v2.")
     lambda_layer: float = option(0.9, "APT: weight of the layer-distillation loss.")
     teacher_refresh: Literal["on_improvement", "once"] = option(
         "on_improvement", "APT: refresh the teacher on_improvement or once.")
@@ -75,6 +76,8 @@ class APTConfig:
             raise AptuneError(f"--sparsity must be inside (0, 1), got {self.sparsity}",
                               "pass e.g. --sparsity 0.6 to keep 40% of the non-embedding parameters")
         check_choices(self, APTConfig)
+        if self.lambda_pred is None:  # TrainConfig sets the task's weight first; alone: classification's
+            self.lambda_pred = 1.0
         if self.r <= 0:
             raise AptuneError(f"LoRA rank r must be positive, got {self.r}", "pass --r 8")
         if self.max_rank < self.r:

@@ -14,8 +14,9 @@ from torch import nn
 from torch.func import functional_call
 
 from ..lora import LoRALinear
-from ..losses import lora_layer_transform, prediction_loss
+from ..losses import lora_layer_transform, output_prediction_loss
 from ..train.optim import Survivors, pad_cols, pad_rows
+from ..train.outputs import model_inputs
 
 
 def sample_teacher_layers(n_layers: int, generator: torch.Generator, groups: int = 4) -> list[int]:
@@ -71,7 +72,7 @@ class TeacherSnapshot:
     def forward(self, model: nn.Module, batch: dict, masks=None, salience=None):
         was_training = model.training
         model.eval()
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = model_inputs(batch)
         salience_active = salience.active if salience is not None else False
         if salience is not None:
             salience.active = False  # teacher activations must not feed salience
@@ -120,7 +121,7 @@ class SelfDistillation:
         """λ_pred · L_pred + λ_layer · L_layer against the teacher, for this step's student outputs."""
         cfg = self.cfg
         teacher = self.teacher.forward(model, batch, masks, salience)
-        l_pred = prediction_loss(teacher.logits, outputs.logits, cfg.distill_temperature)
+        l_pred = output_prediction_loss(teacher, outputs, cfg.distill_temperature)
         t_hidden, s_hidden = teacher.hidden_states[1:], outputs.hidden_states[1:]
         picks = sample_teacher_layers(len(t_hidden), self.generator)
         phi = map_layers(t_hidden, s_hidden, picks, alive_layers, self.transform)

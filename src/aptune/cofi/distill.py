@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import lora_layer_transform, prediction_loss
+from ..losses import lora_layer_transform, output_prediction_loss
 from .config import EXISTING_LAYER_RULES, LAYER_DISTILL_VERSIONS, LAYER_TRANSFORMS
 from .gates import CoFiGates
 
@@ -133,7 +133,7 @@ class CoFiDistillLoss(nn.Module):
 
     def forward(self, teacher_out, student_out, gates: CoFiGates | None = None) -> DistillLosses:
         """`*_out` are model outputs run with output_hidden_states=True (embeddings at index 0)."""
-        pred = prediction_loss(teacher_out.logits.detach(), student_out.logits, self.temperature)
+        pred = output_prediction_loss(teacher_out, student_out, self.temperature)
         exists = existing_layers(gates, self.n_layers, self.existing)
         teacher_hidden = [h.detach() for h in teacher_out.hidden_states[1:]]
         layer, mapping = layer_distill_loss(teacher_hidden, list(student_out.hidden_states[1:]), exists,

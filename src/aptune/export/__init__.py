@@ -12,6 +12,6 @@
 
 from __future__ import annotations
 
-from .pruned import load_for_inference, load_pruned, save_pruned
+from .pruned import load_for_inference, load_pruned, require_classifier, save_pruned
 
-__all__ = ["load_for_inference", "load_pruned", "save_pruned"]
+__all__ = ["load_for_inference", "load_pruned", "require_classifier", "save_pruned"]

@@ -24,7 +24,7 @@ from ..predict import MANIFEST, batches_of, run_settings, torch_backend
 from ..tasks import Example, resolve_data_dir
 from . import onnx as onnx_export
 from . import transformers_folder
-from .pruned import load_for_inference
+from .pruned import load_for_inference, require_classifier
 
 FORMATS = ("onnx", "transformers")
 QUANTIZATIONS = ("int8",)
@@ -97,6 +97,7 @@ def export_run(model_dir: str | Path, output: str | Path | None = None, fmt: str
     if fmt == "onnx":
         onnx_export.require_onnx()
     model, tokenizer, path = load_for_inference(model_dir)
+    require_classifier(model, "aptune export")
     settings = run_settings(path, None)
     run = path.parent if (path.parent / "config.yaml").is_file() else path
     final = Path(output).expanduser() if output else run / fmt

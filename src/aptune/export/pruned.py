@@ -16,7 +16,7 @@ from torch import nn
 
 from ..arch import get_spec
 from ..errors import AptuneError
-from ..models import load_config, load_tokenizer
+from ..models import auto_class, head_of, load_config, load_tokenizer
 from ..structure import recorded_structure
 from ..surgery import compact
 
@@ -27,6 +27,7 @@ def save_pruned(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model.config.architectures = [type(model).__name__]  # what load_pruned builds (its head)
     model.config.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
@@ -35,7 +36,7 @@ def save_pruned(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
 
 def load_pruned(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by aptune (pruned or dense) from safetensors only."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     folder = Path(folder)
     weights = folder / "model.safetensors"
@@ -43,7 +44,7 @@ def load_pruned(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mo
         raise AptuneError(f"{folder} lacks config.json or model.safetensors",
                           "pass a model folder written by aptune")
     config = AutoConfig.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = auto_class(head_of(config)).from_config(config)
     structure = recorded_structure(model)
     if structure is not None:  # in the original numbering, i.e. the dense skeleton's
         compact(model, get_spec(model), structure)
@@ -60,6 +61,14 @@ def load_pruned(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mo
             f"unexpected {unexpected[:3]})",
             "the folder mixes files from different runs; re-export the model")
     return model.to(device).eval()
+
+
+def require_classifier(model: nn.Module, command: str) -> None:
+    """`aptune predict` and `aptune export` take sentence-classification models only (so far)."""
+    if head_of(model.config) != "sequence-classification":
+        raise AptuneError(f"{command} takes sentence-classification models; this one is a "
+                          f"{head_of(model.config)} model",
+                          "score it with `aptune eval`, or load it in Python with aptune.load_pruned")
 
 
 def load_for_inference(model_dir: str | Path):

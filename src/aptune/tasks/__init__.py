@@ -5,15 +5,22 @@ from __future__ import annotations
 from ..errors import AptuneError
 from .base import DATA_DIR_ENV, DataReport, Example, Split, Task, resolve_data_dir
 from .glue import MNLI, SST2, ClassificationTask
-from .options import OWN_DATA_TASK, OwnDataOptions, same_task, task_options
+from .options import OWN_DATA_TASK, OwnDataOptions, QAOptions, same_task, task_options
+from .qa import SquadV2
 from .text_classification import TextClassification
 
-TASKS: dict[str, type[Task]] = {"sst2": SST2, "mnli": MNLI, OWN_DATA_TASK: TextClassification}
+TASKS: dict[str, type[Task]] = {"sst2": SST2, "mnli": MNLI, "squad_v2": SquadV2,
+                                OWN_DATA_TASK: TextClassification}
+
+
+def task_class(name: str) -> type[Task] | None:
+    """The registered task class for `name` (case, '-' and '_' ignored), or None."""
+    return next((cls for key, cls in TASKS.items() if same_task(key, name)), None)
 
 
 def get_task(name: str, options: dict | None = None) -> Task:
     """A fresh task by name (case, '-' and '_' ignored), configured with the run's options."""
-    found = next((cls for key, cls in TASKS.items() if same_task(key, name)), None)
+    found = task_class(name)
     if found is None:
         raise AptuneError(f"unknown task '{name}'", f"choose one of: {', '.join(TASKS)}")
     task = found()
@@ -22,5 +29,5 @@ def get_task(name: str, options: dict | None = None) -> Task:
 
 
 __all__ = ["DATA_DIR_ENV", "OWN_DATA_TASK", "TASKS", "ClassificationTask", "DataReport", "Example",
-           "OwnDataOptions", "Split", "Task", "TextClassification", "get_task", "resolve_data_dir",
-           "task_options"]
+           "OwnDataOptions", "QAOptions", "Split", "SquadV2", "Task", "TextClassification", "get_task",
+           "resolve_data_dir", "task_class", "task_options"]

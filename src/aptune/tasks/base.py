@@ -24,6 +24,7 @@ class DataReport:
     rows_kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     subset_of: int | None = None
+    detail: str = ""  # what else a reader should know about the rows (QA: how many unanswerable)
 
     def summary(self) -> str:
         text = f"{self.rows_kept:,} rows from {self.source}"
@@ -32,7 +33,7 @@ class DataReport:
         if self.dropped:
             reasons = ", ".join(f"{n} {why}" for why, n in self.dropped.most_common())
             text += f"; skipped {sum(self.dropped.values()):,} bad rows ({reasons})"
-        return text
+        return text + (f"; {self.detail}" if self.detail else "")
 
 
 @dataclass
@@ -43,8 +44,18 @@ class Example:
 
 @dataclass
 class Split:
-    examples: list[Example]
+    examples: list  # Example, or the task's own example type (QAExample)
     report: DataReport
+
+
+@dataclass
+class Scored:
+    """A task's evaluation of a model on a split: its metrics, its per-class report (where one
+    means something) and one record per example (what `--save-predictions` writes)."""
+
+    metrics: dict[str, float]
+    per_class: list[dict] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -111,6 +122,21 @@ class Task:
     default_max_length: int = 128
     splits: dict[str, str] = {}  # split -> file under <data_dir>/<folder>
     folder: str = ""
+    # The model head the task trains (models.HEADS).
+    head: str = "sequence-classification"
+    # APT's default weight of the prediction-distillation loss (docs/method.md#distillation-losses).
+    prediction_distill_weight: float = 1.0
+    # The dense-vs-pruned inference check at the end of a pruning run: tokens per row, batch sizes.
+    inference_shape: tuple[int, tuple[int, ...]] = (128, (32, 128))
+    label_names: tuple[str, ...] = ()
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
 
     def load(self, split: str, data_dir: Path | None, max_rows: int | None, seed: int,
              options: dict | None = None) -> Split:
@@ -145,6 +171,17 @@ class Task:
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
+
+    def evaluate(self, model, loader, accelerator=None) -> Scored:
+        """Score `model` on the examples behind `loader` (gathered across processes). A
+        classification task predicts one label per row."""
+        from ..train.outputs import predict_labels
+
+        predicted, gold = predict_labels(model, loader, accelerator)
+        names = self.id2label
+        rows = [{"label": names.get(int(p), str(int(p))), "gold": names.get(int(g), str(int(g)))}
+                for p, g in zip(predicted, gold)]
+        return Scored(self.compute_metrics(predicted, gold), self.per_class(predicted, gold), rows)
 
     def local_file(self, split: str, data_dir: Path) -> Path:
         return data_dir / self.folder / self.splits[split]

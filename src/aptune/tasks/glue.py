@@ -24,14 +24,6 @@ class ClassificationTask(Task):
     hub_path = ("glue", "")
     hub_splits: dict[str, str] = {}
 
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
-
     # -- reading -------------------------------------------------------------------------------
     def _label_id(self, raw) -> int | None:
         """Map a raw label (an id, a digit string or a label name) to its fixed id."""

@@ -78,6 +78,35 @@ class OwnDataOptions:
             self.task = OWN_DATA_TASK  # the canonical spelling in config.yaml
 
 
+QA_PANEL = "Question answering (--task squad_v2)"
+
+
+@dataclass
+class QAOptions:
+    """How SQuAD v2 questions become windows and answers (docs/tasks.md#squad-v2)."""
+
+    doc_stride: int = option(128, "QA: tokens shared by consecutive windows of a long context "
+                             "(the window is --max-length, default 384).", QA_PANEL)
+    n_best: int = option(20, "QA: start and end candidates per window when choosing the answer span.",
+                         QA_PANEL)
+    max_answer_length: int = option(30, "QA: longest answer span, in tokens.", QA_PANEL)
+    null_score_threshold: float = option(0.0, "QA: answer 'no answer' when the null score beats the "
+                                         "best span's score by more than this.", QA_PANEL)
+    unanswerable_ratio: float = option(0.0, "QA: add this many synthetic unanswerable training "
+                                       "questions per answerable one (a question paired with another "
+                                       "paragraph of its article that holds none of its answers).",
+                                       QA_PANEL)
+
+    def validate(self) -> None:
+        for name in ("doc_stride", "n_best", "max_answer_length"):
+            if getattr(self, name) <= 0:
+                raise AptuneError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}",
+                                  f"pass a positive --{name.replace('_', '-')}")
+        if self.unanswerable_ratio < 0:
+            raise AptuneError(f"--unanswerable-ratio must be >= 0, got {self.unanswerable_ratio}",
+                              "pass e.g. --unanswerable-ratio 0.5 (0 adds none)")
+
+
 # Options that only --task text-classification reads: given with another task, they are refused.
 SOURCES = ("train_file", "validation_file", "dataset", "dataset_config", "dataset_validation_split",
            "text_column", "text_pair_column", "label_column")
@@ -93,7 +122,7 @@ def same_task(a: str, b: str) -> bool:
 def task_options(values: Mapping[str, Any]) -> dict[str, Any]:
     """The options a task's loader reads, from a config (TrainConfig.to_dict(), a run's
     config.yaml, an export's manifest); missing keys take their defaults."""
-    defaults = {f.name: f.default for f in fields(OwnDataOptions)}
+    defaults = {f.name: f.default for f in (*fields(OwnDataOptions), *fields(QAOptions))}
     out = {name: values.get(name, default) for name, default in defaults.items()}
     out["strip_trailing_periods"] = values.get("strip_trailing_periods", True)
     return out

@@ -9,12 +9,21 @@ from ..tasks import Example, Task
 from ..tasks.base import tokenize_examples
 
 
-class EncodedDataset(Dataset):
-    """Token ids per example, kept as Python lists; the collator pads per batch."""
+# Per-row values that a task keeps beside the model's inputs (extractive QA: which question a
+# window belongs to and its tokens' character offsets); the collator never sees them.
+META_KEYS = ("example_index", "offsets")
 
-    def __init__(self, encodings: dict[str, list]) -> None:
+
+class EncodedDataset(Dataset):
+    """Token ids per row, kept as Python lists; the collator pads per batch. `examples` are the
+    task examples the rows came from and `meta` the task's per-row values (META_KEYS)."""
+
+    def __init__(self, encodings: dict[str, list], examples: list | None = None,
+                 meta: dict[str, list] | None = None) -> None:
         self.encodings = encodings
         self.keys = list(encodings)
+        self.examples = examples or []
+        self.meta = meta or {}
 
     def __len__(self) -> int:
         return len(self.encodings["input_ids"])
@@ -34,10 +43,11 @@ def encode(task: Task | None, examples: list[Example], tokenizer, max_length: in
     merged: dict[str, list] = {}
     for start in range(0, len(examples), chunk):
         for k, v in fn(examples[start:start + chunk]).items():
-            merged.setdefault(k, []).extend(v)
+            merged.setdefault(k, []).extend([start + i for i in v] if k == "example_index" else v)
     if model_config is not None and not uses_segments(model_config):
         merged.pop("token_type_ids", None)
-    return EncodedDataset(merged)
+    meta = {k: merged.pop(k) for k in META_KEYS if k in merged}
+    return EncodedDataset(merged, examples, meta)
 
 
 def uses_segments(model_config) -> bool:

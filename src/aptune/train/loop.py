@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -368,25 +367,7 @@ class Trainer:
 
 def evaluate_model(model: nn.Module, loader, task: Task, accelerator=None) -> dict[str, float]:
     """Predictions over the whole loader, gathered across processes, scored by the task."""
-    return task.compute_metrics(*predict_labels(model, loader, accelerator))
-
-
-@torch.no_grad()
-def predict_labels(model: nn.Module, loader, accelerator=None) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted ids, gold ids) over the whole loader, in order, gathered across processes."""
-    model.eval()
-    preds, labels = [], []
-    for batch in loader:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, n_labels)
-        pred = logits.argmax(dim=-1)
-        gold = batch["labels"]
-        if accelerator is not None:
-            pred, gold = accelerator.gather_for_metrics((pred, gold))
-        preds.append(pred.cpu().numpy())
-        labels.append(gold.cpu().numpy())
-        if pred.device.type == "cpu":
-            release_freed_memory()  # dynamic shapes again: keep allocator slack out of the peak
-    return np.concatenate(preds), np.concatenate(labels)
+    return task.evaluate(model, loader, accelerator).metrics
 
 
 def _forget(accelerator, registry: str, obj) -> None:
