@@ -115,7 +115,8 @@ HEADS = {"sequence-classification": "AutoModelForSequenceClassification",
 
 
 def head_of(config) -> str:
-    """The head a saved model has, from its config's architecture name."""
+    """The head a model has, from its config's architecture name (aptune records it on save and
+    load; anything but a question-answering architecture counts as a classifier)."""
     names = config.architectures or ()
     return "question-answering" if any(a.endswith("ForQuestionAnswering") for a in names) \
         else "sequence-classification"

@@ -384,6 +384,7 @@ def _report_pruning(cfg: TrainConfig, method: Method, final, data: RunData, dens
     if structure is None or not accelerator.is_main_process:
         return None
     seq_len, batch_sizes = data.task.inference_shape
+    seq_len = min(seq_len, get_spec(final).max_positions(final))  # a small model has fewer positions
     _say(accelerator, f"measuring inference: dense vs pruned, batch {' and '.join(map(str, batch_sizes))} "
          f"x {seq_len} tokens ...")
     dense = load_task_model(data.model_path, data.task).to(accelerator.device)

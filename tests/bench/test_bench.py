@@ -124,7 +124,7 @@ def test_settings_parse_as_yaml_scalars():
 def test_every_shipped_scale_evaluates_each_task_on_one_interval(tmp_path):
     for scale in ("smoke", "cpu", "paper"):
         for suite in ("table2", "ablations", "sweep"):
-            jobs = suite_jobs(suite, scale, ["sst2", "mnli"])
+            jobs = suite_jobs(suite, scale, ["sst2", "mnli", "squad_v2"])
             check_same_eval_interval({j.key: job_config(j, tmp_path, None, {}) for j in jobs})
     with pytest.raises(AptuneError, match="different intervals"):
         check_same_eval_interval({"sst2/ft": {"eval_every": 125, "batch_size": 32},
@@ -296,6 +296,27 @@ def test_tables_render_every_suite_layout():
     assert "not reached (best 84.00)" in tables.table4({**s, "sst2/apt": s["sst2/apt-s80"]}, ["sst2"])
 
 
+def test_table2_adds_the_squad_column_with_its_own_inference_shape():
+    s = _synthetic()
+    for name, score in (("ft", 0.60), ("apt", 0.55)):
+        s[f"squad_v2/{name}"] = {**_summary("squad_v2", name, name, score, label=name.upper()),
+                                 "exact": score - 0.05}
+    add_inference(s, {"squad_v2": {n: {"peak_memory_bytes": 300, "seq_len": 384,
+                                       "fixed": {"16": {"samples_per_s": t}, "32": {"samples_per_s": t}},
+                                       "dev": {"16": {"samples_per_s": t, "samples": 40},
+                                               "32": {"samples_per_s": t, "samples": 40}}}
+                                   for n, t in (("ft", 10.0), ("apt", 25.0))}})
+    assert s["squad_v2/apt"]["relative"]["inf_time_pct_fixed_32"] == pytest.approx(40.0)
+    t2 = tables.table2(s, ["sst2", "mnli", "squad_v2"])
+    assert "| SQuAD v2 F1 | paper |" in t2
+    apt = next(r for r in t2.splitlines() if r.startswith("| APT "))
+    assert "| 88.00 | 94.5 | 68.00 | 86.4 | 55.00 | 81.8 |" in apt
+    assert "| Prune+Distill | — | 94.5 | — | 87.3 | — | — |" in t2  # the paper ran no CoFi on SQuAD
+    raw = tables.raw_table(s, ["squad_v2"])
+    assert "| Method | dev score | EM |" in raw and "inf fixed@16 (samples/s) | inf fixed@32 |" in raw
+    assert "| APT (apt) | 55.00 | 50.00 |" in raw and "batch 32 × 384 tokens" in raw
+
+
 def test_plots_are_written_and_non_empty(tmp_path):
     s = _synthetic()
     s["sst2/apt"]["apt_trace"] = {"ranks": [{"step": 0, "min": 8, "max": 8, "median": 8, "mean": 8},
@@ -362,6 +383,29 @@ def test_smoke_table2_end_to_end_then_resumes(isolated_cache, tiny_data_dir, tmp
     report = invoke("bench", "--suite", "table2", "--scale", "smoke", "--report-only", "--tasks", "sst2",
                     "--results-dir", tmp_path / "results").stdout
     assert "running" not in report and "## Table 2" in report
+
+
+def test_bench_measures_squad_models_on_384_token_windows(isolated_cache, learnable_bert_dir,
+                                                        tiny_data_dir, tmp_path):
+    """The harness on two QA runs trained in place (in-process: cheaper than the smoke suite)."""
+    run = tmp_path / "results" / "smoke-table2"
+    common = ("--task", "squad_v2", "--model", learnable_bert_dir, "--data-dir", tiny_data_dir,
+              "--max-length", "80", "--doc-stride", "8", "--batch-size", "8", "--eval-every", "5",
+              "--lr", "5e-3", "--quiet")
+    invoke("train", "--method", "ft", "--epochs", "1", "--output-dir", run / "squad_v2" / "ft", *common)
+    invoke("train", "--method", "apt", "--epochs", "10", "--output-dir", run / "squad_v2" / "apt",
+           "--sparsity", "0.6", "--no-use-kurtosis", *common)
+    out = invoke("bench", "--suite", "table2", "--scale", "smoke", "--tasks", "squad_v2", "--report-only",
+                 "--results-dir", tmp_path / "results", "--data-dir", tiny_data_dir).stdout
+    jobs = json.loads((run / "results.json").read_text())["table2"]["jobs"]
+    assert set(jobs) == {"squad_v2/ft", "squad_v2/apt"}
+    apt = jobs["squad_v2/apt"]
+    assert apt["metric"] == "f1" and 0 <= apt["score"] <= 1 and apt["exact"] is not None
+    assert set(apt["inference"]["fixed"]) == {"16", "32"} and apt["inference"]["seq_len"] == 384
+    assert apt["inference"]["fresh_memory"]["seq_len"] == 384 and apt["params_kept"] <= 0.4
+    assert apt["relative"]["inf_time_pct_fixed_32"] > 0
+    assert "| SQuAD v2 F1 | paper |" in (run / "table.md").read_text()
+    assert "24 dev rows and 384-token inputs, batch 16 and 32" in out
 
 
 def test_bench_reports_a_failed_job_and_skips_what_needs_it(isolated_cache, tmp_path):

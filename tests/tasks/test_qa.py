@@ -52,6 +52,10 @@ def test_best_threshold_sweeps_the_null_margins():
     tuned = best_threshold(golds, spans, {"a": -2.0, "b": 1.0, "c": 3.0})
     assert tuned["best_f1"] == pytest.approx(1.0)  # abstain on b and c, answer a
     assert -2.0 <= tuned["best_f1_threshold"] < 1.0
+    # a question without any valid span has an infinite margin; the threshold stays finite
+    tuned = best_threshold(golds, {"a": "Paris", "b": "", "c": "Oslo"},
+                           {"a": -2.0, "b": float("inf"), "c": 3.0})
+    assert tuned["best_f1"] == pytest.approx(1.0) and -2.0 <= tuned["best_f1_threshold"] < 3.0
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "squad_v2" / "dev-v2.0.json").is_file(), reason="no shared data")
@@ -192,6 +196,20 @@ def test_masked_qa_model_equals_compacted_and_reloads(tmp_path, tiny_model_dir):
     assert torch.equal(again.start_logits, pruned.start_logits)
 
 
+@pytest.mark.parametrize("method", ["lora", "apt"])
+def test_adapter_methods_train_the_qa_head(tiny_bert_dir, method):
+    from aptune.arch import get_spec
+    from aptune.config import TrainConfig
+    from aptune.methods import get_method
+    from aptune.models import load_classifier
+
+    model = load_classifier(str(tiny_bert_dir), 2, head="question-answering")
+    cfg = TrainConfig(task="squad_v2", method=method, model=str(tiny_bert_dir))
+    model = get_method(method).prepare(model, get_spec(model), cfg)
+    assert model.qa_outputs.weight.requires_grad and model.qa_outputs.bias.requires_grad
+    assert not model.bert.embeddings.word_embeddings.weight.requires_grad
+
+
 # -- every method, end to end -----------------------------------------------------------------------
 METHOD_FLAGS = {
     "ft": ["--epochs", "2", "--lr", "5e-3"],
@@ -234,7 +252,9 @@ def test_every_method_trains_saves_and_reloads_on_squad(tmp_path, learnable_bert
     assert result["eval"]["f1"] == pytest.approx(f1, abs=1e-9) and result["rows"] == 24
     rows = [json.loads(ln) for ln in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 24 and {"id", "prediction", "best_span", "gold"} <= set(rows[0])
-    if method == "apt":  # not yet for QA models: one clear message each
+    if method == "apt":  # not yet for QA models, and never as a classifier: one clear message each
+        assert "is a question-answering model and sst2 needs a sequence-classification one" in fails(
+            "eval", "--model-dir", run, "--task", "sst2", "--data-dir", tiny_data_dir)
         assert "takes sentence-classification models" in fails("predict", "--model-dir", run, "--text", "x")
         assert "takes sentence-classification models" in fails("export", "--model-dir", run,
                                                                 "--format", "transformers")

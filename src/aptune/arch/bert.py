@@ -20,8 +20,9 @@ class BertSpec(ArchSpec):
     lora_target_modules = ("attention.self.query", "attention.self.value")
     apt_target_modules = ("attention.self.query", "attention.self.value", "intermediate.dense")
     # BERT classifies from the pooler (a pretrained dense+tanh) and a new linear layer; RoBERTa's
-    # head holds both. Either way the whole head is trained (docs/baselines.md#common-protocol).
-    head_modules = ("pooler", "classifier")
+    # head holds both; extractive QA reads every token with `qa_outputs`. Either way the whole head
+    # is trained (docs/baselines.md#common-protocol).
+    head_modules = ("pooler", "classifier", "qa_outputs")
     remote_code = ("bert_remote_code.py", {"bert": "AptunePrunedBertForSequenceClassification",
                                            "roberta": "AptunePrunedRobertaForSequenceClassification"})
 

@@ -30,6 +30,7 @@ def job_summary(job: Job, folder: Path) -> dict[str, Any]:
         "task": job.task, "name": job.name, "label": job.label, "method": job.method,
         "recipe": job.recipe, "overrides": job.overrides, "folder": str(folder),
         "sparsity_target": job.sparsity, "metric": metric, "score": metrics["eval"][metric],
+        "exact": metrics["eval"].get("exact"),  # SQuAD's exact match, beside its F1
         "selected_step": metrics["selection"]["step"],
         "params_non_embedding": params["non_embedding"],
         "params_dense_non_embedding": params["dense_non_embedding"],

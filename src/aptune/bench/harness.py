@@ -20,6 +20,7 @@ import yaml
 
 from ..env_info import hardware, versions
 from ..errors import AptuneError
+from ..tasks import get_task
 from . import plots, tables
 from .collect import add_inference, collect
 from .runner import check_finished_jobs, check_same_eval_interval, job_config, job_dir, run_jobs
@@ -138,10 +139,11 @@ def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir
                                                        finished, rounds, dev_rows, say)
     memory = cached.get("fresh_memory") if same_models else None
     if memory is None or cached.get("fresh_memory_repeats") != memory_repeats:
-        say(f"inference memory ({task_name}): {len(finished)} models, batch 128 x 128 tokens, one fresh "
-            f"process per pass, median of {memory_repeats}")
+        seq_len, batch_sizes = get_task(task_name).inference_shape
+        say(f"inference memory ({task_name}): {len(finished)} models, batch {max(batch_sizes)} x {seq_len} "
+            f"tokens, one fresh process per pass, median of {memory_repeats}")
         memory = fresh_memory.measure_models({n: f / "model" for n, f in finished.items()},
-                                             repeats=memory_repeats, say=say)
+                                             max(batch_sizes), seq_len, repeats=memory_repeats, say=say)
     else:
         say(f"inference memory ({task_name}): no model changed since the last measurement, reused")
     _write_atomic(cache, json.dumps({"stamp": stamp, "rounds": rounds, "dev_rows": dev_rows_used,
@@ -157,25 +159,27 @@ def _throughput_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_di
     memory figure kept for reference."""
     from ..export import load_pruned
     from ..models import load_config, load_tokenizer
-    from ..tasks import get_task, resolve_data_dir
+    from ..tasks import resolve_data_dir, task_options
     from .inference import dev_batches_for, measure_models
 
     ft_job = next(j for j in jobs if j.task == task_name and j.name == "ft")
     cfg = _read_config(run_dir, ft_job) or job_config(ft_job, run_dir, data_dir, settings)
-    task = get_task(task_name)
+    options = task_options(cfg)
+    task = get_task(task_name, options)
     split = task.load("dev", resolve_data_dir(data_dir or cfg.get("data_dir")), cfg.get("max_eval_samples"),
-                      cfg.get("data_seed", 0),
-                      {"strip_trailing_periods": cfg.get("strip_trailing_periods", True)})
-    examples = split.examples[:dev_rows]
+                      cfg.get("data_seed", 0), options)
+    examples = split.examples[:min(dev_rows, task.inference_dev_rows or dev_rows)]
+    seq_len, batch_sizes = task.inference_shape
     ft_model_dir = finished["ft"] / "model"
     tokenizer = load_tokenizer(str(ft_model_dir))
     model_config = load_config(str(ft_model_dir))
     batches = dev_batches_for(task, examples, tokenizer, cfg.get("max_length") or task.default_max_length,
-                              model_config, (32, 128))
+                              model_config, batch_sizes)
     say(f"inference ({task_name}): {len(finished)} final models against dense FT, {len(examples):,} "
-        f"dev rows and 128-token inputs, batch 32 and 128, median of {rounds} rounds")
+        f"dev rows and {seq_len}-token inputs, batch {' and '.join(map(str, batch_sizes))}, median of "
+        f"{rounds} rounds")
     loaders = {name: (lambda f=folder: load_pruned(f / "model")) for name, folder in finished.items()}
-    return measure_models(loaders, batches, rounds=rounds, say=say), len(examples)
+    return measure_models(loaders, batches, batch_sizes, seq_len, rounds=rounds, say=say), len(examples)
 
 
 def _write_reports(suite: str, tasks: list[str], summaries: dict, run_dir: Path) -> list[str]:

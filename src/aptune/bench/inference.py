@@ -108,6 +108,8 @@ def dev_batches_for(task, dev_examples, tokenizer, max_length: int, model_config
     from ..train.data import encode, make_loader
 
     ds = encode(task, dev_examples, tokenizer, max_length, model_config)
-    return {bs: [{k: v for k, v in b.items() if k != "labels"}
+    from ..train.outputs import model_inputs
+
+    return {bs: [model_inputs(b)
                  for b in make_loader(ds, tokenizer, bs, shuffle=False, seed=seed)]
             for bs in batch_sizes}

@@ -18,7 +18,7 @@ from ..methods import METHODS
 
 SUITES = ("table2", "ablations", "sweep")
 SCALES = ("smoke", "cpu", "paper")
-TASKS = ("sst2", "mnli")
+TASKS = ("sst2", "mnli", "squad_v2")
 
 # Table 2 rows in the paper's order (the registry's), with the paper's labels.
 TABLE2_METHODS = tuple((name, m.label) for name, m in METHODS.items())

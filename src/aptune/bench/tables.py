@@ -10,7 +10,7 @@ from .collect import relative_accuracy
 from .suites import ABLATIONS, TABLE2_METHODS
 
 MiB = 2**20
-TASK_TITLES = {"sst2": "SST-2", "mnli": "MNLI"}
+TASK_TITLES = {"sst2": "SST-2", "mnli": "MNLI", "squad_v2": "SQuAD v2"}
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -34,6 +34,29 @@ def _rel(s: dict | None, key: str) -> float | None:
     return None if s is None else s.get("relative", {}).get(key)
 
 
+def _batches(summaries: dict[str, dict], task: str) -> list[str]:
+    """The inference batch sizes measured on `task` (e.g. ["32", "128"]), smallest first."""
+    found = {bs for s in summaries.values() if s["task"] == task
+             for bs in s.get("inference", {}).get("fixed", {})}
+    return sorted(found, key=int)
+
+
+def _inf_shape(summaries: dict[str, dict], task: str) -> str:
+    """'batch 128 × 128 tokens': the largest measured batch and the inputs' length."""
+    sizes = _batches(summaries, task) or ["128"]
+    seq = next((s["inference"].get("seq_len") for s in summaries.values()
+                if s["task"] == task and s.get("inference")), 128)
+    return f"batch {sizes[-1]} × {seq} tokens"
+
+
+def _inf_time_pct(summaries: dict[str, dict], s: dict | None) -> float | None:
+    """Inf time % of FT at the largest batch measured on the summary's task."""
+    if s is None:
+        return None
+    sizes = _batches(summaries, s["task"])
+    return _rel(s, f"inf_time_pct_fixed_{sizes[-1]}") if sizes else None
+
+
 def efficiency_task(summaries: dict[str, dict], tasks: list[str]) -> str:
     """The paper measures efficiency on SST-2; use it when it ran, else the first task."""
     return "sst2" if "sst2" in tasks and any(k.startswith("sst2/") for k in summaries) else tasks[0]
@@ -42,27 +65,32 @@ def efficiency_task(summaries: dict[str, dict], tasks: list[str]) -> str:
 def table2(summaries: dict[str, dict], tasks: list[str]) -> str:
     eff = efficiency_task(summaries, tasks)
     head = ["Method"]
-    for task in ("sst2", "mnli"):
-        head += [TASK_TITLES[task], "paper"]
+    score_tasks = ["sst2", "mnli"] + (["squad_v2"] if "squad_v2" in tasks else [])
+    for task in score_tasks:
+        head += [TASK_TITLES[task] + (" F1" if task == "squad_v2" else ""), "paper"]
     head += ["TTA", "paper", "Train mem", "paper", "Inf time", "paper", "Inf mem", "paper", "Params kept"]
     rows = [head, ["---"] * len(head)]
     for name, label in TABLE2_METHODS:
         p = paper.TABLE2[name]
         e = summaries.get(f"{eff}/{name}")
         row = [label]
-        for i, task in enumerate(("sst2", "mnli")):
-            row += [_score(summaries.get(f"{task}/{name}")), f"{p[i]:.1f}"]
+        for i, task in enumerate(score_tasks):
+            theirs = paper.TABLE2_SQUAD.get(name) if task == "squad_v2" else p[i]
+            row += [_score(summaries.get(f"{task}/{name}")), _num(theirs)]
         row += [_tta_pct(e), _pct(p[2]), _pct(_rel(e, "train_memory_pct")), _pct(p[3]),
-                _pct(_rel(e, "inf_time_pct_fixed_128")), _pct(p[4]),
+                _pct(_inf_time_pct(summaries, e)), _pct(p[4]),
                 _pct(_rel(e, "inf_memory_pct")), _pct(p[5]),
                 "—" if e is None else _pct(100 * e["params_kept"], 2)]
         rows.append(row)
     notes = [f"Efficiency columns are measured on {TASK_TITLES[eff]}, as % of FT in this run "
              "(lower is better); the paper's are RoBERTa-base on an A100.",
              *_threshold_notes(summaries, tasks),
-             "Inf time = FT throughput / method throughput on fixed batch-128 × 128-token inputs; "
-             "Inf mem = weights + the peak memory rise of one forward pass at batch 128 × 128 "
-             "tokens, one fresh process per pass (median of the passes), / FT's."]
+             f"Inf time = FT throughput / method throughput on fixed {_inf_shape(summaries, eff)} "
+             "inputs; Inf mem = weights + the peak memory rise of one forward pass at the same "
+             "shape, one fresh process per pass (median of the passes), / FT's."]
+    if "squad_v2" in score_tasks:
+        notes.append("SQuAD v2 F1 is on the run's dev subset, at the fixed null threshold 0 (the "
+                     "paper's column is RoBERTa-base on the full dev set; it ran no CoFi method there).")
     return _render(rows) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
@@ -70,37 +98,48 @@ def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
     """Our Table 11: the raw figures behind the ratios, per task."""
     out = []
     for task in tasks:
+        sizes = _batches(summaries, task) or ["32", "128"]
         head = ["Method", "dev score", "TTA (s)", "TTA step", "train s (total)", "s/step",
-                "train mem (MiB)", "inf fixed@32 (samples/s)", "inf fixed@128", "inf dev@32",
-                "inf dev@128", "inf mem (MiB)", "one-process (MiB)", "non-emb params", "wall (min)"]
+                "train mem (MiB)", *[f"inf {kind}@{bs}" + (" (samples/s)" if i == 0 else "")
+                                     for i, (kind, bs) in enumerate(_kinds(sizes))],
+                "inf mem (MiB)", "one-process (MiB)", "non-emb params", "wall (min)"]
+        if task == "squad_v2":
+            head.insert(2, "EM")
         rows = [head, ["---"] * len(head)]
         for s in summaries.values():
             if s["task"] != task:
                 continue
             inf = s.get("inference", {})
             tta = s.get("tta", {})
+            exact = [f"{100 * s['exact']:.2f}" if s.get("exact") is not None else "—"] \
+                if task == "squad_v2" else []
             rows.append([
-                f"{s['label']} ({s['name']})", _score(s),
+                f"{s['label']} ({s['name']})", _score(s), *exact,
                 f"{tta['seconds']:,.0f}" if tta.get("reached") else "not reached",
                 str(tta.get("step") or "—"), f"{s['total_train_seconds']:,.0f}",
                 f"{s['seconds_per_step']:.3f}",
                 f"{s['peak_train_memory_bytes'] / MiB:,.0f}",
-                *[_thr(inf, kind, bs) for kind, bs in (("fixed", "32"), ("fixed", "128"),
-                                                         ("dev", "32"), ("dev", "128"))],
+                *[_thr(inf, kind, bs) for kind, bs in _kinds(sizes)],
                 _mib(inf.get("fresh_memory", {}).get("peak_memory_bytes")),
                 _mib(inf.get("peak_memory_bytes")),
                 f"{s['params_non_embedding']:,} ({100 * s['params_kept']:.2f}%)",
                 f"{s['wall_seconds'] / 60:.1f}" if s.get("wall_seconds") else "—"])
-        dev_rows = next((s["inference"]["dev"]["32"]["samples"] for s in summaries.values()
-                         if s["task"] == task and s.get("inference", {}).get("dev", {}).get("32")), None)
-        note = (f"\n- Inference: fixed = batch × 128 random-token inputs; dev = the real dev set "
-                f"({dev_rows:,} rows, dynamic padding); each the median over rounds in one process. "
-                f"Inf mem = weights + forward peak at batch 128 × 128 tokens, one fresh process per "
+        dev_rows = next((s["inference"]["dev"][sizes[0]]["samples"] for s in summaries.values()
+                         if s["task"] == task and s.get("inference", {}).get("dev", {}).get(sizes[0])), None)
+        seq = _inf_shape(summaries, task).split("× ")[1]
+        note = (f"\n- Inference: fixed = batch × {seq} of random ids; dev = the real dev set "
+                f"({dev_rows:,} {'windows' if task == 'squad_v2' else 'rows'}, dynamic padding); each "
+                f"the median over rounds in one process. "
+                f"Inf mem = weights + forward peak at {_inf_shape(summaries, task)}, one fresh process per "
                 f"pass; one-process = the same models measured one after another in one process "
                 f"(on CPU, peak RSS there carries allocator history).\n"
                 if dev_rows else "")
         out.append(f"### {TASK_TITLES[task]}\n\n" + _render(rows) + note)
     return "\n".join(out)
+
+
+def _kinds(sizes: list[str]) -> list[tuple[str, str]]:
+    return [(kind, bs) for kind in ("fixed", "dev") for bs in sizes]
 
 
 def _mib(value: float | None) -> str:
@@ -144,7 +183,7 @@ def sweep_points(summaries: dict[str, dict], tasks: list[str]) -> list[dict[str,
             continue
         if e["method"] == "apt" and e["overrides"].keys() - {"sparsity"}:
             continue  # ablations are not sweep points
-        inf_pct = _rel(e, "inf_time_pct_fixed_128")
+        inf_pct = _inf_time_pct(summaries, e)
         mem_pct = _rel(e, "inf_memory_pct")
         points.append({"name": name, "method": e["method"], "label": e["label"],
                        "sparsity_target": e["sparsity_target"] or 0.0, "params_kept": e["params_kept"],

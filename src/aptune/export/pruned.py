@@ -44,15 +44,19 @@ def load_pruned(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mo
         raise AptuneError(f"{folder} lacks config.json or model.safetensors",
                           "pass a model folder written by aptune")
     config = AutoConfig.from_pretrained(folder)
-    model = auto_class(head_of(config)).from_config(config)
-    structure = recorded_structure(model)
-    if structure is not None:  # in the original numbering, i.e. the dense skeleton's
-        compact(model, get_spec(model), structure)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # noqa: BLE001 - a corrupt header or truncated file
         raise AptuneError(f"cannot read {weights}: it looks corrupt ({exc})",
                           "re-export the model, or restore the folder from a good copy") from None
+    # The head is read from the weights: a config saved before aptune recorded it may name the
+    # architecture of the checkpoint that training started from.
+    head = "question-answering" if "qa_outputs.weight" in state else "sequence-classification"
+    model = auto_class(head).from_config(config)
+    model.config.architectures = [type(model).__name__]
+    structure = recorded_structure(model)
+    if structure is not None:  # in the original numbering, i.e. the dense skeleton's
+        compact(model, get_spec(model), structure)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:

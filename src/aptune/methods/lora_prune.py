@@ -52,7 +52,9 @@ class LoRAPrune(LoRA):
         base_eval = ctx.evaluate(base)
         mt_cfg = MaskTuningConfig(kept=1 - cfg.sparsity, constraint=cfg.mt_constraint,
                                   seq_len=ctx.dev_mean_tokens, teacher=cfg.mt_teacher,
-                                  rescale=cfg.mt_rescale, classification=True)
+                                  rescale=cfg.mt_rescale,
+                                  # a classifier reads [CLS] only; a QA head reads every token
+                                  classification=ctx.task.head == "sequence-classification")
         meter = PeakMemoryMeter(ctx.accelerator.device)
         meter.start()
         t0 = time.perf_counter()

@@ -25,9 +25,10 @@ class DataReport:
     dropped: Counter = field(default_factory=Counter)
     subset_of: int | None = None
     detail: str = ""  # what else a reader should know about the rows (QA: how many unanswerable)
+    unit: str = "rows"  # what a row is ("questions" for QA)
 
     def summary(self) -> str:
-        text = f"{self.rows_kept:,} rows from {self.source}"
+        text = f"{self.rows_kept:,} {self.unit} from {self.source}"
         if self.subset_of is not None:
             text += f" (fixed subset of {self.subset_of:,})"
         if self.dropped:
@@ -128,6 +129,8 @@ class Task:
     prediction_distill_weight: float = 1.0
     # The dense-vs-pruned inference check at the end of a pruning run: tokens per row, batch sizes.
     inference_shape: tuple[int, tuple[int, ...]] = (128, (32, 128))
+    # At most this many dev rows for the benchmark's real-data inference pass (None: as asked).
+    inference_dev_rows: int | None = None
     label_names: tuple[str, ...] = ()
 
     @property
@@ -146,9 +149,18 @@ class Task:
         """Take what the run's options say about the data (a task with its own files reads its
         columns and metric here); fixed benchmark tasks need nothing."""
 
+    def check_head(self, config) -> None:
+        """A saved model must have this task's head (a QA model cannot classify sentences)."""
+        from ..models import head_of
+
+        if head_of(config) != self.head:
+            raise AptuneError(f"the model is a {head_of(config)} model and {self.name} needs a "
+                              f"{self.head} one", "pass the --task the model was trained on")
+
     def adopt_labels(self, config) -> None:
         """Check a saved model against the task's labels (a task whose labels come from the
         training file takes the model's instead)."""
+        self.check_head(config)
         if config.num_labels != self.num_labels:
             raise AptuneError(f"the model has {config.num_labels} labels but {self.name} has "
                               f"{self.num_labels}", "pass the --task the model was trained on")

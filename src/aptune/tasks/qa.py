@@ -25,6 +25,7 @@ class SquadV2(Task):
     head = "question-answering"
     prediction_distill_weight = 0.1  # L_distill = 0.1·L_pred + 0.9·L_layer on SQuAD
     inference_shape = (384, (16, 32))  # full 384-token windows
+    inference_dev_rows = 256  # questions: a CPU pass over thousands of windows takes minutes
 
     def __init__(self) -> None:
         self.options = dict(doc_stride=128, n_best=20, max_answer_length=30, null_score_threshold=0.0,
@@ -34,9 +35,7 @@ class SquadV2(Task):
         self.options.update({k: options[k] for k in self.options if options.get(k) is not None})
 
     def adopt_labels(self, config) -> None:
-        if not any(a.endswith("ForQuestionAnswering") for a in config.architectures or ()):
-            raise AptuneError(f"the model is a {', '.join(config.architectures or ['?'])}, not a "
-                              "question-answering model", "pass the --task the model was trained on")
+        self.check_head(config)
 
     # -- reading -------------------------------------------------------------------------------
     def load(self, split: str, data_dir: Path | None, max_rows: int | None, seed: int,
@@ -49,10 +48,10 @@ class SquadV2(Task):
                 raise AptuneError(f"squad_v2 {split} file not found: {path}",
                                   f"put {self.folder}/{self.splits[split]} under the data directory, or "
                                   "unset --data-dir/APTUNE_DATA_DIR to download from the hub")
-            report = DataReport(source=str(path))
+            report = DataReport(source=str(path), unit="questions")
             examples = read_squad_json(path, report)
         else:
-            report = DataReport(source=f"hub squad_v2[{self.hub_splits[split]}]")
+            report = DataReport(source=f"hub squad_v2[{self.hub_splits[split]}]", unit="questions")
             examples = hub_examples(self.hub_splits[split], report)
         if not examples:
             raise AptuneError(f"{report.source} has no questions", "pass a SQuAD v2 file with questions")

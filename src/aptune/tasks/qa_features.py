@@ -16,7 +16,6 @@ from ..errors import AptuneError
 from .squad_data import QAExample
 
 MAX_QUESTION_TOKENS = 64  # longer questions are cut, so that every window keeps room for context
-META_KEYS = ("example_index", "offsets")  # per window, kept beside the model's inputs
 
 
 def window_tokenizer(tokenizer, max_length: int, stride: int) -> Callable[[list[QAExample]], dict]:
@@ -25,11 +24,15 @@ def window_tokenizer(tokenizer, max_length: int, stride: int) -> Callable[[list[
     if not getattr(tokenizer, "is_fast", False):
         raise AptuneError("question answering needs a fast tokenizer (it maps tokens to characters)",
                           "use a model folder with a tokenizer.json")
-    if not 0 < stride < max_length - MAX_QUESTION_TOKENS - 3:
+    # A window holds the question, the special tokens (3 for BERT, 4 for RoBERTa) and the context;
+    # the tokenizer needs the stride below what is left for the context.
+    room = max_length - MAX_QUESTION_TOKENS - tokenizer.num_special_tokens_to_add(pair=True)
+    if not 0 < stride < room:
         raise AptuneError(f"--doc-stride {stride} does not fit windows of --max-length {max_length} "
                           f"(a question takes up to {MAX_QUESTION_TOKENS} tokens)",
-                          f"pass a --doc-stride below {max(1, max_length - MAX_QUESTION_TOKENS - 3)}, "
-                          "or a larger --max-length (the paper uses 384 with stride 128)")
+                          (f"pass a --doc-stride below {room}, or a larger --max-length" if room > 1 else
+                           f"pass a --max-length above {max_length - room + 2}")
+                          + " (the paper uses 384 with stride 128)")
     if tokenizer.padding_side == "left":
         raise AptuneError("question answering expects a tokenizer that pads on the right",
                           "set tokenizer.padding_side = 'right' in the model folder")

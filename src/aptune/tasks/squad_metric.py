@@ -8,6 +8,7 @@ gold list means "no answer", which only the empty prediction matches. Scores are
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -52,8 +53,9 @@ def squad_v2_scores(golds: Mapping[str, Sequence[str]], predictions: Mapping[str
     exact, f1 = {}, {}
     for qid, answers in golds.items():
         exact[qid], f1[qid] = question_scores(answers, predictions.get(qid, ""))
-    has_answer = [qid for qid, answers in golds.items() if any(normalize_answer(a) for a in answers)]
-    no_answer = [qid for qid in golds if qid not in set(has_answer)]
+    has_answer = [qid for qid, answers in golds.items() if answers]  # the official split: any gold text
+    answered = set(has_answer)
+    no_answer = [qid for qid in golds if qid not in answered]
     out = {"exact": _mean(exact, golds), "f1": _mean(f1, golds), "total": float(len(golds))}
     for prefix, ids in (("has_ans", has_answer), ("no_ans", no_answer)):
         out[f"{prefix}_exact"], out[f"{prefix}_f1"] = _mean(exact, ids), _mean(f1, ids)
@@ -71,13 +73,25 @@ def best_threshold(golds: Mapping[str, Sequence[str]], span_predictions: Mapping
     no_answer = {q: not any(normalize_answer(a) for a in golds[q]) for q in ids}
     # Threshold = +inf: every question answered with its span; lowering it past a question's
     # margin turns that one into "" (right for an unanswerable one, F1 0 for an answerable one).
+    finite = [m for m in null_margins.values() if math.isfinite(m)]
     score = best = sum(span_f1[q] for q in ids)
-    best_at = max(null_margins.values(), default=0.0)
-    for q in sorted(ids, key=lambda q: -null_margins[q]):
+    best_at = max(finite, default=0.0)  # every question with a span answers it
+    order = sorted(ids, key=lambda q: -null_margins[q])
+    for k, q in enumerate(order):
         score += (1.0 if no_answer[q] else 0.0) - span_f1[q]
-        if score > best:
-            best, best_at = score, null_margins[q] - 1e-6
+        nxt = null_margins[order[k + 1]] if k + 1 < len(order) else -math.inf
+        if score > best and nxt < null_margins[q]:  # a threshold between this margin and the next
+            best, best_at = score, _between(null_margins[q], nxt)
     return {"best_f1": best / max(1, len(ids)), "best_f1_threshold": float(best_at)}
+
+
+def _between(high: float, low: float) -> float:
+    """A finite threshold t with low <= t < high (the margins may be ±inf)."""
+    if math.isfinite(high) and math.isfinite(low):
+        return (high + low) / 2
+    if math.isfinite(high):
+        return high - 1.0
+    return low + 1.0 if math.isfinite(low) else 0.0
 
 
 def _mean(values: Mapping[str, float], ids) -> float:

@@ -46,6 +46,7 @@ class TextClassification(ClassificationTask):
 
     def adopt_labels(self, config) -> None:
         """Evaluating a saved model: its labels, in its order, are the label set."""
+        self.check_head(config)
         self.label_names = tuple(config.id2label[i] for i in range(config.num_labels))
 
     def resolved_options(self) -> dict:
