@@ -243,7 +243,7 @@ def load_data(cfg: TrainConfig, say) -> RunData:
     say(f"dev:   {dev.report.summary()}")
     max_length = cfg.max_length or task.default_max_length
     return RunData(task, tokenizer, model_path, train, dev,
-                   encode(task, train.examples, tokenizer, max_length, model_config),
+                   encode(task, train.examples, tokenizer, max_length, model_config, keep_meta=False),
                    encode(task, dev.examples, tokenizer, max_length, model_config), max_length)
 
 

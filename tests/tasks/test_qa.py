@@ -99,6 +99,9 @@ def test_a_bad_file_through_the_cli_exits_2_without_traceback(tmp_path, tiny_ber
     stderr = fails("train", "--task", "squad_v2", "--model", tiny_bert_dir, "--data-dir", tmp_path,
                    "--output-dir", tmp_path / "run")
     assert "does not have the SQuAD layout" in stderr
+    stderr = fails("train", "--task", "sst2", "--doc-stride", "64", "--model", tiny_bert_dir,
+                   "--data-dir", tmp_path, "--output-dir", tmp_path / "run2")
+    assert "--doc-stride is for --task squad_v2, not --task sst2" in stderr
 
 
 def _examples(tiny_data_dir) -> list[QAExample]:
@@ -118,6 +121,25 @@ def test_synthetic_unanswerable_questions_hold_none_of_their_answers(tiny_data_d
         assert e.context != source.context and e.article == source.article
         assert not any(a.lower() in e.context.lower() for a in source.answers)
     assert [e.id for e in add_unanswerable(examples, examples, 0.5, seed=3)] == [e.id for e in mixed]
+
+
+def test_synthetic_questions_by_default_only_where_the_file_has_almost_no_unanswerable(tiny_data_dir,
+                                                                                        tmp_path):
+    balanced = get_task("squad_v2").load("train", tiny_data_dir, None, 0)  # a quarter unanswerable
+    assert not any(e.synthetic for e in balanced.examples)
+    data = json.loads((tiny_data_dir / "squad_v2" / "train-v2.0.partial.json").read_text())
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            paragraph["qas"] = [q for q in paragraph["qas"] if not q["is_impossible"]]
+    (tmp_path / "squad_v2").mkdir()
+    _write(tmp_path / "squad_v2", data, "train-v2.0.partial.json")
+    task = get_task("squad_v2")
+    skewed = task.load("train", tmp_path, None, 0)  # no unanswerable question: 0.5 per answerable
+    made = sum(e.synthetic for e in skewed.examples)
+    assert 0 < made <= 18 and task.resolved_options() == {"unanswerable_ratio": 0.5}
+    assert "synthetic (--unanswerable-ratio 0.5)" in skewed.report.summary()
+    explicit = get_task("squad_v2", {"unanswerable_ratio": 0.0}).load("train", tmp_path, None, 0)
+    assert not any(e.synthetic for e in explicit.examples)
 
 
 def test_subsets_keep_the_share_of_unanswerable_questions(tiny_data_dir):

@@ -92,17 +92,25 @@ class QAOptions:
     max_answer_length: int = option(30, "QA: longest answer span, in tokens.", QA_PANEL)
     null_score_threshold: float = option(0.0, "QA: answer 'no answer' when the null score beats the "
                                          "best span's score by more than this.", QA_PANEL)
-    unanswerable_ratio: float = option(0.0, "QA: add this many synthetic unanswerable training "
-                                       "questions per answerable one (a question paired with another "
-                                       "paragraph of its article that holds none of its answers).",
-                                       QA_PANEL)
+    unanswerable_ratio: float | None = option(None, "QA: add this many synthetic unanswerable training "
+                                              "questions per answerable one (a question paired with "
+                                              "another paragraph of its article that holds none of its "
+                                              "answers). Default: 0.5 when under 5% of the training "
+                                              "questions are unanswerable (the local file), else 0.",
+                                              QA_PANEL)
 
     def validate(self) -> None:
+        if hasattr(self, "task") and not same_task(self.task, "squad_v2"):
+            given = [f.name for f in fields(QAOptions) if getattr(self, f.name) != f.default]
+            if given:
+                flags = ", ".join("--" + g.replace("_", "-") for g in given)
+                raise AptuneError(f"{flags} is for --task squad_v2, not --task {self.task}",
+                                  f"drop {flags}, or pass --task squad_v2")
         for name in ("doc_stride", "n_best", "max_answer_length"):
             if getattr(self, name) <= 0:
                 raise AptuneError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}",
                                   f"pass a positive --{name.replace('_', '-')}")
-        if self.unanswerable_ratio < 0:
+        if self.unanswerable_ratio is not None and self.unanswerable_ratio < 0:
             raise AptuneError(f"--unanswerable-ratio must be >= 0, got {self.unanswerable_ratio}",
                               "pass e.g. --unanswerable-ratio 0.5 (0 adds none)")
 

@@ -37,8 +37,9 @@ class EncodedDataset(Dataset):
 
 
 def encode(task: Task | None, examples: list[Example], tokenizer, max_length: int,
-           model_config=None, chunk: int = 4096) -> EncodedDataset:
-    """Tokenise `examples` the task's way (without a task: its texts, and labels when known)."""
+           model_config=None, chunk: int = 4096, keep_meta: bool = True) -> EncodedDataset:
+    """Tokenise `examples` the task's way (without a task: its texts, and labels when known).
+    `keep_meta=False` drops the per-row META_KEYS (training never reads them)."""
     fn = (task.tokenize_fn if task is not None else tokenize_examples)(tokenizer, max_length)
     merged: dict[str, list] = {}
     for start in range(0, len(examples), chunk):
@@ -47,7 +48,7 @@ def encode(task: Task | None, examples: list[Example], tokenizer, max_length: in
     if model_config is not None and not uses_segments(model_config):
         merged.pop("token_type_ids", None)
     meta = {k: merged.pop(k) for k in META_KEYS if k in merged}
-    return EncodedDataset(merged, examples, meta)
+    return EncodedDataset(merged, examples, meta if keep_meta else {})
 
 
 def uses_segments(model_config) -> bool:
