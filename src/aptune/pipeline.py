@@ -130,6 +130,8 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
         f"params) | method: {method.name} | trainable params: {trainable:,} || all params: {total:,} || "
         f"trainable%: {100 * trainable / total:.4f}")
 
+    if ignored_epochs_note(cfg, method):
+        say(ignored_epochs_note(cfg, method))
     trainer = _trainer(cfg, method, model, spec, data, accelerator, cost, run_dir, show_progress)
     say(f"training {trainer.total_steps:,} steps ({trainer.cfg.epochs:g} epochs of "
         f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
@@ -259,6 +261,16 @@ def _trainer(cfg: TrainConfig, method: Method, model, spec, data: RunData, accel
     return Trainer(model, data.task, train_loader, dev_loader, loop_cfg, accelerator,
                    callbacks=method.callbacks(model, spec, cfg), log_path=log_path,
                    show_progress=show_progress)
+
+
+def ignored_epochs_note(cfg: TrainConfig, method: Method) -> str | None:
+    """A method whose loop length comes from its own stage options (CoFi) says so when --epochs
+    was set to something else than the default, instead of ignoring it silently."""
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "epochs")
+    if cfg.epochs == default or method.loop_epochs(cfg) == cfg.epochs:
+        return None
+    return (f"note: --epochs {cfg.epochs:g} is ignored: {method.name} trains {method.loop_epochs(cfg):g} "
+            "epochs, set by its stage options (see `aptune train --help`)")
 
 
 # -- prerequisite runs ---------------------------------------------------------------------------

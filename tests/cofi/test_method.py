@@ -141,3 +141,16 @@ def test_cofi_lora_changes_only_lora_and_head(tiny_roberta_dir, tiny_data_dir):
     # The L0 log-alphas and the Lagrange multipliers train too (in their own optimizers).
     moved = {k for k, v in probe.gates_at_start.items() if not torch.equal(v, probe.gates_then[k])}
     assert {"lambda_1", "lambda_2"} <= moved and any(k.startswith("log_alpha") for k in moved), moved
+
+
+def test_cofi_says_that_it_ignores_epochs():
+    from aptune.config import TrainConfig
+    from aptune.methods import get_method
+    from aptune.pipeline import ignored_epochs_note
+
+    cfg = TrainConfig(method="cofi", epochs=5, cofi_pruning_epochs=3, cofi_ft_epochs=2)
+    assert ignored_epochs_note(cfg, get_method("cofi")) is None  # 5 = 3 + 2: nothing ignored
+    cfg = TrainConfig(method="cofi", epochs=7, cofi_pruning_epochs=3, cofi_ft_epochs=2)
+    assert "--epochs 7 is ignored: cofi trains 5 epochs" in ignored_epochs_note(cfg, get_method("cofi"))
+    assert ignored_epochs_note(TrainConfig(method="cofi"), get_method("cofi")) is None  # the default
+    assert ignored_epochs_note(TrainConfig(method="apt", epochs=7), get_method("apt")) is None
