@@ -130,8 +130,9 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
         f"params) | method: {method.name} | trainable params: {trainable:,} || all params: {total:,} || "
         f"trainable%: {100 * trainable / total:.4f}")
 
-    if ignored_epochs_note(cfg, method):
-        say(ignored_epochs_note(cfg, method))
+    note = ignored_epochs_note(cfg, method)
+    if note:
+        say(note)
     trainer = _trainer(cfg, method, model, spec, data, accelerator, cost, run_dir, show_progress)
     say(f"training {trainer.total_steps:,} steps ({trainer.cfg.epochs:g} epochs of "
         f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:g}, "

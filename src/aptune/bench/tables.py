@@ -41,12 +41,16 @@ def _batches(summaries: dict[str, dict], task: str) -> list[str]:
     return sorted(found, key=int)
 
 
+def _inf_seq_len(summaries: dict[str, dict], task: str) -> int:
+    """The length of the fixed inference inputs measured on `task`."""
+    return next((s["inference"].get("seq_len") for s in summaries.values()
+                 if s["task"] == task and s.get("inference")), 128)
+
+
 def _inf_shape(summaries: dict[str, dict], task: str) -> str:
     """'batch 128 × 128 tokens': the largest measured batch and the inputs' length."""
     sizes = _batches(summaries, task) or ["128"]
-    seq = next((s["inference"].get("seq_len") for s in summaries.values()
-                if s["task"] == task and s.get("inference")), 128)
-    return f"batch {sizes[-1]} × {seq} tokens"
+    return f"batch {sizes[-1]} × {_inf_seq_len(summaries, task)} tokens"
 
 
 def _inf_time_pct(summaries: dict[str, dict], s: dict | None) -> float | None:
@@ -126,10 +130,9 @@ def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
                 f"{s['wall_seconds'] / 60:.1f}" if s.get("wall_seconds") else "—"])
         dev_rows = next((s["inference"]["dev"][sizes[0]]["samples"] for s in summaries.values()
                          if s["task"] == task and s.get("inference", {}).get("dev", {}).get(sizes[0])), None)
-        seq = _inf_shape(summaries, task).split("× ")[1]
-        note = (f"\n- Inference: fixed = batch × {seq} of random ids; dev = the real dev set "
-                f"({dev_rows:,} {'windows' if task == 'squad_v2' else 'rows'}, dynamic padding); each "
-                f"the median over rounds in one process. "
+        note = (f"\n- Inference: fixed = batch × {_inf_seq_len(summaries, task)} tokens of random ids; "
+                f"dev = the real dev set ({dev_rows:,} {'windows' if task == 'squad_v2' else 'rows'}, "
+                f"dynamic padding); each the median over rounds in one process. "
                 f"Inf mem = weights + forward peak at {_inf_shape(summaries, task)}, one fresh process per "
                 f"pass; one-process = the same models measured one after another in one process "
                 f"(on CPU, peak RSS there carries allocator history).\n"

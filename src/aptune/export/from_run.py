@@ -22,6 +22,7 @@ import torch
 from ..errors import AptuneError
 from ..predict import MANIFEST, batches_of, run_settings, torch_backend
 from ..tasks import Example, resolve_data_dir
+from ..train.outputs import model_inputs
 from . import onnx as onnx_export
 from . import transformers_folder
 from .pruned import load_for_inference, require_classifier
@@ -53,10 +54,6 @@ def verification_batches(settings, model, tokenizer, data_dir: str | None, rows:
         f"{len(examples)} random-token rows (no dev data found)"
 
 
-def inputs_of(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "labels"}
-
-
 def compare(candidate: Callable[[dict], Any], references: list[np.ndarray],
             batches: list[dict]) -> dict[str, Any]:
     """The candidate on every batch against the reference's logits (computed once, in order): the
@@ -64,7 +61,7 @@ def compare(candidate: Callable[[dict], Any], references: list[np.ndarray],
     the batches carry labels."""
     worst, rows, same, right, right_reference = 0.0, 0, 0, 0, 0
     for batch, ref in zip(batches, references):
-        got = np.asarray(candidate(inputs_of(batch)))  # (B, n_labels), like ref
+        got = np.asarray(candidate(model_inputs(batch)))  # (B, n_labels), like ref
         worst = max(worst, float(np.abs(got - ref).max()))
         same += int((got.argmax(-1) == ref.argmax(-1)).sum())
         rows += len(ref)
@@ -139,7 +136,7 @@ def _onnx(model, tokenizer, folder: Path, batches: list, source: str, quantize: 
     tokenizer.save_pretrained(folder)
     model.config.save_pretrained(folder)
     fp32 = onnx_export.session(onnx_path)
-    reference = [torch_backend(model).logits(inputs_of(b)) for b in batches]  # PyTorch's, once
+    reference = [torch_backend(model).logits(model_inputs(b)) for b in batches]  # PyTorch's, once
     check = compare(lambda b: onnx_export.onnx_logits(fp32, b), reference, batches)
     _refuse_if_different(check, onnx_export.MAX_DIFF, "ONNX graph", source)
     accuracy_onnx, accuracy_torch = check.pop("accuracy"), check.pop("accuracy_reference")
@@ -167,7 +164,7 @@ def _transformers(model, tokenizer, folder: Path, batches: list, source: str, qu
                   say) -> dict[str, Any]:
     remote = transformers_folder.write_folder(model, tokenizer, folder)
     stock = torch_backend(transformers_folder.load_stock(folder)).logits
-    check = compare(stock, [torch_backend(model).logits(inputs_of(b)) for b in batches], batches)
+    check = compare(stock, [torch_backend(model).logits(model_inputs(b)) for b in batches], batches)
     del check["accuracy"], check["accuracy_reference"]  # same label everywhere is what matters
     _refuse_if_different(check, transformers_folder.MAX_DIFF, "stock-transformers model", source)
     say(f"export: stock transformers ({'trust_remote_code=True' if remote else 'stock layout'}) against "
