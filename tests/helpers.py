@@ -146,7 +146,7 @@ def random_binary_masks(model: torch.nn.Module, spec, keep: float, generator: to
 
     def draw(t: torch.Tensor) -> torch.Tensor:
         m = (torch.rand(t.shape, generator=generator) < keep).to(t.dtype)
-        if m.sum() == 0:
+        if m.sum() == 0 and m.numel():
             m[0] = 1
         return m
 

@@ -154,6 +154,16 @@ def gpt2_model(tmp):
     return ["--model", folder]
 
 
+def t5_model(tmp):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    folder = tmp / "t5"
+    config = T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
+                      decoder_start_token_id=0)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    return ["--model", folder]
+
+
 def model_without_config(tmp):
     folder = tmp / "empty-model"
     folder.mkdir()
@@ -208,6 +218,7 @@ TRAIN_CASES = [
     ("model-path-absent", flags("--model", "./no/such/model"), ["./no/such/model does not exist"]),
     ("model-no-config", model_without_config, ["has no config.json"]),
     ("model-family-gpt2", gpt2_model, ["model family 'gpt2' is not supported"]),
+    ("t5-for-sst2", t5_model, ["cannot train a 't5' model for a sequence-classification task"]),
     ("batch-size-0", flags("--batch-size", "0"), ["--batch-size must be positive, got 0"]),
     ("batch-size-neg", flags("--batch-size", "-4"), ["--batch-size must be positive, got -4"]),
     ("epochs-0", flags("--epochs", "0"), ["--epochs must be positive"]),

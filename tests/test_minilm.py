@@ -53,3 +53,32 @@ def test_minilm_ft_learns_sst2_slice(tmp_path):
     assert saved["data"]["train_rows"] == 1280 and saved["data"]["dev_rows"] == 256
     # 40 steps of FT move MiniLM well above chance (measured: 0.78) (the dev slice is balanced to ~50%).
     assert metrics["eval"]["accuracy"] >= 0.70, metrics["eval"]
+
+
+@needs_minilm
+def test_minilm_bert2bert_is_built_once_and_cached(tmp_path, monkeypatch):
+    """The BERT2BERT stand-in for a pretrained encoder-decoder: MiniLM on both sides, with the
+    generation tokens set, 49.0M parameters (3.6M of them new: cross-attention and the LM
+    transform), cached so that a second resolve does not rebuild it."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from aptune.arch import get_spec
+    from aptune.models import load_tokenizer
+
+    monkeypatch.setenv("APTUNE_CACHE", str(tmp_path / "cache"))
+    folder = Path(resolve_model_path("minilm-bert2bert"))
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_path("minilm-bert2bert") == str(folder)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(folder), load_tokenizer(str(folder))
+    for cfg in (model.config, model.generation_config):
+        assert (cfg.decoder_start_token_id, cfg.eos_token_id, cfg.pad_token_id) == (
+            tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    assert sum(p.numel() for p in model.parameters()) == 49_010_490
+    shape = get_spec(model).shape(model)
+    assert shape.heads == (12,) * 18 and shape.neurons == (1536,) * 6 + (0, 1536) * 6
+    with torch.no_grad():
+        out = model.generate(**tokenizer(["a fine film"], return_tensors="pt",
+                                         return_token_type_ids=False), max_new_tokens=3)
+    assert out[0, 0] == tokenizer.cls_token_id and out.shape[1] <= 4

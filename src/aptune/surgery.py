@@ -43,11 +43,21 @@ class ParamRemap:
             self.links[new] = (old, select)
 
 
-def _keep(t: torch.Tensor, dim: int, idx: torch.Tensor) -> nn.Parameter:
+Tied = dict[tuple[int, int], nn.Parameter]  # (id(old parameter), dim) -> its sliced successor
+
+
+def _keep(t: torch.Tensor, dim: int, idx: torch.Tensor, tied: Tied | None = None) -> nn.Parameter:
+    """The kept slice of `t` as a new parameter. With `tied`, a parameter that several modules
+    share (T5's embedding table, its encoder and decoder inputs and a tied LM head) is sliced
+    once and the modules keep sharing the result."""
+    if tied is not None and (id(t), dim) in tied:
+        return tied[(id(t), dim)]
     kept = t.detach().index_select(dim, idx.to(t.device)).clone()
     new = nn.Parameter(kept, requires_grad=t.requires_grad)
     if ParamRemap.active is not None and t.requires_grad:
         ParamRemap.active.record(t, new, dim, idx)
+    if tied is not None:
+        tied[(id(t), dim)] = new
     return new
 
 
@@ -61,23 +71,24 @@ def prune_linear_out(linear: nn.Linear, idx: torch.Tensor) -> None:
     linear.out_features = int(idx.numel())
 
 
-def prune_linear_in(linear: nn.Linear, idx: torch.Tensor) -> None:
+def prune_linear_in(linear: nn.Linear, idx: torch.Tensor, tied: Tied | None = None) -> None:
     """Keep input features `idx`: weight columns, lora_A columns."""
-    linear.weight = _keep(linear.weight, 1, idx)
+    linear.weight = _keep(linear.weight, 1, idx, tied)
     if isinstance(linear, LoRALinear):
         linear.lora_A = _keep(linear.lora_A, 1, idx)
     linear.in_features = int(idx.numel())
 
 
-def prune_layer_norm(norm: nn.LayerNorm, idx: torch.Tensor) -> None:
+def prune_layer_norm(norm: nn.Module, idx: torch.Tensor) -> None:
+    """A LayerNorm, or an RMSNorm with a weight and no bias."""
     norm.weight = _keep(norm.weight, 0, idx)
-    if norm.bias is not None:
+    if getattr(norm, "bias", None) is not None:
         norm.bias = _keep(norm.bias, 0, idx)
     norm.normalized_shape = (int(idx.numel()),)
 
 
-def prune_embedding(emb: nn.Embedding, idx: torch.Tensor) -> None:
-    emb.weight = _keep(emb.weight, 1, idx)
+def prune_embedding(emb: nn.Embedding, idx: torch.Tensor, tied: Tied | None = None) -> None:
+    emb.weight = _keep(emb.weight, 1, idx, tied)
     emb.embedding_dim = int(idx.numel())
 
 
@@ -103,7 +114,7 @@ def prune_heads(spec: ArchSpec, layer: nn.Module, heads: torch.Tensor,
     for proj in (attn.query, attn.key, attn.value):
         prune_linear_out(proj, idx)
     prune_linear_in(attn.output, idx)
-    spec.set_num_heads(layer, int(heads.numel()))
+    spec.keep_heads(layer, heads)
 
 
 def prune_neurons(spec: ArchSpec, layer: nn.Module, neurons: torch.Tensor,
@@ -112,15 +123,20 @@ def prune_neurons(spec: ArchSpec, layer: nn.Module, neurons: torch.Tensor,
         spec.skip_ffn(layer)
         return
     ffn = spec.ffn(layer)
-    prune_linear_out(ffn.up, neurons)
+    for proj in ffn.inputs():
+        prune_linear_out(proj, neurons)
     prune_linear_in(ffn.down, neurons)
 
 
 def prune_hidden(spec: ArchSpec, model: nn.Module, dims: torch.Tensor) -> None:
     """Keep hidden dimensions `dims` everywhere the residual stream is read or written."""
+    tied: Tied = {}  # tables and a head that share one weight go on sharing it
     for table in spec.embedding_tables(model):
-        prune_embedding(table, dims)
-    prune_layer_norm(spec.embedding_norm(model), dims)
+        prune_embedding(table, dims, tied)
+    for norm in [*spec.embedding_norms(model), *spec.final_norms(model), *spec.head_norms(model)]:
+        prune_layer_norm(norm, dims)
+    for writer in spec.head_writers(model):
+        prune_linear_out(writer, dims)
     for layer in spec.layers(model):
         for norm in spec.layer_norms(layer):
             prune_layer_norm(norm, dims)
@@ -129,7 +145,7 @@ def prune_hidden(spec: ArchSpec, model: nn.Module, dims: torch.Tensor) -> None:
         for writer in spec.residual_writers(layer):
             prune_linear_out(writer, dims)
     for reader in spec.head_readers(model):
-        prune_linear_in(reader, dims)
+        prune_linear_in(reader, dims, tied)
 
 
 def kept_units(hidden: torch.Tensor, heads, neurons, empty_sublayer: str = "identity") -> Structure:

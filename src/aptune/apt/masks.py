@@ -107,12 +107,8 @@ def apply_masks(model: nn.Module, spec: ArchSpec, masks: Masks) -> Masks:
     def empty(kind: str, i: int):  # read through `masks` at call time: its lists may be replaced
         return lambda: masks.enabled and bool((getattr(masks, kind)[i] == 0).all())
 
-    group.add(hooks.masked_norm(spec.embedding_norm(model), hidden, pre_scale=True))
+    group.add(*hooks.mask_stream(spec, model, hidden))
     for i, layer in enumerate(spec.layers(model)):
-        for norm in spec.layer_norms(layer):
-            group.add(hooks.masked_norm(norm, hidden))
-        for writer in spec.residual_writers(layer):
-            group.add(hooks.scale_output(writer, hidden))
         if spec.has_attention(layer):
             group.add(hooks.scale_heads(spec, layer, heads(i)))
             group.add(hooks.skip_attention(spec, layer, empty("head", i)))

@@ -25,8 +25,14 @@ class AttentionParts:
 
 @dataclass(frozen=True)
 class FFNParts:
-    up: nn.Linear
+    up: nn.Linear  # its output rows are the neurons (the activated branch of a gated FFN)
     down: nn.Linear
+    # A gated FFN's second input branch (T5 v1.1's wi_1): its rows are cut with `up`'s.
+    linear_branch: nn.Linear | None = None
+
+    def inputs(self) -> tuple[nn.Linear, ...]:
+        """The projections whose output rows are the neurons."""
+        return (self.up,) if self.linear_branch is None else (self.up, self.linear_branch)
 
 
 class ArchSpec:
@@ -41,12 +47,22 @@ class ArchSpec:
     # Task-head modules that are newly initialised and trained by every method.
     head_modules: tuple[str, ...] = ()
     gated_ffn: bool = False
+    # The task heads (models.HEADS) aptune trains on this family.
+    task_heads: tuple[str, ...] = ("sequence-classification", "question-answering")
+    # The residual stream's norm: "layer" (mean and variance) or "rms" (T5: no mean, no bias).
+    norm_kind: str = "layer"
     # Modelling code (a file beside the spec, torch and transformers only) that lets stock
     # transformers open a pruned model of this family, and its class per model_type; None: none.
     remote_code: tuple[str, dict[str, str]] | None = None
 
+    def check_config(self, config) -> None:
+        """Refuse, with an AptuneError, a config of this model_type that the spec cannot describe."""
+
     # -- where the parts are ---------------------------------------------------------------------
-    def layers(self, model: nn.Module) -> list[nn.Module]:
+    def layers(self, model: nn.Module) -> list[Any]:
+        """The model's sub-layer units in forward order. A unit has at most one attention
+        sub-layer and at most one FFN sub-layer; in an encoder a unit is a transformer layer, and
+        an encoder-decoder splits each decoder layer into two units (docs/architectures.md)."""
         raise NotImplementedError
 
     def attention(self, layer: nn.Module) -> AttentionParts:
@@ -65,8 +81,23 @@ class ArchSpec:
     def embedding_tables(self, model: nn.Module) -> list[nn.Embedding]:
         raise NotImplementedError
 
-    def embedding_norm(self, model: nn.Module) -> nn.Module:
+    def embedding_norm(self, model: nn.Module) -> nn.Module | None:
+        """The norm over the summed embeddings (post-LN families); None for pre-norm ones."""
         raise NotImplementedError
+
+    def embedding_norms(self, model: nn.Module) -> list[nn.Module]:
+        """Every embedding norm: one per stack that has one (an encoder-decoder of two BERTs has
+        two; T5 none)."""
+        norm = self.embedding_norm(model)
+        return [] if norm is None else [norm]
+
+    def embedding_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The modules whose outputs are where each stack's residual stream starts."""
+        return [self.embeddings(model)]
+
+    def final_norms(self, model: nn.Module) -> list[nn.Module]:
+        """Norms after the last unit of each stack (pre-norm families); they read the stream."""
+        return []
 
     def residual_writers(self, layer: nn.Module) -> list[nn.Linear]:
         """Projections whose outputs are added to the residual stream."""
@@ -79,6 +110,15 @@ class ArchSpec:
     def head_readers(self, model: nn.Module) -> list[nn.Linear]:
         """Task-head projections that read the final hidden state."""
         raise NotImplementedError
+
+    def head_writers(self, model: nn.Module) -> list[nn.Linear]:
+        """Task-head projections whose *outputs* are indexed by the hidden dimensions: a BERT LM
+        head's transform, whose output the tied word embedding reads."""
+        return []
+
+    def head_norms(self, model: nn.Module) -> list[nn.Module]:
+        """Norms inside the task head over hidden-dimension-indexed features (the LM transform's)."""
+        return []
 
     # -- shapes ----------------------------------------------------------------------------------
     def head_dim(self, model: nn.Module) -> int:
@@ -103,8 +143,12 @@ class ArchSpec:
         layers = self.layers(model)
         return ModelShape(tuple(self.num_heads(layer) for layer in layers),
                           tuple(self.num_neurons(layer) for layer in layers),
-                          int(self.embedding_norm(model).weight.shape[0]), self.head_dim(model),
-                          self.gated_ffn)
+                          int(self.embedding_tables(model)[0].embedding_dim), self.head_dim(model),
+                          self.is_gated(model))
+
+    def is_gated(self, model: nn.Module) -> bool:
+        """Whether the FFN has a second input branch (three matrices per neuron)."""
+        return self.gated_ffn
 
     def max_positions(self, model: nn.Module) -> int:
         """The longest input the position embeddings allow."""
@@ -136,6 +180,11 @@ class ArchSpec:
         """What a skipped attention block returns: its residual input, in the block's output form."""
         raise NotImplementedError
 
+    def skipped_attention_output(self, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        """What a hook-skipped attention block returns, given what it computed (T5 passes on the
+        position bias that its first layer computed)."""
+        return self.attention_bypass(args, kwargs)
+
     def ffn_bypass(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         """What a skipped FFN output block returns: the residual stream it would have added to."""
         raise NotImplementedError
@@ -151,6 +200,10 @@ class ArchSpec:
     def set_num_heads(self, layer: nn.Module, n_heads: int) -> None:
         raise NotImplementedError
 
+    def keep_heads(self, layer: nn.Module, heads: torch.Tensor) -> None:
+        """Bookkeeping after surgery kept `heads` (current numbering) of a unit's attention."""
+        self.set_num_heads(layer, int(heads.numel()))
+
     def has_attention(self, layer: nn.Module) -> bool:
         return not isinstance(self.attention_block(layer), SkippedSublayer)
 
@@ -165,8 +218,21 @@ class ArchSpec:
                 yield from (attn.query, attn.key, attn.value, attn.output)
             if self.has_ffn(layer):
                 ffn = self.ffn(layer)
-                yield from (ffn.up, ffn.down)
+                yield from (*ffn.inputs(), ffn.down)
             yield from self.layer_norms(layer)
+        yield from self.final_norms(model)
+
+
+def keep_cache_length(cache: Any, hidden: torch.Tensor, head_dim: int, layer_index: int) -> None:
+    """A pruned-away decoder self-attention has no keys or values, but its cache entry must still
+    grow with the sequence: generation, the causal mask and absolute positions read the past
+    length from the cache (layer 0's by default), and an empty entry reads as length 0. One head
+    of zeros keeps the count."""
+    if cache is None:
+        return
+    self_cache = getattr(cache, "self_attention_cache", cache)
+    zeros = hidden.new_zeros(hidden.shape[0], 1, hidden.shape[1], head_dim)  # (B, 1, q, d_h)
+    self_cache.update(zeros, zeros, layer_index)
 
 
 class SkippedSublayer(nn.Module):

@@ -33,11 +33,17 @@ class BertSpec(ArchSpec):
         return list(self.backbone(model).encoder.layer)
 
     def attention(self, layer: nn.Module) -> AttentionParts:
-        sa = layer.attention.self
-        return AttentionParts(sa.query, sa.key, sa.value, layer.attention.output.dense)
+        block = self.attention_block(layer)
+        sa = block.self
+        return AttentionParts(sa.query, sa.key, sa.value, block.output.dense)
+
+    def ffn_host(self, layer: Any) -> nn.Module:
+        """The BertLayer that holds the unit's FFN (`intermediate` and `output`)."""
+        return layer
 
     def ffn(self, layer: nn.Module) -> FFNParts:
-        return FFNParts(layer.intermediate.dense, layer.output.dense)
+        host = self.ffn_host(layer)
+        return FFNParts(host.intermediate.dense, host.output.dense)
 
     def embeddings(self, model: nn.Module) -> nn.Module:
         return self.backbone(model).embeddings
@@ -52,26 +58,26 @@ class BertSpec(ArchSpec):
     def layer_norms(self, layer: nn.Module) -> list[nn.Module]:
         out = []
         if self.has_attention(layer):
-            out.append(layer.attention.output.LayerNorm)
+            out.append(self.attention_block(layer).output.LayerNorm)
         if self.has_ffn(layer):
-            out.append(layer.output.LayerNorm)
+            out.append(self.ffn_output_block(layer).LayerNorm)
         return out
 
     def residual_writers(self, layer: nn.Module) -> list[nn.Linear]:
         out = []
         if self.has_attention(layer):
-            out.append(layer.attention.output.dense)
+            out.append(self.attention(layer).output)
         if self.has_ffn(layer):
-            out.append(layer.output.dense)
+            out.append(self.ffn(layer).down)
         return out
 
     def residual_readers(self, layer: nn.Module) -> list[nn.Linear]:
         out = []
-        if self.has_attention(layer):
-            sa = layer.attention.self
-            out += [sa.query, sa.key, sa.value]
+        if self.has_attention(layer):  # cross-attention keys and values read the encoder: also d_m
+            attn = self.attention(layer)
+            out += [attn.query, attn.key, attn.value]
         if self.has_ffn(layer):
-            out.append(layer.intermediate.dense)
+            out.append(self.ffn(layer).up)
         return out
 
     def head_readers(self, model: nn.Module) -> list[nn.Linear]:
@@ -91,10 +97,10 @@ class BertSpec(ArchSpec):
 
     # -- shapes ----------------------------------------------------------------------------------
     def layer_head_dim(self, layer: nn.Module) -> int:
-        return int(layer.attention.self.attention_head_size)
+        return int(self.attention_block(layer).self.attention_head_size)
 
     def set_num_heads(self, layer: nn.Module, n_heads: int) -> None:
-        sa = layer.attention.self
+        sa = self.attention_block(layer).self
         sa.num_attention_heads = n_heads
         sa.all_head_size = n_heads * sa.attention_head_size
 
@@ -109,10 +115,10 @@ class BertSpec(ArchSpec):
         return layer.attention
 
     def ffn_input_block(self, layer: nn.Module) -> nn.Module:
-        return layer.intermediate
+        return self.ffn_host(layer).intermediate
 
     def ffn_output_block(self, layer: nn.Module) -> nn.Module:
-        return layer.output
+        return self.ffn_host(layer).output
 
     def block_input(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
         return args[0] if args else kwargs["hidden_states"]
@@ -134,5 +140,6 @@ class BertSpec(ArchSpec):
 
     def skip_ffn(self, layer: nn.Module) -> None:
         # BertLayer calls output(intermediate(x), x): make intermediate free and return x.
-        layer.intermediate = nn.Identity()
-        layer.output = SkippedSublayer(self.ffn_bypass, "ffn")
+        host = self.ffn_host(layer)
+        host.intermediate = nn.Identity()
+        host.output = SkippedSublayer(self.ffn_bypass, "ffn")

@@ -105,20 +105,14 @@ def apply_gates(model: nn.Module, spec: ArchSpec, gates: CoFiGates | None = None
                 skip_empty_units: bool = False) -> GateHooks:
     """Register the gate hooks on a dense model; returns the handle whose `gates` they read."""
     gh = GateHooks(gates, skip_empty_units)
-    gh.add(hooks.masked_norm(spec.embedding_norm(model), gh.hidden, pre_scale=True))
+    gh.add(*hooks.mask_stream(spec, model, gh.hidden))  # z_hid: embeddings, norms, writers
     for i, layer in enumerate(spec.layers(model)):
-        for norm in spec.layer_norms(layer):
-            gh.add(hooks.masked_norm(norm, gh.hidden))
         if spec.has_attention(layer):
-            out_proj = spec.attention(layer).output
             gh.add(hooks.scale_heads(spec, layer, gh.group("head", i)))
-            gh.add(hooks.scale_output(out_proj, gh.group("mha", i)))
-            gh.add(hooks.scale_output(out_proj, gh.hidden))
+            gh.add(hooks.scale_output(spec.attention(layer).output, gh.group("mha", i)))
             gh.add(hooks.skip_attention(spec, layer, lambda i=i: gh.attention_removed(i)))
         if spec.has_ffn(layer):
-            down = spec.ffn(layer).down
             gh.add(hooks.scale_neurons(spec, layer, gh.group("intermediate", i)))
-            gh.add(hooks.scale_output(down, gh.group("ffn", i)))
-            gh.add(hooks.scale_output(down, gh.hidden))
+            gh.add(hooks.scale_output(spec.ffn(layer).down, gh.group("ffn", i)))
             gh.add(hooks.skip_ffn(spec, layer, lambda i=i: gh.ffn_removed(i)))
     return gh

@@ -46,7 +46,8 @@ class CoFiSchedule:
 def train_all_but_embeddings(model: nn.Module, spec) -> None:
     """Full CoFi trains every weight except the embeddings, which CoFi always freezes."""
     model.requires_grad_(True)
-    spec.embeddings(model).requires_grad_(False)
+    for module in spec.embedding_modules(model):
+        module.requires_grad_(False)
 
 
 class CoFiCallback(Callback):

@@ -75,11 +75,11 @@ def _scale(linear: nn.Linear, factor: torch.Tensor) -> None:
 
 
 def _fold_hidden(model: nn.Module, spec: ArchSpec, z: torch.Tensor, hidden_fold: str) -> None:
-    z = z.to(spec.embedding_norm(model).weight)  # (d,)
+    z = z.to(spec.embedding_tables(model)[0].weight)  # (d,)
     for table in spec.embedding_tables(model):
         table.weight.mul_(z[None, :])  # (V, d): z_hid ⊙ (word + pos + type) before the LN
     readers: list[nn.Linear] = []
-    norms: list[nn.Module] = [spec.embedding_norm(model)]
+    norms: list[nn.Module] = [*spec.embedding_norms(model), *spec.final_norms(model)]
     for layer in spec.layers(model):
         for writer in spec.residual_writers(layer):
             writer.weight.mul_(z[:, None])  # (d, d_in): output rows

@@ -25,7 +25,12 @@ def save_pruned(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
     """Write config.json (dense config + structure) and model.safetensors into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict(keep_vars=True).items():
+        if id(v) in seen:  # a tied weight (T5's shared embedding) is stored once; see _tied_aliases
+            continue
+        seen.add(id(v))
+        state[k] = v.detach().contiguous().cpu()
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     model.config.architectures = [type(model).__name__]  # what load_pruned builds (its head)
     model.config.save_pretrained(folder)
@@ -51,20 +56,31 @@ def load_pruned(folder: str | Path, device: str | torch.device = "cpu") -> nn.Mo
                           "re-export the model, or restore the folder from a good copy") from None
     # The head is read from the weights: a config saved before aptune recorded it may name the
     # architecture of the checkpoint that training started from.
-    head = "question-answering" if "qa_outputs.weight" in state else "sequence-classification"
+    head = "question-answering" if "qa_outputs.weight" in state else head_of(config)
     model = auto_class(head).from_config(config)
     model.config.architectures = [type(model).__name__]
     structure = recorded_structure(model)
     if structure is not None:  # in the original numbering, i.e. the dense skeleton's
         compact(model, get_spec(model), structure)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    aliases = _tied_aliases(model, state)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))
+               and k not in aliases]
     if missing or unexpected:
         raise AptuneError(
             f"{weights} does not match its recorded structure (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]})",
             "the folder mixes files from different runs; re-export the model")
     return model.to(device).eval()
+
+
+def _tied_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> set[str]:
+    """Names of parameters that share a tensor with one stored under another name."""
+    names: dict[int, list[str]] = {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(v), []).append(k)
+    return {k for group in names.values() if any(n in state for n in group)
+            for k in group if k not in state}
 
 
 def require_classifier(model: nn.Module, command: str) -> None:
