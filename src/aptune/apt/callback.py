@@ -79,8 +79,9 @@ class APTCallback(Callback):
         t = trainer.step
         if not self.schedule.in_distillation(t) or self.distillation.teacher is None:
             return loss
-        distill = self.distillation.loss(trainer.unwrapped_model, batch, outputs, self.pruner.masks,
-                                         self.pruner.salience, self.pruner.alive_layers())
+        masks = self.pruner.masks  # its alive layers are read from the device only when masks change
+        distill = self.distillation.loss(trainer.unwrapped_model, batch, outputs, masks,
+                                         self.pruner.salience, masks.alive_layers())
         # μ·L_distill + (1 − μ)·L_ft (docs/method.md#distillation-weight), as L_ft + μ·(L_distill − L_ft).
         return loss + self.schedule.mu(t) * (distill - loss)
 

@@ -8,6 +8,11 @@ They act through the shared hooks (aptune.hooks); nothing is forked. Norms under
 take their statistics over the kept dimensions only, so that a binary-masked model equals the
 physically pruned one. A sub-layer whose heads (or neurons) are all zero is skipped
 (docs/method.md#empty-sub-layers).
+
+Whether a mask is all ones or all zeros decides the hooks' control flow at every forward. Those
+facts are read from the device only when a mask has changed (a tensor's `_version` counts its
+in-place writes, whoever makes them, except through `.data`), never per forward: a read per
+forward would make every GPU step wait for the device.
 """
 
 from __future__ import annotations
@@ -24,18 +29,46 @@ from ..structure import Structure
 from ..surgery import kept_units
 
 
+@dataclass(frozen=True)
+class MaskFacts:
+    """What the hooks branch on, for one mask as it stands."""
+
+    ones: bool  # every unit kept at 1: the hooks leave the model alone
+    zeros: bool  # every unit at 0: the sub-layer is skipped
+    any_kept: bool  # some unit above 0: the layer is alive for distillation
+
+    @staticmethod
+    def flags(m: torch.Tensor) -> torch.Tensor:
+        return torch.stack([(m == 1).all(), (m == 0).all(), (m > 0).any()])  # (3,) bool, on m's device
+
+    @classmethod
+    def read(cls, m: torch.Tensor) -> "MaskFacts":
+        return cls(*cls.flags(m).tolist())  # a host read: only for a mask that changed
+
+    @classmethod
+    def of_ones(cls, m: torch.Tensor) -> "MaskFacts":
+        """A mask made of ones, known without reading it."""
+        return cls(ones=True, zeros=m.numel() == 0, any_kept=m.numel() > 0)
+
+
 @dataclass
 class Masks:
     head: list[torch.Tensor]
     neuron: list[torch.Tensor]
     hidden: torch.Tensor
     group: hooks.HookGroup = field(default_factory=hooks.HookGroup, repr=False)  # its hooks
+    # id(mask) -> (mask, its `_version` when read, facts); the mask is held so its id stays its own
+    _facts: dict[int, tuple[torch.Tensor, int, MaskFacts]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def ones(cls, shape: ModelShape, device: torch.device | str = "cpu") -> "Masks":
-        return cls([torch.ones(n, device=device) for n in shape.heads],
-                   [torch.ones(n, device=device) for n in shape.neurons],
-                   torch.ones(shape.hidden, device=device))
+        masks = cls([torch.ones(n, device=device) for n in shape.heads],
+                    [torch.ones(n, device=device) for n in shape.neurons],
+                    torch.ones(shape.hidden, device=device))
+        for m in masks.all():
+            masks._remember(m, MaskFacts.of_ones(m))
+        return masks
 
     @classmethod
     def ones_like(cls, model: nn.Module, spec: ArchSpec) -> "Masks":
@@ -48,6 +81,32 @@ class Masks:
         yield from self.head
         yield from self.neuron
         yield self.hidden
+
+    def facts(self, m: torch.Tensor) -> MaskFacts:
+        """`m`'s facts, read from the device again only if `m` was written since the last read."""
+        if m.is_inference():  # keeps no version counter, so it cannot be cached
+            return MaskFacts.read(m)
+        cached = self._facts.get(id(m))
+        if cached is not None and cached[0] is m and cached[1] == m._version:
+            return cached[2]
+        return self._remember(m, MaskFacts.read(m))
+
+    def read_facts(self) -> None:
+        """Read every mask's facts in one go, right after the masks were written, so that the
+        forwards that follow find them without a wait for the device."""
+        masks = [m for m in self.all() if not m.is_inference()]
+        if masks:
+            rows = torch.stack([MaskFacts.flags(m) for m in masks]).tolist()  # (n_masks, 3) bool
+            for m, row in zip(masks, rows):
+                self._remember(m, MaskFacts(*row))
+
+    def _remember(self, m: torch.Tensor, facts: MaskFacts) -> MaskFacts:
+        self._facts[id(m)] = (m, m._version, facts)
+        return facts
+
+    def alive_layers(self) -> list[bool]:
+        """Layers with at least one head and one neuron left (distillation maps onto these)."""
+        return [self.facts(h).any_kept and self.facts(n).any_kept for h, n in zip(self.head, self.neuron)]
 
     def kept(self) -> Structure:
         """The units whose mask is 1, in the current numbering: what compaction keeps."""
@@ -71,6 +130,7 @@ class Masks:
         for mask, part in zip(self.neuron, torch.split(flat["neuron"], [m.numel() for m in self.neuron])):
             mask.copy_(part)
         self.hidden.copy_(flat["hidden"])
+        self.read_facts()  # a mask step or pruning point: the time to read them
 
     @property
     def enabled(self) -> bool:
@@ -90,32 +150,26 @@ def apply_masks(model: nn.Module, spec: ArchSpec, masks: Masks) -> Masks:
     group = masks.group
 
     def hidden() -> torch.Tensor | None:  # None keeps plain LayerNorm exact when nothing is masked
-        return None if not masks.enabled or bool((masks.hidden == 1).all()) else masks.hidden
+        return None if not masks.enabled or masks.facts(masks.hidden).ones else masks.hidden
 
-    def heads(i: int):
+    def scales(kind: str, i: int):  # read through `masks` at call time: its lists may be replaced
         def values() -> torch.Tensor | None:
-            m = masks.head[i]
-            return None if not masks.enabled or bool((m == 1).all()) else m
+            m = getattr(masks, kind)[i]
+            return None if not masks.enabled or masks.facts(m).ones else m
         return values
 
-    def neurons(i: int):
-        def values() -> torch.Tensor | None:
-            m = masks.neuron[i]
-            return None if not masks.enabled or bool((m == 1).all()) else m
-        return values
-
-    def empty(kind: str, i: int):  # read through `masks` at call time: its lists may be replaced
-        return lambda: masks.enabled and bool((getattr(masks, kind)[i] == 0).all())
+    def empty(kind: str, i: int):
+        return lambda: masks.enabled and masks.facts(getattr(masks, kind)[i]).zeros
 
     group.add(*hooks.mask_stream(spec, model, hidden))
     for i, layer in enumerate(spec.layers(model)):
         if spec.has_attention(layer):
-            group.add(hooks.scale_heads(spec, layer, heads(i)))
+            group.add(hooks.scale_heads(spec, layer, scales("head", i)))
             group.add(hooks.skip_attention(spec, layer, empty("head", i)))
         if spec.has_ffn(layer):
-            group.add(hooks.scale_neurons(spec, layer, neurons(i)))
+            group.add(hooks.scale_neurons(spec, layer, scales("neuron", i)))
             group.add(hooks.skip_ffn(spec, layer, empty("neuron", i)))
     return masks
 
 
-__all__ = ["Masks", "apply_masks"]
+__all__ = ["MaskFacts", "Masks", "apply_masks"]

@@ -29,20 +29,32 @@ class AdapterSite:
 
 class AdapterImportance:
     """Ī(a) ← β·Ī + (1-β)·Σ|W_B ⊙ ∂L/∂W_B|, read after backward and before
-    clipping (docs/method.md#adapter-importance)."""
+    clipping (docs/method.md#adapter-importance).
+
+    The EMA runs on the device in float64 (the same arithmetic as Python floats) and is read only
+    through `scores`, at pruning points and checkpoints: a read per step would stall GPU steps.
+    """
 
     def __init__(self, beta: float = 0.85) -> None:
         self.beta = beta
-        self.scores: dict[str, float] = {}
+        self._scores: dict[str, float | torch.Tensor] = {}
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {name: float(v) for name, v in self._scores.items()}
+
+    @scores.setter
+    def scores(self, values: dict[str, float]) -> None:
+        self._scores = dict(values)
 
     def update(self, sites: list[AdapterSite]) -> None:
         for site in sites:
             b = site.module.lora_B
-            value = 0.0 if b.grad is None else float((b.detach() * b.grad.detach()).abs().sum())
-            self.scores[site.name] = self.beta * self.scores.get(site.name, 0.0) + (1 - self.beta) * value
+            value = 0.0 if b.grad is None else (b.detach() * b.grad.detach()).abs().sum().double()  # ()
+            self._scores[site.name] = self.beta * self._scores.get(site.name, 0.0) + (1 - self.beta) * value
 
     def reset(self) -> None:
-        self.scores.clear()
+        self._scores.clear()
 
 
 def tuning_count(sites: list[AdapterSite], live_in: int, live_out: dict[str, int]) -> int:

@@ -7,6 +7,8 @@ down-projection input; hidden dims sum S̃ over the residual taps. The outlier t
 √max(Kurt(O), 0) with O = W_eff ⊙ x̄ (docs/method.md#outlier-term). The EMA S̄ ← β·S̄ + (1-β)·Ŝ
 runs once per step (docs/method.md#salience-ema).
 Under several processes a, g and x̄ are summed across ranks before use, so every rank scores alike.
+All of this stays on the device: nothing here reads a value back per step (the score terms that
+the pruning log records are read when it records them), so GPU steps are not serialised.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class _Tap:
         self.act: torch.Tensor | None = None  # (D,)
         self.grad: torch.Tensor | None = None  # (D,)
         self.mean_sum: torch.Tensor | None = None  # Σ_{b,t} H, for x̄
-        self.rows = 0
+        self.rows = 0  # B·T seen by this process
+        self.all_rows: torch.Tensor | None = None  # (1,) B·T summed over processes, on the device
 
     def observe(self, h: torch.Tensor) -> None:
         if not self.collector.active or not torch.is_grad_enabled():
@@ -61,7 +64,7 @@ class _Tap:
         self.grad = _add(self.grad, grad.detach().reshape(-1, grad.shape[-1]).abs().sum(0))
 
     def reset(self) -> None:
-        self.act = self.grad = self.mean_sum = None
+        self.act = self.grad = self.mean_sum = self.all_rows = None
         self.rows = 0
 
 
@@ -79,8 +82,18 @@ class SalienceCollector:
         self.active = False
         self.ema: dict[str, list[torch.Tensor]] | None = None
         self._handles: list = []
-        self.last_components: dict[str, float] = {}
+        self.last_components = {}
         self.attach()
+
+    @property
+    def last_components(self) -> dict[str, float]:
+        """The last step's score split into its terms, per block type (the pruning log records it).
+        Kept as device tensors until read here, at pruning points and checkpoints."""
+        return {k: float(v) for k, v in self._components.items()}
+
+    @last_components.setter
+    def last_components(self, values: dict[str, float | torch.Tensor]) -> None:
+        self._components = dict(values)
 
     # -- hooks -------------------------------------------------------------------------------
     def attach(self) -> None:
@@ -149,44 +162,45 @@ class SalienceCollector:
         head_dim = None
         heads, neurons = [], []
         hidden = None
-        kurt_sum = {"head": 0.0, "neuron": 0.0, "hidden": 0.0}
-        plain_sum = {"head": 0.0, "neuron": 0.0, "hidden": 0.0}
+        # Summed in float64 on the device, as Python summed the float32 totals it read before.
+        kurt_sum: dict[str, float | torch.Tensor] = {"head": 0.0, "neuron": 0.0, "hidden": 0.0}
+        plain_sum: dict[str, float | torch.Tensor] = {"head": 0.0, "neuron": 0.0, "hidden": 0.0}
         for layer, htap, ntap in zip(self.spec.layers(self.model), self.head_taps, self.neuron_taps):
             if htap is None:
                 heads.append(torch.zeros(0))
             else:
                 head_dim = self.spec.layer_head_dim(layer)
                 s = _product(htap).view(-1, head_dim).sum(-1)  # (n_h,)
-                plain_sum["head"] += float(s.sum())
+                plain_sum["head"] += _total(s)
                 if self.use_kurtosis and htap.rows:
                     o = _outlier_matrix(self.spec.attention(layer).output, htap)  # (d_m, n_h·d_h)
                     k = excess_kurtosis(o.view(o.shape[0], -1, head_dim).transpose(0, 1).reshape(
                         -1, o.shape[0] * head_dim))  # (n_h,) over each head's column block
                     s = s + k.clamp_min(0).sqrt()
-                    kurt_sum["head"] += float(k.clamp_min(0).sqrt().sum())
+                    kurt_sum["head"] += _total(k.clamp_min(0).sqrt())
                     hidden = _add(hidden, excess_kurtosis(o, dim=1).clamp_min(0).sqrt())
                 heads.append(s)
             if ntap is None:
                 neurons.append(torch.zeros(0))
             else:
                 s = _product(ntap)  # (n_f,)
-                plain_sum["neuron"] += float(s.sum())
+                plain_sum["neuron"] += _total(s)
                 if self.use_kurtosis and ntap.rows:
                     o = _outlier_matrix(self.spec.ffn(layer).down, ntap)  # (d_m, n_f)
                     k = excess_kurtosis(o, dim=0).clamp_min(0).sqrt()  # (n_f,)
                     s = s + k
-                    kurt_sum["neuron"] += float(k.sum())
+                    kurt_sum["neuron"] += _total(k)
                     hidden = _add(hidden, excess_kurtosis(o, dim=1).clamp_min(0).sqrt())
                 neurons.append(s)
         plain_hidden = sum(_product(t) for t in self.hidden_taps)
-        plain_sum["hidden"] = float(plain_hidden.sum())
+        plain_sum["hidden"] = _total(plain_hidden)
         if hidden is not None:
-            kurt_sum["hidden"] = float(hidden.sum())
+            kurt_sum["hidden"] = _total(hidden)
             hidden = plain_hidden + hidden
         else:
             hidden = plain_hidden
-        self.last_components = {f"{k}_activation_gradient": v for k, v in plain_sum.items()}
-        self.last_components.update({f"{k}_kurtosis": v for k, v in kurt_sum.items()})
+        self.last_components = {**{f"{k}_activation_gradient": v for k, v in plain_sum.items()},
+                                **{f"{k}_kurtosis": v for k, v in kurt_sum.items()}}
         for t in taps:
             t.reset()
         return {"head": heads, "neuron": neurons, "hidden": [hidden]}
@@ -216,6 +230,11 @@ class SalienceCollector:
                 old.mul_(self.beta).add_(new.to(old.device), alpha=1 - self.beta)
 
 
+def _total(v: torch.Tensor) -> torch.Tensor:
+    """Σ v as a float64 scalar on v's device: exactly the float that reading the float32 sum gave."""
+    return v.sum().double()
+
+
 def _product(tap: _Tap) -> torch.Tensor:
     if tap.act is None:
         return torch.zeros(0)
@@ -224,27 +243,30 @@ def _product(tap: _Tap) -> torch.Tensor:
 
 
 def _outlier_matrix(proj: nn.Linear, tap: _Tap) -> torch.Tensor:
-    x_mean = tap.mean_sum / max(tap.rows, 1)  # (D_in,)
+    rows = max(tap.rows, 1) if tap.all_rows is None else tap.all_rows.clamp_min(1)  # int or (1,)
+    x_mean = tap.mean_sum / rows  # (D_in,)
     with torch.no_grad():
         return effective_weight(proj).float() * x_mean[None, :]  # (d_m, D_in)
 
 
 def _all_reduce_taps(taps: list[_Tap], reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Sum every tap's vectors across processes in one collective call."""
+    """Sum every tap's vectors across processes in one collective call, on the taps' device: a copy
+    to the host, or reading the row count back, would wait for the device at every step."""
+    device = next((v.device for t in taps for v in (t.act, t.grad, t.mean_sum) if v is not None),
+                  torch.device("cpu"))
     parts, shapes = [], []
     for t in taps:
         for name in ("act", "grad", "mean_sum"):
             v = getattr(t, name)
-            parts.append(v if v is not None else torch.zeros(0))
+            parts.append(v.float().flatten() if v is not None else torch.zeros(0, device=device))
             shapes.append(parts[-1].numel())
-        parts.append(torch.tensor([float(t.rows)]))
+        parts.append(torch.full((1,), float(t.rows), device=device))  # filled on the device, no copy
         shapes.append(1)
-    flat = reduce(torch.cat([p.float().flatten().cpu() for p in parts]))
-    pieces = torch.split(flat, shapes)
-    it = iter(pieces)
+    flat = reduce(torch.cat(parts))  # (Σ shapes,)
+    it = iter(torch.split(flat, shapes))
     for t in taps:
         for name in ("act", "grad", "mean_sum"):
             v = next(it)
             if v.numel():
                 setattr(t, name, v.clone())
-        t.rows = int(next(it).item())
+        t.all_rows = next(it).clone()  # (1,); t.rows stays this process's count, > 0 where any is

@@ -25,23 +25,38 @@ def sample_teacher_layers(n_layers: int, generator: torch.Generator, groups: int
     picks = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         if hi > lo:
+            # A draw of the run's CPU generator: a host value, no wait for the device.
             picks.append(lo + int(torch.randint(hi - lo, (1,), generator=generator)))
     return picks
 
 
+def choose_layers(teacher_hidden: list[torch.Tensor], student_hidden: list[torch.Tensor],
+                  teacher_layers: list[int], candidates: list[int], transform: nn.Module
+                  ) -> list[torch.Tensor]:
+    """φ(i) = argmin over the candidate j of MSE(Tr(H_s^j), H_t^i), ties to the nearest index, then
+    the lower: for each i, its position in `candidates` as a (1,) tensor on the device. Nothing is
+    read back: a read per step would make every GPU step wait for the device."""
+    with torch.no_grad():
+        mapped = [transform(student_hidden[j]) for j in candidates]  # C × (B, T, d)
+        positions = torch.arange(len(candidates), device=mapped[0].device)  # (C,)
+        choices = []
+        for i in teacher_layers:
+            # Candidates nearest first: argmin returns the first minimum, so ties go to the nearest.
+            order = sorted(range(len(candidates)), key=lambda c: (abs(candidates[c] - i), candidates[c]))
+            errors = torch.stack([F.mse_loss(mapped[c], teacher_hidden[i]) for c in order])  # (C,)
+            by_order = torch.stack([positions[c] for c in order])  # (C,), built on the device
+            choices.append(by_order.index_select(0, errors.argmin().view(1)))  # (1,)
+    return choices
+
+
 def map_layers(teacher_hidden: list[torch.Tensor], student_hidden: list[torch.Tensor],
                teacher_layers: list[int], alive: list[bool], transform: nn.Module) -> dict[int, int]:
-    """φ(i) = argmin over alive j of MSE(Tr(H_s^j), H_t^i); ties go to the nearest index."""
+    """φ as {i: j}, read back to the host (for inspection; the training loss keeps it on the device)."""
     candidates = [j for j, ok in enumerate(alive) if ok]
     if not candidates:
         return {}
-    with torch.no_grad():
-        mapped = {j: transform(student_hidden[j]) for j in candidates}
-        phi = {}
-        for i in teacher_layers:
-            errors = [(float(F.mse_loss(mapped[j], teacher_hidden[i])), abs(j - i), j) for j in candidates]
-            phi[i] = min(errors)[2]
-    return phi
+    choices = choose_layers(teacher_hidden, student_hidden, teacher_layers, candidates, transform)
+    return {i: candidates[int(k)] for i, k in zip(teacher_layers, choices)}
 
 
 def layer_loss(teacher_hidden: list[torch.Tensor], student_hidden: list[torch.Tensor],
@@ -49,6 +64,33 @@ def layer_loss(teacher_hidden: list[torch.Tensor], student_hidden: list[torch.Te
     """Σ_i MSE(Tr(H_s^φ(i)), H_t^i): summed over the sampled layers, not averaged."""
     terms = [F.mse_loss(transform(student_hidden[j]), teacher_hidden[i]) for i, j in phi.items()]
     return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def mapped_layer_loss(teacher_hidden: list[torch.Tensor], student_hidden: list[torch.Tensor],
+                      teacher_layers: list[int], alive: list[bool], transform: LoRALinear) -> torch.Tensor:
+    """`layer_loss` under `map_layers`'s φ, with φ left on the device: each H_s^φ(i) is gathered
+    from the stacked candidates by its device-side index instead of by a host-side list index."""
+    candidates = [j for j, ok in enumerate(alive) if ok]
+    picks = list(dict.fromkeys(teacher_layers))  # each i once, as φ's dict holds it
+    if not candidates or not picks:
+        return torch.zeros(())
+    choices = choose_layers(teacher_hidden, student_hidden, picks, candidates, transform)
+    stacked = torch.stack([student_hidden[j] for j in candidates])  # (C, B, T, d)
+    terms = [F.mse_loss(_transform_gathered(transform, stacked, k), teacher_hidden[i])
+             for i, k in zip(picks, choices)]
+    return torch.stack(terms).sum()
+
+
+def _transform_gathered(transform: LoRALinear, stacked: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Tr(stacked[k]) as LoRALinear.forward computes it, each of its two reads of the input gathered
+    on its own. The gradients then reach H_s one by one, summed in the order they were when Tr read
+    H_s^φ(i) itself: bit for bit the same, also where two teacher layers map to one student layer
+    (one gather for both reads would add each pair first)."""
+    def x() -> torch.Tensor:
+        return stacked.index_select(0, k).squeeze(0)  # (B, T, d)
+    base = F.linear(x(), transform.weight, transform.bias)  # (B, T, d)
+    low_rank = F.linear(F.linear(x(), transform.lora_A), transform.lora_B)  # (B, T, r) -> (B, T, d)
+    return base + transform.scaling * low_rank
 
 
 class TeacherSnapshot:
@@ -124,8 +166,7 @@ class SelfDistillation:
         l_pred = output_prediction_loss(teacher, outputs, cfg.distill_temperature)
         t_hidden, s_hidden = teacher.hidden_states[1:], outputs.hidden_states[1:]
         picks = sample_teacher_layers(len(t_hidden), self.generator)
-        phi = map_layers(t_hidden, s_hidden, picks, alive_layers, self.transform)
-        l_layer = layer_loss(t_hidden, s_hidden, phi, self.transform)
+        l_layer = mapped_layer_loss(t_hidden, s_hidden, picks, alive_layers, self.transform)
         return cfg.lambda_pred * l_pred + cfg.lambda_layer * l_layer
 
     def grow_transform(self, factor: float) -> Survivors:

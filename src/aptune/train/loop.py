@@ -97,6 +97,9 @@ class Trainer:
         self.epoch = 0
         self.batches_in_epoch = 0
         self.loss_window: dict[str, Any] = {"sum": 0.0, "count": 0, "smoothed": None}
+        # Losses of the steps since the window was last brought up to date, still on the device:
+        # reading each step's loss would make every GPU step wait for the device.
+        self._unread_losses: list[torch.Tensor] = []
         # Checkpoints (train/checkpoint.py): `save_checkpoint(trainer)` runs every
         # `checkpoint_every` steps and when a stop is requested (SIGINT/SIGTERM), after which the
         # loop raises RunInterrupted.
@@ -183,6 +186,7 @@ class Trainer:
 
     def evaluate_untimed(self) -> dict[str, float]:
         """A dev evaluation whose time is excluded from training time (TTA's definition)."""
+        _wait_for_device(self.accelerator.device)  # training work still queued is training time
         t0 = time.perf_counter()
         metrics = self.evaluate()
         self._untimed += time.perf_counter() - t0
@@ -223,7 +227,6 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    mininterval=0.2 if sys.stderr.isatty() else 30.0,
                    disable=not (self.show_progress and acc.is_local_main_process))
-        window = self.loss_window
         self._trainable = self._trainable_params()
         skip = 0
         if resuming:
@@ -263,16 +266,17 @@ class Trainer:
                 self.samples_seen += batch["input_ids"].shape[0] * acc.num_processes
                 for cb in self.callbacks:
                     cb.after_step(self)
+                self._unread_losses.append(loss.detach().float().reshape(()))
+                logged = self.step % self.cfg.log_every == 0 or self.step == self.total_steps
+                evaluated = self.step % self.cfg.eval_every == 0 or self.step == self.total_steps
+                if logged or evaluated:
+                    self._read_losses()  # waits for the device: inside the step's time, as it is training
                 self.train_seconds += time.perf_counter() - t0 - self._untimed
-                value = loss.detach().float().item()
-                window["sum"], window["count"] = window["sum"] + value, window["count"] + 1
-                window["smoothed"] = value if window["smoothed"] is None else \
-                    0.9 * window["smoothed"] + 0.1 * value
                 bar.update(1)
-                if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                window = self.loss_window
+                if logged:
                     bar.set_postfix(loss=f"{window['smoothed']:.4f}", lr=f"{self.lr:.2e}",
                                     samples_s=f"{self.samples_seen / self.train_seconds:.1f}", refresh=False)
-                evaluated = self.step % self.cfg.eval_every == 0 or self.step == self.total_steps
                 if evaluated:
                     self._evaluate_and_log(window["sum"] / max(1, window["count"]), wall_start, bar)
                     window["sum"], window["count"] = 0.0, 0
@@ -284,6 +288,7 @@ class Trainer:
                 continue
             break
         bar.close()
+        self._read_losses()
         peak = self.peak_so_far()
         for cb in self.callbacks:
             cb.on_train_end(self)
@@ -300,6 +305,19 @@ class Trainer:
             peak_train_memory_bytes=peak, memory_method=self.memory.method,
         )
 
+    def _read_losses(self) -> None:
+        """Bring the running loss window up to date with the losses still on the device: one read
+        for all of them, then the same per-step sums as before, in step order."""
+        if not self._unread_losses:
+            return
+        values = torch.stack(self._unread_losses).tolist()  # (n,) float32, read as .item() would
+        self._unread_losses.clear()
+        window = self.loss_window
+        for value in values:
+            window["sum"], window["count"] = window["sum"] + value, window["count"] + 1
+            window["smoothed"] = value if window["smoothed"] is None else \
+                0.9 * window["smoothed"] + 0.1 * value
+
     def _checkpoint_if_due(self, evaluated: bool) -> None:
         if self.save_checkpoint is None or self.step >= self.total_steps:
             return
@@ -308,6 +326,7 @@ class Trainer:
         if stop:
             self.say(f"stopping after step {self.step}: writing a checkpoint")
         if due or stop:
+            self._read_losses()  # the checkpoint records the loss window
             with self.memory.excluded():  # writing a checkpoint is not training
                 self.save_checkpoint(self)
         if stop:
@@ -368,6 +387,12 @@ class Trainer:
 def evaluate_model(model: nn.Module, loader, task: Task, accelerator=None) -> dict[str, float]:
     """Predictions over the whole loader, gathered across processes, scored by the task."""
     return task.evaluate(model, loader, accelerator).metrics
+
+
+def _wait_for_device(device: torch.device) -> None:
+    """Let the device finish the work queued so far (the host runs ahead of it between reads)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _forget(accelerator, registry: str, obj) -> None:
