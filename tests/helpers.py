@@ -92,22 +92,32 @@ def write_squad(folder: Path, n_articles: int = 4, seed: int = 2) -> None:
         (folder / "squad_v2" / name).write_text(json.dumps({"version": "v2.0", "data": articles}))
 
 
-def _tokenizer(folder: Path):
+# The text-to-text form's label words and input prefixes (tasks/text_to_text.py), in the vocabulary
+# of the encoder-decoder families only, so that the encoders' tiny models stay as they were.
+TEXT_TO_TEXT_WORDS = ["negative", "positive", "entailment", "neutral", "contradiction", "sst2",
+                      "sentence", "mnli", "hypothesis", "premise", ":"]
+
+
+def _tokenizer(folder: Path, extra: list[str] | None = None):
     from transformers import BertTokenizerFast
 
     vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + sorted(set(POSITIVE + NEGATIVE + FILLER + ["."]))) + "\n")
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["."] + (extra or [])))
+    vocab.write_text("\n".join(SPECIAL + words) + "\n")
     return BertTokenizerFast(vocab=str(vocab), do_lower_case=True)  # v5 takes `vocab`
 
 
 def build_tiny_model(folder: Path, family: str = "bert", num_labels: int = 2, seed: int = 0,
                      layers: int = 2, hidden: int = 32, heads: int = 4, ffn: int = 64) -> Path:
-    """Save a random-init <family> classifier plus a WordPiece tokenizer into `folder`."""
+    """Save a random-init <family> model plus a WordPiece tokenizer into `folder`: a classifier
+    for bert and roberta; for t5 (the gated layout) and bert2bert, an encoder-decoder that starts
+    generating at [PAD] (T5's convention) or [CLS] and stops at [SEP]."""
     from transformers import (BertConfig, BertForSequenceClassification, RobertaConfig,
                               RobertaForSequenceClassification)
 
     folder.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer(folder)
+    seq2seq = family in ("t5", "bert2bert")
+    tok = _tokenizer(folder, TEXT_TO_TEXT_WORDS if seq2seq else None)
     common = dict(vocab_size=len(tok.get_vocab()), hidden_size=hidden, num_hidden_layers=layers,
                   num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=80,
                   num_labels=num_labels, pad_token_id=tok.pad_token_id)
@@ -116,11 +126,36 @@ def build_tiny_model(folder: Path, family: str = "bert", num_labels: int = 2, se
         model = BertForSequenceClassification(BertConfig(**common))
     elif family == "roberta":
         model = RobertaForSequenceClassification(RobertaConfig(**common, type_vocab_size=1))
+    elif seq2seq:
+        model = _tiny_encoder_decoder(family, tok, common)
     else:
         raise ValueError(family)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def _tiny_encoder_decoder(family: str, tok, common: dict):
+    from transformers import (BertConfig, BertLMHeadModel, BertModel, EncoderDecoderModel, T5Config,
+                              T5ForConditionalGeneration)
+
+    if family == "t5":
+        config = T5Config(vocab_size=common["vocab_size"], d_model=common["hidden_size"],
+                          d_kv=common["hidden_size"] // common["num_attention_heads"],
+                          d_ff=common["intermediate_size"], num_layers=common["num_hidden_layers"],
+                          num_heads=common["num_attention_heads"], feed_forward_proj="gated-gelu",
+                          tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+                          decoder_start_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id)
+        return T5ForConditionalGeneration(config)
+    bert = {k: v for k, v in common.items() if k != "num_labels"}
+    model = EncoderDecoderModel(
+        encoder=BertModel(BertConfig(**bert)),
+        decoder=BertLMHeadModel(BertConfig(**bert, is_decoder=True, add_cross_attention=True)))
+    for cfg in (model.config, model.generation_config):
+        cfg.decoder_start_token_id, cfg.eos_token_id = tok.cls_token_id, tok.sep_token_id
+        cfg.pad_token_id = tok.pad_token_id
+    model.config.vocab_size = common["vocab_size"]
+    return model
 
 
 def randomize_biases_and_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

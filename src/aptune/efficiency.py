@@ -13,18 +13,28 @@ from torch import nn
 from .train.memory import PeakMemoryMeter
 
 
-def fixed_inputs(model: nn.Module, batch_size: int, seq_len: int = 128, seed: int = 0) -> dict:
+def fixed_inputs(model: nn.Module, batch_size: int, seq_len: int = 128, seed: int = 0,
+                 decoder_tokens: int = 2) -> dict:
     """The protocol's fixed-shape inference batch: random non-special token ids with a full
     attention mask, not pad tokens: padding-only inputs flatter nothing but the attention kernels
-    (docs/method.md#pitfalls-of-the-original-code). seq_len is capped at the model's position table."""
+    (docs/method.md#pitfalls-of-the-original-code). seq_len is capped at the model's position table.
+    An encoder-decoder also gets `decoder_tokens` teacher-forced decoder tokens (2 for text-to-text
+    classification: the label word's first sub-word and the end token)."""
     from .arch import get_spec
 
     seq_len = min(seq_len, get_spec(model).max_positions(model))
     device = next(model.parameters()).device
-    vocab = int(model.config.vocab_size)
+    config = model.config
+    vocab = int(getattr(config, "vocab_size", None) or config.decoder.vocab_size)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(min(1000, vocab - 1), vocab, (batch_size, seq_len), generator=g).to(device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}  # [batch, seq_len] each
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}  # [batch, seq_len] each
+    if getattr(config, "is_encoder_decoder", False):
+        start = int(config.decoder_start_token_id)
+        tail = torch.randint(min(1000, vocab - 1), vocab, (batch_size, decoder_tokens - 1), generator=g)
+        starts = torch.full((batch_size, 1), start)
+        inputs["decoder_input_ids"] = torch.cat([starts, tail], 1).to(device)  # (B, decoder_tokens)
+    return inputs
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from typing import Any
 from .errors import AptuneError
 from .export import load_for_inference
 from .predict import run_config, write_jsonl
-from .tasks import OWN_DATA_TASK, get_task, resolve_data_dir, same_task, task_options
+from .tasks import OWN_DATA_TASK, for_model, get_task, resolve_data_dir, same_task, task_options
 from .train.data import encode, make_loader
 
 
@@ -38,7 +38,7 @@ def evaluate_saved(model_dir: str | Path, task_name: str | None = None, data_dir
                           f"pass --task {OWN_DATA_TASK} to score the model on a file")
     run_task = bool(run.get("task")) and same_task(task_name, run["task"])  # the run's options apply
     options = task_options({**(run if run_task else {}), **given})
-    task = get_task(task_name, options)
+    task = for_model(get_task(task_name, options), tokenizer, model.config)
     task.adopt_labels(model.config)
     seed = data_seed if data_seed is not None else (run.get("data_seed", 0) if run_task else 0)
     if data_dir is None and run.get("data_dir") and Path(run["data_dir"]).expanduser().is_dir():

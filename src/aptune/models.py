@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 from .arch import spec_for_config, spec_for_model_type, supported_model_types
@@ -173,10 +174,47 @@ def auto_class(head: str):
 
 
 def load_task_model(name_or_path: str, task):
-    """The pretrained model with a fresh head for `task` (its labels, or QA's start/end)."""
+    """The pretrained model with a fresh head for `task` (its labels, or QA's start/end); an
+    encoder-decoder as it is (its LM head generates the targets)."""
     if task.head == "sequence-classification":
         return load_classifier(name_or_path, task.num_labels, task.id2label)
+    if task.head == "text-to-text":
+        return load_text_to_text(name_or_path)
     return load_classifier(name_or_path, 2, None, head=task.head)
+
+
+def _trainable_config(name_or_path: str, head: str):
+    """The config of a dense pretrained model whose family aptune trains with `head`."""
+    config = load_config(name_or_path)
+    family = spec_for_model_type(config.model_type)
+    if head not in family.task_heads:
+        able = sorted({t for t in supported_model_types()
+                       if head in spec_for_model_type(t).task_heads})
+        raise AptuneError(f"aptune cannot train a '{config.model_type}' model for a {head} task",
+                          f"use a model whose family is one of: {', '.join(able)} "
+                          "(docs/architectures.md)")
+    if getattr(config, "aptune_structure", None):
+        raise AptuneError(f"{name_or_path} holds a model that aptune pruned; training starts from a "
+                          "dense pretrained model",
+                          "pass the pretrained model (e.g. --model minilm); evaluate or load the pruned "
+                          "one with `aptune eval` or aptune.load_pruned")
+    return config
+
+
+def load_text_to_text(name_or_path: str):
+    """A pretrained encoder-decoder (T5, BERT2BERT) with its own LM head."""
+    from transformers.utils import logging as hf_logging
+
+    config = _trainable_config(name_or_path, "text-to-text")
+    # EncoderDecoderModel warns on every run that its loss moved inside it (in v4.12): nothing to act on
+    warnings.filterwarnings("ignore", message="Version v4.12.0 introduces", category=FutureWarning)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return auto_class("text-to-text").from_pretrained(name_or_path, config=config)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str] | None = None,
@@ -185,19 +223,7 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
     start and end scores)."""
     from transformers.utils import logging as hf_logging
 
-    config = load_config(name_or_path)
-    family = spec_for_model_type(config.model_type)
-    if head not in family.task_heads:
-        able = sorted({t for t in supported_model_types()
-                       if head in spec_for_model_type(t).task_heads})
-        raise AptuneError(f"aptune cannot train a '{config.model_type}' model for a {head} task yet: "
-                          "its tasks for this family are not implemented (docs/architectures.md)",
-                          f"use a model whose family is one of: {', '.join(able)} (e.g. --model minilm)")
-    if getattr(config, "aptune_structure", None):
-        raise AptuneError(f"{name_or_path} holds a model that aptune pruned; training starts from a "
-                          "dense pretrained model",
-                          "pass the pretrained model (e.g. --model minilm); evaluate or load the pruned "
-                          "one with `aptune eval` or aptune.load_pruned")
+    config = _trainable_config(name_or_path, head)
     kwargs = {"num_labels": num_labels}
     if id2label:
         kwargs["id2label"] = id2label
@@ -218,5 +244,5 @@ def load_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str]
 
 
 __all__ = ["DEFAULT_MODEL", "GENERATED_MODELS", "HEADS", "MODEL_ALIASES", "WARM_STARTED_MODELS",
-           "auto_class", "head_of", "load_classifier", "load_config", "load_task_model",
+           "auto_class", "head_of", "load_classifier", "load_config", "load_task_model", "load_text_to_text",
            "load_tokenizer", "resolve_model_path", "supported_model_types"]

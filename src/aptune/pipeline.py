@@ -36,7 +36,7 @@ from .models import load_config, load_task_model, load_tokenizer, resolve_model_
 from .report import format_report
 from .tasks.metrics import format_per_class
 from .structure import recorded_structure
-from .tasks import Task, get_task, resolve_data_dir, task_options
+from .tasks import Task, for_model, get_task, resolve_data_dir, task_options
 from .train.context import RunContext
 from .train.data import EncodedDataset, encode, make_loader
 from .train.checkpoint import read_checkpoint, read_checkpoint_state, restore_trainer, write_checkpoint
@@ -107,6 +107,11 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     run_versions = versions()  # read at the start: the commit that the run's code came from
     say = lambda text: _say(accelerator, text)  # noqa: E731
     data = load_data(cfg, say)
+    if data.task.head == "text-to-text" and not method.text_to_text:
+        able = ", ".join(m.name for m in METHODS.values() if m.text_to_text)
+        raise AptuneError(f"--method {method.name} does not train encoder-decoder models yet",
+                          f"use --method {able} with this model, or a BERT/RoBERTa model for "
+                          f"{method.name} (docs/architectures.md)")
     reference = _tta_reference(cfg, data.task)  # checked before training, not after
 
     set_seed(cfg.seed, deterministic=True)
@@ -236,6 +241,7 @@ def load_data(cfg: TrainConfig, say) -> RunData:
     model_path = resolve_model_path(cfg.model)
     model_config = load_config(model_path)  # unsupported families fail before any data work
     tokenizer = load_tokenizer(model_path)
+    task = for_model(task, tokenizer, model_config)  # text to text for an encoder-decoder
     train = task.load("train", data_dir, cfg.max_train_samples, cfg.data_seed, options)
     dev = task.load("dev", data_dir, cfg.max_eval_samples, cfg.data_seed, options)
     for name, value in task.resolved_options().items():  # config.yaml records what was found

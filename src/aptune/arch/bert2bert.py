@@ -45,7 +45,7 @@ class Bert2BertSpec(BertSpec):
     # Warm-starting adds cross-attention and an LM-head transform that no checkpoint trained: every
     # method trains them in full (docs/architectures.md#bert2bert).
     head_modules = ("crossattention", "cls.predictions.transform")
-    task_heads = ()  # text-to-text tasks come next (docs/architectures.md#bert2bert)
+    task_heads = ("text-to-text",)
     remote_code = None
 
     def check_config(self, config) -> None:

@@ -68,7 +68,7 @@ class T5Spec(ArchSpec):
     apt_target_modules = lora_target_modules + ("DenseReluDense.wi_0", "DenseReluDense.wi")
     head_modules = ()  # the LM head is pretrained and frozen (docs/baselines.md#common-protocol)
     norm_kind = "rms"
-    task_heads = ()  # text-to-text tasks come next (docs/architectures.md#t5)
+    task_heads = ("text-to-text",)
 
     def layers(self, model: nn.Module) -> list[T5Unit]:
         units = [T5Unit(block, 0, 1, i) for i, block in enumerate(model.encoder.block)]

@@ -86,6 +86,8 @@ class Method:
     loop_optional: ClassVar[bool] = False
     # Under DDP: parameters may go without gradients (e.g. adapters in a fully masked sub-layer).
     has_unused_parameters: ClassVar[bool] = False
+    # Whether it trains encoder-decoders on text-to-text tasks (docs/architectures.md) yet.
+    text_to_text: ClassVar[bool] = False
 
     def loop_epochs(self, cfg: Any) -> float:
         """Epochs of this method's training loop (CoFi: its pruning plus fine-tuning stages)."""

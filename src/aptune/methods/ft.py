@@ -17,6 +17,7 @@ class FullFineTuning(Method):
     description = "full fine-tuning of every weight"
     default_lr = 2e-5
     resumable = True
+    text_to_text = True
 
     def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:
         model.requires_grad_(True)

@@ -16,6 +16,7 @@ class LoRA(Method):
     label = "LoRA"
     description = "LoRA adapters on the query and value projections, plus the task head"
     resumable = True
+    text_to_text = True
 
     def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:
         from ..lora import inject_lora, lora_modules

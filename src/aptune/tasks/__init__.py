@@ -8,6 +8,7 @@ from .glue import MNLI, SST2, ClassificationTask
 from .options import OWN_DATA_TASK, OwnDataOptions, QAOptions, same_task, task_options
 from .qa import SquadV2
 from .text_classification import TextClassification
+from .text_to_text import TextToTextClassification
 
 TASKS: dict[str, type[Task]] = {"sst2": SST2, "mnli": MNLI, "squad_v2": SquadV2,
                                 OWN_DATA_TASK: TextClassification}
@@ -28,6 +29,16 @@ def get_task(name: str, options: dict | None = None) -> Task:
     return task
 
 
+def for_model(task: Task, tokenizer, model_config) -> Task:
+    """The task in the form the model takes: text to text for an encoder-decoder."""
+    from ..models import head_of
+
+    if head_of(model_config) == "text-to-text" and task.head != "text-to-text":
+        return TextToTextClassification(task, tokenizer, model_config)
+    return task
+
+
 __all__ = ["DATA_DIR_ENV", "OWN_DATA_TASK", "TASKS", "ClassificationTask", "DataReport", "Example",
-           "OwnDataOptions", "QAOptions", "Split", "SquadV2", "Task", "TextClassification", "get_task",
+           "OwnDataOptions", "QAOptions", "Split", "SquadV2", "Task", "TextClassification",
+           "TextToTextClassification", "for_model", "get_task",
            "resolve_data_dir", "task_class", "task_options"]

@@ -132,6 +132,9 @@ class Task:
     # At most this many dev rows for the benchmark's real-data inference pass (None: as asked).
     inference_dev_rows: int | None = None
     label_names: tuple[str, ...] = ()
+    # The input of the task's text-to-text form for encoder-decoders, e.g. "sst2 sentence: {0}"
+    # ({i}: the i-th text column); None: the task has none (tasks/text_to_text.py).
+    t5_template: str | None = None
 
     @property
     def num_labels(self) -> int:
@@ -180,6 +183,12 @@ class Task:
 
     def tokenize_fn(self, tokenizer, max_length: int) -> Callable:
         raise NotImplementedError
+
+    def collator(self, tokenizer):
+        """How rows become a batch: dynamic padding of the inputs (labels are one id per row)."""
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         raise NotImplementedError

@@ -149,6 +149,7 @@ class SST2(ClassificationTask):
     default_max_length = 64
     label_names = ("negative", "positive")
     text_columns = ("sentence",)
+    t5_template = "sst2 sentence: {0}"  # the input of its text-to-text form (T5's GLUE prefix)
     file_format = "tsv"
     hub_path = ("glue", "sst2")
     hub_splits = {"train": "train", "dev": "validation"}
@@ -165,6 +166,7 @@ class MNLI(ClassificationTask):
     # GLUE's fixed ids: 0 entailment, 1 neutral, 2 contradiction.
     label_names = ("entailment", "neutral", "contradiction")
     text_columns = ("premise", "hypothesis")
+    t5_template = "mnli hypothesis: {1} premise: {0}"
     file_format = "jsonl"
     hub_path = ("glue", "mnli")
     hub_splits = {"train": "train", "dev": "validation_matched"}

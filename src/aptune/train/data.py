@@ -19,11 +19,12 @@ class EncodedDataset(Dataset):
     task examples the rows came from and `meta` the task's per-row values (META_KEYS)."""
 
     def __init__(self, encodings: dict[str, list], examples: list | None = None,
-                 meta: dict[str, list] | None = None) -> None:
+                 meta: dict[str, list] | None = None, collate=None) -> None:
         self.encodings = encodings
         self.keys = list(encodings)
         self.examples = examples or []
         self.meta = meta or {}
+        self.collate = collate  # the task's collator (None: pad the inputs dynamically)
 
     def __len__(self) -> int:
         return len(self.encodings["input_ids"])
@@ -48,7 +49,8 @@ def encode(task: Task | None, examples: list[Example], tokenizer, max_length: in
     if model_config is not None and not uses_segments(model_config):
         merged.pop("token_type_ids", None)
     meta = {k: merged.pop(k) for k in META_KEYS if k in merged}
-    return EncodedDataset(merged, examples, meta if keep_meta else {})
+    collate = task.collator(tokenizer) if task is not None else None
+    return EncodedDataset(merged, examples, meta if keep_meta else {}, collate)
 
 
 def uses_segments(model_config) -> bool:
@@ -62,5 +64,6 @@ def make_loader(dataset: EncodedDataset, tokenizer, batch_size: int, shuffle: bo
     from transformers import DataCollatorWithPadding
 
     generator = torch.Generator().manual_seed(seed)
+    collate = getattr(dataset, "collate", None) or DataCollatorWithPadding(tokenizer, return_tensors="pt")
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"))
+                      collate_fn=collate)
