@@ -422,6 +422,7 @@ def build_metrics(cfg: TrainConfig, method: Method, data: RunData, final, final_
     """metrics.json: what was trained, how well, how fast, with how much memory, and on what."""
     metrics = {
         "task": data.task.name,
+        "head": data.task.head,
         "method": method.name,
         "model": cfg.model,
         "model_path": data.model_path,
@@ -485,6 +486,7 @@ def _print_summary(m: dict) -> None:
     if "tta" in m:
         print(_tta_line(m["tta"], m["selection"]["metric"]), flush=True)
     print(f"saved: {m['output_dir']}", flush=True)
-    if "structure" in m:  # a pruned model: what to run next
+    # a pruned classifier: what to run next (predict and export take classifiers so far)
+    if "structure" in m and m.get("head", "sequence-classification") == "sequence-classification":
         print(f"next: aptune export --model-dir {m['output_dir']} --format onnx   "
               f"(or aptune predict --model-dir {m['output_dir']} --text ...)", flush=True)

@@ -24,10 +24,13 @@ def format_report(model: nn.Module, structure: Structure, dense: ModelShape, den
                   ranks: dict[str, int] | None, inference: dict | None, title: str = "APT") -> str:
     spec = get_spec(model)
     kept = non_embedding_parameters(model)
-    lines = ["", f"{title} before -> after", f"{'layer':>5} {'heads':>9} {'neurons':>11} {'params':>21}"]
-    for row, layer in zip(structure_rows(structure, dense), spec.layers(model)):
+    names = spec.unit_names(model)
+    width = max(5, *(len(n) for n in names))
+    header = f"{'layer':>{width}} {'heads':>9} {'neurons':>11} {'params':>21}"
+    lines = ["", f"{title} before -> after", header]
+    for row, layer, name in zip(structure_rows(structure, dense), spec.layers(model), names):
         params = sum(p.numel() for m in _layer_modules(spec, layer) for p in m.parameters(recurse=False))
-        lines.append(f"{row['layer']:>5} {row['heads']:>4}/{row['heads_dense']:<4} "
+        lines.append(f"{name:>{width}} {row['heads']:>4}/{row['heads_dense']:<4} "
                      f"{row['neurons']:>5}/{row['neurons_dense']:<5} {params:>21,}")
     lines.append(f"hidden dims kept: {len(structure.hidden)}/{dense.hidden}")
     lines.append(f"non-embedding params: {dense_non_embedding:,} -> {kept:,} "
@@ -52,5 +55,5 @@ def _layer_modules(spec, layer: nn.Module) -> list[nn.Module]:
         mods += [a.query, a.key, a.value, a.output]
     if spec.has_ffn(layer):
         f = spec.ffn(layer)
-        mods += [f.up, f.down]
+        mods += [*f.inputs(), f.down]
     return mods

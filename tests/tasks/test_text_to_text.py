@@ -90,8 +90,63 @@ def test_lora_trains_bert2bert_and_saves_a_reloadable_model(bert2bert_dir, tiny_
     assert f"result: {task} lora dev accuracy" in result.stdout
 
 
-def test_pruning_methods_refuse_encoder_decoders_for_now(t5_dir, tiny_data_dir, tmp_path):
-    err = fails("train", "--task", "sst2", "--method", "apt", "--model", t5_dir,
-                "--data-dir", tiny_data_dir, "--output-dir", tmp_path / "apt")
-    assert "--method apt does not train encoder-decoder models yet" in err
-    assert "ft, lora" in err
+def test_other_pruning_methods_refuse_encoder_decoders_for_now(t5_dir, tiny_data_dir, tmp_path):
+    err = fails("train", "--task", "sst2", "--method", "lora-prune", "--model", t5_dir,
+                "--data-dir", tiny_data_dir, "--output-dir", tmp_path / "lp")
+    assert "--method lora-prune does not train encoder-decoder models yet" in err
+    assert "ft, lora, apt" in err
+
+
+def test_batches_carry_the_shifted_targets_as_decoder_inputs(t5_dir):
+    tok = load_tokenizer(str(t5_dir))
+    task = _task("sst2", t5_dir)
+    rows = [{k: v[i] for k, v in task.tokenize_fn(tok, 16)(
+        [Example(("a good film",), 1), Example(("a dull one",), 0)]).items()} for i in range(2)]
+    batch = task.collator(tok)(rows)
+    start = task.decoder_start_token_id
+    assert batch["decoder_input_ids"].tolist() == [[start, task.targets[1, 0].item()],
+                                                   [start, task.targets[0, 0].item()]]
+
+
+@pytest.mark.parametrize("family", ["bert2bert", "t5"])
+def test_apt_prunes_an_encoder_decoder_to_its_budget(family, request, tiny_data_dir, tmp_path):
+    """APT on BERT2BERT and T5 (whose layer loss compares RMS-normalised states): salience over
+    both stacks, layer distillation per stack, the decoder's last cross-attention keeps a head,
+    and the compacted model reloads and scores."""
+    out = tmp_path / "apt"
+    model_dir = request.getfixturevalue(f"{family}_dir")
+    result = invoke("train", "--task", "sst2", "--method", "apt", "--model", model_dir,
+                    "--data-dir", tiny_data_dir, "--output-dir", out, "--epochs", "7",
+                    "--max-train-samples", "96", "--max-eval-samples", "32", "--batch-size", "8",
+                    "--lr", "3e-3", "--eval-every", "28", "--sparsity", "0.6")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"]["kept_ratio"] <= 0.40
+    assert metrics["structure"]["heads"][-1] >= 1  # the protected cross-attention head
+    assert "dec 1 cross" in result.stdout and "next: aptune export" not in result.stdout
+    settings = metrics["method_settings"]
+    assert settings["schedule"]["distill_start"] < settings["schedule"]["total_steps"]  # it distilled
+    components = settings["pruning_log"][-1]["salience_components"]
+    assert min(components[f"{t}_activation_gradient"] for t in ("head", "neuron", "hidden")) > 0
+    scored = invoke("eval", "--model-dir", out, "--data-dir", tiny_data_dir, "--max-eval-samples", "32",
+                    "--json")
+    assert json.loads(scored.stdout)["eval"]["accuracy"] == pytest.approx(metrics["eval"]["accuracy"])
+
+
+def test_layer_distillation_maps_each_stack_on_its_alive_layers(t5_dir):
+    """Per-stack alive layers: a decoder layer counts while its self-attention and its FFN keep
+    something, whatever its cross-attention keeps."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from aptune.apt.masks import Masks
+    from aptune.arch import get_spec
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(t5_dir)
+    spec = get_spec(model)
+    assert spec.stacks(model) == [[(0, 0), (1, 1)], [(2, 3), (4, 5)]]
+    assert spec.unit_names(model) == ["enc 0", "enc 1", "dec 0 self", "dec 0 cross",
+                                      "dec 1 self", "dec 1 cross"]
+    masks = Masks.ones_like(model, spec)
+    masks.head[3].zero_()  # decoder layer 0's cross-attention: still alive
+    masks.head[4].zero_()  # decoder layer 1's self-attention: not alive
+    masks.neuron[1].zero_()  # encoder layer 1's FFN: not alive
+    assert masks.alive_layers(spec.stacks(model)) == [[True, False], [True, False]]

@@ -80,8 +80,9 @@ class APTCallback(Callback):
         if not self.schedule.in_distillation(t) or self.distillation.teacher is None:
             return loss
         masks = self.pruner.masks  # its alive layers are read from the device only when masks change
-        distill = self.distillation.loss(trainer.unwrapped_model, batch, outputs, masks,
-                                         self.pruner.salience, masks.alive_layers())
+        model = trainer.unwrapped_model
+        distill = self.distillation.loss(model, batch, outputs, masks, self.pruner.salience,
+                                         masks.alive_layers(self.spec.stacks(model)), self.spec)
         # μ·L_distill + (1 − μ)·L_ft (docs/method.md#distillation-weight), as L_ft + μ·(L_distill − L_ft).
         return loss + self.schedule.mu(t) * (distill - loss)
 

@@ -104,9 +104,11 @@ class Masks:
         self._facts[id(m)] = (m, m._version, facts)
         return facts
 
-    def alive_layers(self) -> list[bool]:
-        """Layers with at least one head and one neuron left (distillation maps onto these)."""
-        return [self.facts(h).any_kept and self.facts(n).any_kept for h, n in zip(self.head, self.neuron)]
+    def alive_layers(self, stacks: list[list[tuple[int, int]]]) -> list[list[bool]]:
+        """Per stack, per layer (`ArchSpec.stacks`): whether its self-attention keeps a head and
+        its FFN a neuron (distillation maps onto these layers)."""
+        return [[self.facts(self.head[a]).any_kept and self.facts(self.neuron[f]).any_kept
+                 for a, f in stack] for stack in stacks]
 
     def kept(self) -> Structure:
         """The units whose mask is 1, in the current numbering: what compaction keeps."""

@@ -34,6 +34,7 @@ class Pruner:
         self.dense_size = self.counts().size  # C(Θ_0)
         self.structure = model_structure(model, spec)  # kept units, original numbering
         self.pruning_log: list[dict] = []
+        self.protected_units = spec.protected_attention(model)
         # Linear maps outside the model that read and write the residual stream (Tr): sliced
         # along with the hidden dimensions.
         self.hidden_followers: list[nn.Linear] = []
@@ -47,11 +48,6 @@ class Pruner:
     def kept_ratio(self) -> float:
         return self.counts().size / self.dense_size
 
-    def alive_layers(self) -> list[bool]:
-        """Layers with at least one head and one neuron left (distillation maps onto these)."""
-        return [bool((h > 0).any()) and bool((n > 0).any())
-                for h, n in zip(self.masks.head, self.masks.neuron)]
-
     # -- mask steps ------------------------------------------------------------------------------
     @torch.no_grad()
     def step_masks(self, point: int, kept_ratio: float, step_size: float, binarise: bool) -> None:
@@ -61,7 +57,8 @@ class Pruner:
             return
         alive = {"head": torch.cat(self.masks.head) > 0, "neuron": torch.cat(self.masks.neuron) > 0,
                  "hidden": self.masks.hidden > 0}
-        keep = select_keep_set(self.salience.flat_ema(), alive, self.counts(), kept_ratio * self.dense_size)
+        keep = select_keep_set(self._protected(self.salience.flat_ema()), alive, self.counts(),
+                               kept_ratio * self.dense_size)
         flat = self.masks.flat()
         for t, vec in flat.items():
             up, down = keep.keep[t], keep.prune[t]
@@ -78,6 +75,22 @@ class Pruner:
                                      "neurons": int(keep.keep["neuron"].numel()),
                                      "hidden": int(keep.keep["hidden"].numel()),
                                      "salience_components": dict(self.salience.last_components)})
+
+    def _protected(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The flat scores with the top head of each protected unit (ArchSpec.protected_attention)
+        raised to 1e10, as the original code does, so that the keep-set always takes it."""
+        units = self.protected_units
+        if not units:
+            return scores
+        head = scores["head"].clone()  # (Σ n_h,)
+        offsets = [0]
+        for m in self.masks.head:
+            offsets.append(offsets[-1] + m.numel())
+        for u in units:
+            lo, hi = offsets[u], offsets[u + 1]
+            if hi > lo:
+                head[lo + int(torch.argmax(head[lo:hi]))] = 1e10  # a pruning point: reads allowed
+        return {**scores, "head": head}
 
     # -- physical removal ------------------------------------------------------------------------
     def compact(self, model: nn.Module) -> Structure | None:

@@ -114,12 +114,14 @@ class SalienceCollector:
             if neuron is not None:
                 self._pre(spec.ffn(layer).down, neuron)
                 self._pre(spec.ffn_input_block(layer), self._hidden_tap(), block_only=True)
-        final = self._hidden_tap()
-        self._handles.append(layers[-1].register_forward_hook(
-            lambda m, a, out: final.observe(out[0] if isinstance(out, tuple) else out)))
+        for end in spec.stream_ends(model):  # each stack's last stream (an encoder-decoder has two)
+            final = self._hidden_tap()
+            self._handles.append(end.register_forward_hook(
+                lambda m, a, out, tap=final: tap.observe(out[0] if isinstance(out, tuple) else out)))
         # The embeddings are frozen, so layer 0's input would carry no gradient: make it a leaf
         # that asks for one while salience is collected.
-        self._handles.append(spec.embeddings(model).register_forward_hook(self._leaf_with_grad))
+        for module in spec.embedding_modules(model):
+            self._handles.append(module.register_forward_hook(self._leaf_with_grad))
 
     def _hidden_tap(self) -> _Tap:
         tap = _Tap(self)

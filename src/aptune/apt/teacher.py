@@ -19,6 +19,11 @@ from ..train.optim import Survivors, pad_cols, pad_rows
 from ..train.outputs import model_inputs
 
 
+def rms_normalise(h: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """h / sqrt(mean(h², last dim) + eps): T5's hidden states before the layer loss."""
+    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)  # (B, T, d)
+
+
 def sample_teacher_layers(n_layers: int, generator: torch.Generator, groups: int = 4) -> list[int]:
     """One layer drawn uniformly from each of `groups` contiguous, nearly equal blocks (RAIL-KD)."""
     bounds = [round(i * n_layers / groups) for i in range(groups + 1)]
@@ -73,7 +78,7 @@ def mapped_layer_loss(teacher_hidden: list[torch.Tensor], student_hidden: list[t
     candidates = [j for j, ok in enumerate(alive) if ok]
     picks = list(dict.fromkeys(teacher_layers))  # each i once, as φ's dict holds it
     if not candidates or not picks:
-        return torch.zeros(())
+        return teacher_hidden[0].new_zeros(()) if teacher_hidden else torch.zeros(())
     choices = choose_layers(teacher_hidden, student_hidden, picks, candidates, transform)
     stacked = torch.stack([student_hidden[j] for j in candidates])  # (C, B, T, d)
     terms = [F.mse_loss(_transform_gathered(transform, stacked, k), teacher_hidden[i])
@@ -159,14 +164,24 @@ class SelfDistillation:
         self.best_metric = value
 
     def loss(self, model: nn.Module, batch: dict, outputs: Any, masks: Any, salience: Any,
-             alive_layers: list[bool]) -> torch.Tensor:
-        """λ_pred · L_pred + λ_layer · L_layer against the teacher, for this step's student outputs."""
+             alive: list[list[bool]], spec: Any) -> torch.Tensor:
+        """λ_pred · L_pred + λ_layer · L_layer against the teacher, for this step's student outputs.
+        L_layer is averaged over the stacks (an encoder-decoder's encoder and decoder, each with
+        its own sampled layers); an RMS-normed family compares RMS-normalised hidden states
+        (docs/method.md#distillation-losses)."""
         cfg = self.cfg
         teacher = self.teacher.forward(model, batch, masks, salience)
         l_pred = output_prediction_loss(teacher, outputs, cfg.distill_temperature)
-        t_hidden, s_hidden = teacher.hidden_states[1:], outputs.hidden_states[1:]
-        picks = sample_teacher_layers(len(t_hidden), self.generator)
-        l_layer = mapped_layer_loss(t_hidden, s_hidden, picks, alive_layers, self.transform)
+        rms = spec.norm_kind == "rms"
+        terms = []
+        for t_hidden, s_hidden, alive_here in zip(spec.stack_hidden_states(teacher),
+                                                  spec.stack_hidden_states(outputs), alive):
+            if rms:
+                t_hidden = [rms_normalise(h) for h in t_hidden]
+                s_hidden = [rms_normalise(h) for h in s_hidden]
+            picks = sample_teacher_layers(len(t_hidden), self.generator)
+            terms.append(mapped_layer_loss(t_hidden, s_hidden, picks, alive_here, self.transform))
+        l_layer = torch.stack(terms).mean()
         return cfg.lambda_pred * l_pred + cfg.lambda_layer * l_layer
 
     def grow_transform(self, factor: float) -> Survivors:

@@ -120,6 +120,44 @@ class ArchSpec:
         """Norms inside the task head over hidden-dimension-indexed features (the LM transform's)."""
         return []
 
+    # -- stacks: what layer distillation maps --------------------------------------------------
+    def stacks(self, model: nn.Module) -> list[list[tuple[int, int]]]:
+        """Per stack (the encoder; then the decoder), per transformer layer: the unit holding its
+        self-attention and the unit holding its FFN. A layer is alive for distillation while both
+        keep something (a decoder's cross-attention does not count)."""
+        return [[(i, i) for i in range(len(self.layers(model)))]]
+
+    def stack_hidden_states(self, outputs: Any) -> list[list[torch.Tensor]]:
+        """Each stack's per-layer outputs (embeddings excluded) from a forward with
+        `output_hidden_states=True`, in `stacks` order."""
+        if getattr(outputs, "encoder_hidden_states", None) is not None:
+            return [list(outputs.encoder_hidden_states[1:]), list(outputs.decoder_hidden_states[1:])]
+        return [list(outputs.hidden_states[1:])]
+
+    def stream_ends(self, model: nn.Module) -> list[nn.Module]:
+        """The modules whose outputs are each stack's last residual stream (salience taps them)."""
+        return [self.layers(model)[-1]]
+
+    def unit_names(self, model: nn.Module) -> list[str]:
+        """How reports name each unit: its layer number, or for an encoder-decoder the stack, the
+        layer and the attention kind ("enc 0", "dec 0 self", "dec 0 cross")."""
+        stacks = self.stacks(model)
+        if len(stacks) == 1:
+            return [str(i) for i in range(len(self.layers(model)))]
+        names = [""] * len(self.layers(model))
+        for prefix, stack in zip(("enc", "dec"), stacks):
+            for i, (attention, ffn) in enumerate(stack):
+                if attention == ffn:
+                    names[attention] = f"{prefix} {i}"
+                else:
+                    names[attention], names[ffn] = f"{prefix} {i} self", f"{prefix} {i} cross"
+        return names
+
+    def protected_attention(self, model: nn.Module) -> list[int]:
+        """Units whose most salient head is never pruned (T5: the decoder's last cross-attention,
+        so the top layer keeps reading the encoder)."""
+        return []
+
     # -- shapes ----------------------------------------------------------------------------------
     def head_dim(self, model: nn.Module) -> int:
         """d_h, read from the first layer that still has attention (0 when none has)."""

@@ -65,6 +65,17 @@ class Bert2BertSpec(BertSpec):
                       BertUnit(layer, "crossattention", True, i, True)]
         return units
 
+    def stacks(self, model: nn.Module) -> list[list[tuple[int, int]]]:
+        n_enc = len(model.encoder.encoder.layer)
+        decoder = [(n_enc + 2 * i, n_enc + 2 * i + 1) for i in range(len(model.decoder.bert.encoder.layer))]
+        return [[(i, i) for i in range(n_enc)], decoder]
+
+    def stream_ends(self, model: nn.Module) -> list[nn.Module]:
+        return [model.encoder.encoder.layer[-1], model.decoder.bert.encoder.layer[-1]]
+
+    def protected_attention(self, model: nn.Module) -> list[int]:
+        return [len(self.layers(model)) - 1]  # the last decoder layer's cross-attention
+
     def backbone(self, model: nn.Module) -> nn.Module:
         return model.encoder
 

@@ -76,6 +76,17 @@ class T5Spec(ArchSpec):
             units += [T5Unit(block, 0, None, i), T5Unit(block, 1, 2, i, cross=True)]
         return units
 
+    def stacks(self, model: nn.Module) -> list[list[tuple[int, int]]]:
+        n_enc = len(model.encoder.block)
+        decoder = [(n_enc + 2 * i, n_enc + 2 * i + 1) for i in range(len(model.decoder.block))]
+        return [[(i, i) for i in range(n_enc)], decoder]
+
+    def stream_ends(self, model: nn.Module) -> list[nn.Module]:
+        return [model.encoder.block[-1], model.decoder.block[-1]]
+
+    def protected_attention(self, model: nn.Module) -> list[int]:
+        return [len(self.layers(model)) - 1]  # the last decoder layer's cross-attention
+
     def _attention_module(self, unit: T5Unit) -> T5Attention:
         sub = self.attention_block(unit)
         return sub.EncDecAttention if unit.cross else sub.SelfAttention

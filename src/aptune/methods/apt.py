@@ -20,6 +20,7 @@ class APT(Method):
     prunes = True
     resumable = True  # its callback checkpoints masks, ranks, salience and the teacher
     has_unused_parameters = True
+    text_to_text = True
 
     def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:
         from ..apt.callback import attach_apt

@@ -48,6 +48,10 @@ class TextToTextClassification(Task):
         import torch  # here, not at import: configs and the CLI load without torch
 
         self.pad_token_id = tokenizer.pad_token_id
+        self.decoder_start_token_id = getattr(model_config, "decoder_start_token_id", None)
+        if self.decoder_start_token_id is None:
+            raise AptuneError("the model's config names no decoder_start_token_id, which its decoder "
+                              "inputs start with", "set decoder_start_token_id in its config.json")
         # (n_labels, 2): each label word's first sub-word and the end-of-sequence token
         self.targets = torch.tensor([[tokenizer(word, add_special_tokens=False).input_ids[0], eos]
                                      for word in self.label_names])
@@ -77,10 +81,24 @@ class TextToTextClassification(Task):
         return encode
 
     def collator(self, tokenizer):
-        """Inputs padded with the pad token, targets with -100 (ignored by the loss)."""
+        """Inputs padded with the pad token, targets with -100 (ignored by the loss), and the
+        decoder's teacher-forced inputs: the targets shifted right behind the start token. With
+        them in the batch, a forward without the targets (the teacher's, an inference pass) sees
+        the same decoder inputs as the training forward."""
         from transformers import DataCollatorForSeq2Seq
 
-        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
+        pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
+        start, pad_id = self.decoder_start_token_id, self.pad_token_id
+
+        def collate(rows: list[dict]) -> dict:
+            batch = pad(rows)
+            if "labels" in batch:
+                labels = batch["labels"]  # (B, T_tgt)
+                shifted = labels.new_full(labels.shape, start)  # (B, T_tgt)
+                shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_id)
+                batch["decoder_input_ids"] = shifted
+            return batch
+        return collate
 
     # -- scoring -------------------------------------------------------------------------------
     def check_head(self, config) -> None:
