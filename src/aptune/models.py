@@ -20,7 +20,11 @@ DEFAULT_MODEL = "minilm"
 # experiments): no download, the embedded model's tokenizer, a cached folder per name.
 GENERATED_MODELS = {"tiny-random-bert": dict(model_type="bert", hidden_size=32, num_hidden_layers=2,
                                              num_attention_heads=4, intermediate_size=64,
-                                             max_position_embeddings=512)}
+                                             max_position_embeddings=512),
+                    # T5's gated layout, generating from [PAD] (T5's convention) up to [SEP]
+                    "tiny-random-t5": dict(model_type="t5", d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                           num_heads=4, feed_forward_proj="gated-gelu",
+                                           tie_word_embeddings=False)}
 # Encoder-decoders warm-started from an embedded encoder on both sides (Rothe et al. 2020), built
 # on first use and cached: name -> the encoder alias (docs/architectures.md#bert2bert).
 WARM_STARTED_MODELS = {"minilm-bert2bert": "minilm"}
@@ -67,11 +71,19 @@ def _cached_build(name: str, build) -> Path:
     folder = root / name
     if (folder / "config.json").is_file():
         return folder
+    from transformers.utils import logging as hf_logging
+
     model, tokenizer = build(name)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     os.chmod(tmp, 0o755)
-    model.save_pretrained(tmp)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a shard-writing bar says nothing to an aptune user
+    try:
+        model.save_pretrained(tmp)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(tmp)
     try:
         os.replace(tmp, folder)
@@ -85,14 +97,17 @@ def _cached_build(name: str, build) -> Path:
 def _build_random(name: str):
     """A GENERATED_MODELS entry, random-init with seed 0, with the embedded model's tokenizer."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     tokenizer = load_tokenizer(resolve_model_path(DEFAULT_MODEL))
-    config = AutoConfig.for_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                  **GENERATED_MODELS[name])
+    settings = dict(GENERATED_MODELS[name])
+    if settings["model_type"] == "t5":
+        settings.update(decoder_start_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
+    config = AutoConfig.for_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **settings)
+    head = "text-to-text" if getattr(config, "is_encoder_decoder", False) else "sequence-classification"
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return AutoModelForSequenceClassification.from_config(config), tokenizer
+        return auto_class(head).from_config(config), tokenizer
 
 
 def _build_bert2bert(name: str):

@@ -395,3 +395,22 @@ def test_hidden_taps_ffn_input_use_block_gradient(two_layer_dir):
         if name.startswith("ffn"):
             torch.testing.assert_close(tap.act.double(), seen[name + "/a"], rtol=1e-5, atol=1e-7)
             torch.testing.assert_close(tap.grad.double(), seen[name + "/g"], rtol=1e-4, atol=1e-9)
+
+
+def test_per_stream_mean_divides_each_tap_by_its_stream_length(tiny_dir, tmp_path):
+    """The original T5 code's normalisation: Σ_b mean_t |H| times Σ_b Σ_t |∂L/∂H|, i.e. each tap's
+    S̃ over its own stream's length. `auto` picks it for encoder-decoders only."""
+    model = load(tiny_dir)
+    spec = get_spec(model)
+    plain = run_step(model, SalienceCollector(model, spec, use_kurtosis=False), ())
+    model.zero_grad()
+    per_stream = run_step(model, SalienceCollector(model, spec, use_kurtosis=False,
+                                                   position_norm="per_stream_mean"), ())
+    length = batch(model)["input_ids"].shape[1]  # 6 positions, padding included
+    for kind in ("head", "neuron", "hidden"):
+        torch.testing.assert_close(per_stream[kind][0] * length, plain[kind][0], rtol=1e-5, atol=1e-9)
+    assert not SalienceCollector(model, spec).per_stream_mean
+    from transformers import AutoModelForSeq2SeqLM
+
+    t5 = AutoModelForSeq2SeqLM.from_pretrained(build_tiny_model(tmp_path / "t5", "t5"))
+    assert SalienceCollector(t5, get_spec(t5)).per_stream_mean

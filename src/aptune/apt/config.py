@@ -57,6 +57,10 @@ class APTConfig:
         "the pruned tensors give) or paper (Eq. 6).")
     salience_beta: float = option(0.85, "APT: EMA factor of block salience and adapter importance.")
     use_kurtosis: bool = option(True, "APT: add the outlier (kurtosis) term to salience.")
+    salience_position_norm: Literal["auto", "sum", "per_stream_mean"] = option(
+        "auto", "APT: how a tap's activation sums over positions: sum, or per_stream_mean (divided "
+        "by its stream's length, as the original T5 code did, so that a 2-token decoder is not "
+        "outweighed by a long encoder input); auto: per_stream_mean on encoder-decoders, else sum.")
     prune: bool = option(True, "APT: prune at all (off = the 'w/o A_P' ablation).")
     grow_ranks: bool = option(True, "APT: grow adapter ranks (off = the 'w/o A_T' ablation).")
     distill: bool = option(True, "APT: self-distillation (off = the 'w/o D_S' ablation).")

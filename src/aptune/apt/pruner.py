@@ -30,7 +30,8 @@ class Pruner:
         self.ffn_factor = spec.shape(model).ffn_factor  # 2, or 3 for a gated FFN
         self.masks = apply_masks(model, spec, Masks.ones_like(model, spec))
         # Registered after the mask hooks, so the taps see masked activations.
-        self.salience = SalienceCollector(model, spec, cfg.use_kurtosis, cfg.salience_beta)
+        self.salience = SalienceCollector(model, spec, cfg.use_kurtosis, cfg.salience_beta,
+                                          getattr(cfg, "salience_position_norm", "auto"))
         self.dense_size = self.counts().size  # C(Θ_0)
         self.structure = model_structure(model, spec)  # kept units, original numbering
         self.pruning_log: list[dict] = []

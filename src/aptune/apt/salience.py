@@ -54,7 +54,10 @@ class _Tap:
         if not self.collector.active or not torch.is_grad_enabled():
             return
         flat = h.detach().reshape(-1, h.shape[-1])  # (B·T, D)
-        self.act = _add(self.act, flat.abs().sum(0))
+        act = flat.abs().sum(0)  # (D,)
+        if self.collector.per_stream_mean and h.dim() == 3:
+            act = act / h.shape[1]  # Σ_b mean_t |H|: this stream's length divided out
+        self.act = _add(self.act, act)
         self.mean_sum = _add(self.mean_sum, flat.sum(0))
         self.rows += flat.shape[0]
         if h.requires_grad:
@@ -76,9 +79,12 @@ class SalienceCollector:
     """Registers the taps on a model and turns one step's observations into block scores."""
 
     def __init__(self, model: nn.Module, spec: ArchSpec, use_kurtosis: bool = True,
-                 beta: float = 0.85) -> None:
+                 beta: float = 0.85, position_norm: str = "auto") -> None:
         self.model, self.spec = model, spec
         self.use_kurtosis, self.beta = use_kurtosis, beta
+        if position_norm == "auto":  # the original code's rule: per stream on encoder-decoders
+            position_norm = "per_stream_mean" if len(spec.stacks(model)) > 1 else "sum"
+        self.per_stream_mean = position_norm == "per_stream_mean"
         self.active = False
         self.ema: dict[str, list[torch.Tensor]] | None = None
         self._handles: list = []
