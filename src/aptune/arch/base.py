@@ -100,12 +100,25 @@ class ArchSpec:
         return []
 
     def residual_writers(self, layer: nn.Module) -> list[nn.Linear]:
-        """Projections whose outputs are added to the residual stream."""
-        raise NotImplementedError
+        """Projections whose outputs are added to the residual stream: the live sub-layers' output
+        projections."""
+        out = []
+        if self.has_attention(layer):
+            out.append(self.attention(layer).output)
+        if self.has_ffn(layer):
+            out.append(self.ffn(layer).down)
+        return out
 
     def residual_readers(self, layer: nn.Module) -> list[nn.Linear]:
-        """Projections that read the residual stream."""
-        raise NotImplementedError
+        """Projections that read the residual stream (cross-attention keys and values read the
+        encoder output, which has the same hidden dimensions)."""
+        out = []
+        if self.has_attention(layer):
+            attn = self.attention(layer)
+            out += [attn.query, attn.key, attn.value]
+        if self.has_ffn(layer):
+            out += list(self.ffn(layer).inputs())
+        return out
 
     def head_readers(self, model: nn.Module) -> list[nn.Linear]:
         """Task-head projections that read the final hidden state."""
@@ -206,13 +219,16 @@ class ArchSpec:
         raise NotImplementedError
 
     def block_input(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
-        """The residual stream a sub-layer block (attention or FFN input block) was called with."""
-        raise NotImplementedError
+        """The residual stream a sub-layer block (attention or FFN input block) was called with:
+        transformers passes it first, or as `hidden_states`."""
+        return args[0] if args else kwargs["hidden_states"]
 
     def with_block_input(self, args: tuple, kwargs: dict[str, Any],
                          hidden: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
         """The same call with the residual stream replaced by `hidden`."""
-        raise NotImplementedError
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
 
     def attention_bypass(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         """What a skipped attention block returns: its residual input, in the block's output form."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from .base import ArchSpec, AttentionParts, FFNParts, SkippedSublayer
@@ -63,23 +62,6 @@ class BertSpec(ArchSpec):
             out.append(self.ffn_output_block(layer).LayerNorm)
         return out
 
-    def residual_writers(self, layer: nn.Module) -> list[nn.Linear]:
-        out = []
-        if self.has_attention(layer):
-            out.append(self.attention(layer).output)
-        if self.has_ffn(layer):
-            out.append(self.ffn(layer).down)
-        return out
-
-    def residual_readers(self, layer: nn.Module) -> list[nn.Linear]:
-        out = []
-        if self.has_attention(layer):  # cross-attention keys and values read the encoder: also d_m
-            attn = self.attention(layer)
-            out += [attn.query, attn.key, attn.value]
-        if self.has_ffn(layer):
-            out.append(self.ffn(layer).up)
-        return out
-
     def head_readers(self, model: nn.Module) -> list[nn.Linear]:
         readers = []
         pooler = getattr(self.backbone(model), "pooler", None)
@@ -119,15 +101,6 @@ class BertSpec(ArchSpec):
 
     def ffn_output_block(self, layer: nn.Module) -> nn.Module:
         return self.ffn_host(layer).output
-
-    def block_input(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
-        return args[0] if args else kwargs["hidden_states"]
-
-    def with_block_input(self, args: tuple, kwargs: dict[str, Any],
-                         hidden: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
 
     def attention_bypass(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         return self.block_input(args, kwargs), None  # (output, attention weights), as BertAttention

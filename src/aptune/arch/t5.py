@@ -125,23 +125,6 @@ class T5Spec(ArchSpec):
             out.append(self.ffn_output_block(unit).layer_norm)
         return out
 
-    def residual_writers(self, unit: T5Unit) -> list[nn.Linear]:
-        out = []
-        if self.has_attention(unit):
-            out.append(self.attention(unit).output)
-        if self.has_ffn(unit):
-            out.append(self.ffn(unit).down)
-        return out
-
-    def residual_readers(self, unit: T5Unit) -> list[nn.Linear]:
-        out = []
-        if self.has_attention(unit):  # cross-attention k and v read the encoder output: also d_m
-            attn = self.attention(unit)
-            out += [attn.query, attn.key, attn.value]
-        if self.has_ffn(unit):
-            out += list(self.ffn(unit).inputs())
-        return out
-
     def head_readers(self, model: nn.Module) -> list[nn.Linear]:
         return [model.lm_head]
 
@@ -186,15 +169,6 @@ class T5Spec(ArchSpec):
 
     def has_ffn(self, unit: T5Unit) -> bool:
         return unit.ffn_slot is not None and super().has_ffn(unit)
-
-    def block_input(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
-        return args[0] if args else kwargs["hidden_states"]
-
-    def with_block_input(self, args: tuple, kwargs: dict[str, Any],
-                         hidden: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
 
     def attention_bypass(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         # (stream, position bias passed on, attention weights), as T5LayerSelfAttention returns
