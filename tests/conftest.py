@@ -15,7 +15,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tests.helpers import build_learnable_bert, build_tiny_model, write_mnli, write_squad, write_sst2  # noqa: E402
+from tests.helpers import (build_learnable_bert, build_tiny_model, write_cnn_dailymail,  # noqa: E402
+                           write_mnli, write_squad, write_sst2)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -41,6 +42,7 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     write_sst2(folder)
     write_mnli(folder)
     write_squad(folder)
+    write_cnn_dailymail(folder)
     return folder
 
 

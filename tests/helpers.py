@@ -92,6 +92,36 @@ def write_squad(folder: Path, n_articles: int = 4, seed: int = 2) -> None:
         (folder / "squad_v2" / name).write_text(json.dumps({"version": "v2.0", "data": articles}))
 
 
+def write_cnn_dailymail(folder: Path, n_train: int = 120, n_dev: int = 24, seed: int = 3) -> None:
+    """CNN/DailyMail files in the local layouts from the tokenizer's words: tokenized, lower-cased
+    gzipped JSON lines for train (one row with an empty article, as the real file has), raw CSV
+    for validation and test. Each article is three sentences of 6 to 10 words; its highlights are
+    its first sentence, so a model can learn to copy the lead."""
+    import csv
+    import gzip
+
+    rng = random.Random(seed)
+    words = sorted(set(FILLER + POSITIVE + NEGATIVE))
+
+    def article() -> tuple[str, str]:
+        first, *rest = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 10))) for _ in range(3)]
+        return " . ".join([first, *rest]) + " .", first + " ."
+
+    (folder / "cnn_dailymail").mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / "cnn_dailymail" / "train_tokenized_lower.jsonl.gz", "wt") as fh:
+        for i in range(n_train):
+            text, summary = article()
+            fh.write(json.dumps({"article": "" if i == 5 else text, "highlights": summary}) + "\n")
+    for name in ("validation_500.csv", "test_500.csv"):
+        with open(folder / "cnn_dailymail" / name, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["article", "highlights", "id"])
+            for i in range(n_dev):
+                text, summary = article()
+                # raw text: capitalised, periods attached, as in the official CSV files
+                writer.writerow([text.replace(" .", ".").capitalize(), summary.replace(" .", "."), str(i)])
+
+
 # The text-to-text form's label words and input prefixes (tasks/text_to_text.py), in the vocabulary
 # of the encoder-decoder families only, so that the encoders' tiny models stay as they were.
 TEXT_TO_TEXT_WORDS = ["negative", "positive", "entailment", "neutral", "contradiction", "sst2",

@@ -187,7 +187,8 @@ def test_train_help_reads_at_80_columns():
         assert f"--{f.name.replace('_', '-')}" in starts, f.name
     panels = [ln for ln in text.splitlines() if ln and not ln.startswith(" ") and ln.endswith(":")]
     assert [p.split()[0].rstrip(":") for p in panels] == \
-        ["Run", "Your", "Question", "Adapters", "APT", "LoRA+Prune", "Prune+Distill", "Options"]
+        ["Run", "Your", "Question", "Summarisation", "Adapters", "APT", "LoRA+Prune", "Prune+Distill",
+             "Options"]
     assert "aptune recipes" in text.split("Options:")[1]  # the epilog points to the recipes
     overview = RUNNER.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout.split("Commands:")[1]
     assert [ln.split()[0] for ln in overview.strip().splitlines()] == \

@@ -87,7 +87,7 @@ class PanelledCommand(TyperCommand):
 ModelDir = Annotated[str, typer.Option(help="A run folder written by `aptune train`, or its model/ folder.")]
 
 RUN_PANEL = "Run (every method; `aptune recipes` lists ready-made recipes)"
-PANEL_ORDER = ("Run", "Your own data", "Question answering", "Adapters", "APT", "LoRA+Prune",
+PANEL_ORDER = ("Run", "Your own data", "Question answering", "Summarisation", "Adapters", "APT", "LoRA+Prune",
                "Prune+Distill", "Options")
 _FLAG_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "str | None": str,
                "int | None": int, "float | None": float, "list[str] | None": str}
@@ -188,7 +188,7 @@ app.command(cls=PanelledCommand,
 def eval_(
     model_dir: ModelDir,
     task: Annotated[Optional[str], typer.Option(
-        help=f"sst2, mnli or {OWN_DATA_TASK}. Default: the run's task.")] = None,
+        help=f"sst2, mnli, squad_v2, cnn_dailymail or {OWN_DATA_TASK}. Default: the run's task.")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help=_h("data_dir"))] = None,
     validation_file: Annotated[Optional[str], typer.Option(
         help=f"Score on this labelled file (.csv, .tsv, .jsonl, .parquet; --task {OWN_DATA_TASK}). "
@@ -208,9 +208,19 @@ def eval_(
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     save_predictions: Annotated[Optional[str], typer.Option(
         help="Also write each row's predicted and gold label (JSON lines) to this file.")] = None,
+    split: Annotated[str, typer.Option(
+        help="The split to score: dev, or test for a task that has one (cnn_dailymail).")] = "dev",
+    num_beams: Annotated[Optional[int], typer.Option(
+        help="Summaries: beams of the search. Default: the run's.")] = None,
+    generation_max_tokens: Annotated[Optional[int], typer.Option(
+        help="Summaries: the most tokens generated per summary. Default: the run's.")] = None,
+    length_penalty: Annotated[Optional[float], typer.Option(
+        help="Summaries: beam search's length penalty. Default: the run's.")] = None,
+    no_repeat_ngram_size: Annotated[Optional[int], typer.Option(
+        help="Summaries: never repeat an n-gram of this size. Default: the run's.")] = None,
 ) -> None:
-    """Evaluate a saved model on its task's dev split, or on any labelled file, and print the
-    scores and a per-class report."""
+    """Evaluate a saved model on its task's dev split (or test split), or on any labelled file,
+    and print the scores and a per-class report."""
     from .evaluate import evaluate_saved
     from .tasks.metrics import format_per_class
 
@@ -218,12 +228,14 @@ def eval_(
                              data_seed=data_seed, batch_size=batch_size, max_length=max_length,
                              save_predictions=save_predictions, validation_file=validation_file,
                              text_column=text_column, text_pair_column=text_pair_column,
-                             label_column=label_column)
+                             label_column=label_column, split=split, num_beams=num_beams,
+                             generation_max_tokens=generation_max_tokens, length_penalty=length_penalty,
+                             no_repeat_ngram_size=no_repeat_ngram_size)
     if json_out:
         typer.echo(json.dumps(metrics, indent=2))
     else:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics["eval"].items())
-        typer.echo(f"{metrics['task']} dev ({metrics['rows']:,} rows): {scores}")
+        typer.echo(f"{metrics['task']} {metrics['split']} ({metrics['rows']:,} rows): {scores}")
         if metrics["per_class"]:
             typer.echo(format_per_class(metrics["per_class"]))
 

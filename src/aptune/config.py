@@ -18,7 +18,7 @@ import yaml
 from .errors import AptuneError
 from .fields import check_positive, option
 from .methods import METHODS, config_sections
-from .tasks.options import OWN_DATA_TASK, OwnDataOptions, QAOptions
+from .tasks.options import OWN_DATA_TASK, OwnDataOptions, QAOptions, SummarizationOptions
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registry's names
@@ -26,11 +26,12 @@ SECTIONS = config_sections()
 
 
 @dataclass
-class TrainConfig(OwnDataOptions, QAOptions, *SECTIONS):  # type: ignore[misc]  # one base per method config section
+class TrainConfig(OwnDataOptions, QAOptions, SummarizationOptions, *SECTIONS):  # type: ignore[misc]  # one base per method config section
     """Everything one `aptune train` run needs. Each field is a recipe key and a --flag."""
 
     task: str = option("sst2", f"Task to train on: sst2, mnli, squad_v2 (extractive question "
-                       f"answering), or {OWN_DATA_TASK} (your own labelled text: --train-file).")
+                       f"answering), cnn_dailymail (summarisation, encoder-decoder models), or "
+                       f"{OWN_DATA_TASK} (your own labelled text: --train-file).")
     method: MethodName = option("lora", "Training method: " + ", ".join(
         f"{m.name} ({m.label})" for m in METHODS.values()) + ".")
     model: str = option("minilm", "Model: the alias 'minilm' (embedded default), a local folder, "
@@ -51,7 +52,8 @@ class TrainConfig(OwnDataOptions, QAOptions, *SECTIONS):  # type: ignore[misc]  
     data_seed: int = option(0, "Seed of the fixed train/dev subsets (seed 0 by default), kept apart "
                             "from --seed so that every method sees the same rows.")
     max_length: int | None = option(None, "Maximum tokens per example (per window for squad_v2). Default: "
-                                      "64 for sst2, 384 for squad_v2, 128 otherwise.")
+                                      "64 for sst2, 384 for squad_v2, 512 for cnn_dailymail "
+                                      "(the article), 128 otherwise.")
     eval_every: int = option(500, "Evaluate on the dev set every N optimizer steps (and at the end).")
     seed: int = option(128, "Seed for initialisation, shuffling and dropout.")
     warmup_ratio: float = option(0.06, "Fraction of steps for linear learning-rate warm-up.")
@@ -95,6 +97,7 @@ class TrainConfig(OwnDataOptions, QAOptions, *SECTIONS):  # type: ignore[misc]  
         check_positive(self, ("max_train_samples", "max_eval_samples", "max_length"))
         OwnDataOptions.validate(self)
         QAOptions.validate(self)
+        SummarizationOptions.validate(self)
         if getattr(self, "lambda_pred", 0.0) is None:  # APT's weight of L_pred is the task's
             from .tasks import task_class
 

@@ -152,6 +152,10 @@ class Task:
         """Take what the run's options say about the data (a task with its own files reads its
         columns and metric here); fixed benchmark tasks need nothing."""
 
+    def bind_model(self, tokenizer, model_config) -> None:
+        """Take what the task needs from the model it trains (a text-to-text task: the decoder's
+        start and end tokens); most tasks need nothing."""
+
     def check_head(self, config) -> None:
         """A saved model must have this task's head (a QA model cannot classify sentences)."""
         from ..models import head_of

@@ -115,6 +115,44 @@ class QAOptions:
                               "pass e.g. --unanswerable-ratio 0.5 (0 adds none)")
 
 
+SUMMARY_PANEL = "Summarisation (--task cnn_dailymail)"
+
+
+@dataclass
+class SummarizationOptions:
+    """How CNN/DailyMail targets are cut and summaries generated (docs/tasks.md#cnndailymail).
+    The article's length is --max-length (default 512)."""
+
+    max_target_length: int = option(128, "Summaries: tokens of the reference kept as the training "
+                                    "target (with the end token).", SUMMARY_PANEL)
+    generation_max_tokens: int = option(128, "Summaries: the most tokens generated per summary.",
+                                        SUMMARY_PANEL)
+    num_beams: int = option(1, "Summaries: beams of the search (1: greedy, the paper's setting).",
+                            SUMMARY_PANEL)
+    length_penalty: float = option(1.0, "Summaries: beam search's length penalty (>1 favours longer "
+                                   "summaries; no effect when greedy).", SUMMARY_PANEL)
+    no_repeat_ngram_size: int = option(0, "Summaries: never generate an n-gram of this size twice "
+                                       "(0: allowed).", SUMMARY_PANEL)
+
+    def validate(self) -> None:
+        if hasattr(self, "task") and not same_task(self.task, "cnn_dailymail"):
+            given = [f.name for f in fields(SummarizationOptions) if getattr(self, f.name) != f.default]
+            if given:
+                flags = ", ".join("--" + g.replace("_", "-") for g in given)
+                raise AptuneError(f"{flags} is for --task cnn_dailymail, not --task {self.task}",
+                                  f"drop {flags}, or pass --task cnn_dailymail")
+        for name in ("max_target_length", "generation_max_tokens", "num_beams"):
+            if getattr(self, name) <= 0:
+                raise AptuneError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}",
+                                  f"pass a positive --{name.replace('_', '-')}")
+        if self.max_target_length < 2:
+            raise AptuneError(f"--max-target-length must be at least 2 (a token and the end token), "
+                              f"got {self.max_target_length}", "pass e.g. --max-target-length 128")
+        if self.no_repeat_ngram_size < 0:
+            raise AptuneError(f"--no-repeat-ngram-size must be >= 0, got {self.no_repeat_ngram_size}",
+                              "pass 0 (off) or e.g. 3")
+
+
 # Options that only --task text-classification reads: given with another task, they are refused.
 SOURCES = ("train_file", "validation_file", "dataset", "dataset_config", "dataset_validation_split",
            "text_column", "text_pair_column", "label_column")
@@ -130,7 +168,8 @@ def same_task(a: str, b: str) -> bool:
 def task_options(values: Mapping[str, Any]) -> dict[str, Any]:
     """The options a task's loader reads, from a config (TrainConfig.to_dict(), a run's
     config.yaml, an export's manifest); missing keys take their defaults."""
-    defaults = {f.name: f.default for f in (*fields(OwnDataOptions), *fields(QAOptions))}
+    defaults = {f.name: f.default for f in (*fields(OwnDataOptions), *fields(QAOptions),
+                                            *fields(SummarizationOptions))}
     out = {name: values.get(name, default) for name, default in defaults.items()}
     out["strip_trailing_periods"] = values.get("strip_trailing_periods", True)
     return out

@@ -41,17 +41,10 @@ class TextToTextClassification(Task):
         self.default_max_length, self.folder, self.splits = base.default_max_length, base.folder, base.splits
         self.inference_shape = base.inference_shape
         self.template = base.t5_template
-        eos = getattr(model_config, "eos_token_id", None)
-        if eos is None:
-            raise AptuneError("the model's config names no eos_token_id, which text-to-text targets end with",
-                              "set eos_token_id (and decoder_start_token_id) in its config.json")
         import torch  # here, not at import: configs and the CLI load without torch
 
         self.pad_token_id = tokenizer.pad_token_id
-        self.decoder_start_token_id = getattr(model_config, "decoder_start_token_id", None)
-        if self.decoder_start_token_id is None:
-            raise AptuneError("the model's config names no decoder_start_token_id, which its decoder "
-                              "inputs start with", "set decoder_start_token_id in its config.json")
+        self.decoder_start_token_id, eos = decoder_token_ids(model_config)
         # (n_labels, 2): each label word's first sub-word and the end-of-sequence token
         self.targets = torch.tensor([[tokenizer(word, add_special_tokens=False).input_ids[0], eos]
                                      for word in self.label_names])
@@ -81,24 +74,7 @@ class TextToTextClassification(Task):
         return encode
 
     def collator(self, tokenizer):
-        """Inputs padded with the pad token, targets with -100 (ignored by the loss), and the
-        decoder's teacher-forced inputs: the targets shifted right behind the start token. With
-        them in the batch, a forward without the targets (the teacher's, an inference pass) sees
-        the same decoder inputs as the training forward."""
-        from transformers import DataCollatorForSeq2Seq
-
-        pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
-        start, pad_id = self.decoder_start_token_id, self.pad_token_id
-
-        def collate(rows: list[dict]) -> dict:
-            batch = pad(rows)
-            if "labels" in batch:
-                labels = batch["labels"]  # (B, T_tgt)
-                shifted = labels.new_full(labels.shape, start)  # (B, T_tgt)
-                shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_id)
-                batch["decoder_input_ids"] = shifted
-            return batch
-        return collate
+        return teacher_forced_collator(tokenizer, self.decoder_start_token_id)
 
     # -- scoring -------------------------------------------------------------------------------
     def check_head(self, config) -> None:
@@ -156,3 +132,37 @@ class TextToTextClassification(Task):
         metrics = {"accuracy": float((predicted == gold).mean()),
                    "no_label_rate": float((predicted < 0).mean())}
         return Scored(metrics, per_class_scores(predicted, gold, self.label_names), rows)
+
+
+def decoder_token_ids(model_config) -> tuple[int, int]:
+    """(decoder start token, end-of-sequence token) of an encoder-decoder, or a clear error."""
+    eos = getattr(model_config, "eos_token_id", None)
+    if eos is None:
+        raise AptuneError("the model's config names no eos_token_id, which text-to-text targets end with",
+                          "set eos_token_id (and decoder_start_token_id) in its config.json")
+    start = getattr(model_config, "decoder_start_token_id", None)
+    if start is None:
+        raise AptuneError("the model's config names no decoder_start_token_id, which its decoder "
+                          "inputs start with", "set decoder_start_token_id in its config.json")
+    return int(start), int(eos)
+
+
+def teacher_forced_collator(tokenizer, decoder_start_token_id: int):
+    """Inputs padded with the pad token, targets with -100 (ignored by the loss), and the
+    decoder's teacher-forced inputs: the targets shifted right behind the start token. With
+    them in the batch, a forward without the targets (the teacher's, an inference pass) sees
+    the same decoder inputs as the training forward."""
+    from transformers import DataCollatorForSeq2Seq
+
+    pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
+    start, pad_id = decoder_start_token_id, tokenizer.pad_token_id
+
+    def collate(rows: list[dict]) -> dict:
+        batch = pad(rows)
+        if "labels" in batch:
+            labels = batch["labels"]  # (B, T_tgt)
+            shifted = labels.new_full(labels.shape, start)  # (B, T_tgt)
+            shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_id)
+            batch["decoder_input_ids"] = shifted
+        return batch
+    return collate
