@@ -43,21 +43,24 @@ class ParamRemap:
             self.links[new] = (old, select)
 
 
-Tied = dict[tuple[int, int], nn.Parameter]  # (id(old parameter), dim) -> its sliced successor
+# (id(old parameter), dim) -> (the old parameter, its sliced successor). The old parameter is held
+# so that its id cannot be reused by a tensor created later in the same compaction: a recycled id
+# would hand that tensor another parameter's slice.
+Tied = dict[tuple[int, int], tuple[torch.Tensor, nn.Parameter]]
 
 
 def _keep(t: torch.Tensor, dim: int, idx: torch.Tensor, tied: Tied | None = None) -> nn.Parameter:
     """The kept slice of `t` as a new parameter. With `tied`, a parameter that several modules
     share (T5's embedding table, its encoder and decoder inputs and a tied LM head) is sliced
     once and the modules keep sharing the result."""
-    if tied is not None and (id(t), dim) in tied:
-        return tied[(id(t), dim)]
+    if tied is not None and (id(t), dim) in tied and tied[(id(t), dim)][0] is t:
+        return tied[(id(t), dim)][1]
     kept = t.detach().index_select(dim, idx.to(t.device)).clone()
     new = nn.Parameter(kept, requires_grad=t.requires_grad)
     if ParamRemap.active is not None and t.requires_grad:
         ParamRemap.active.record(t, new, dim, idx)
     if tied is not None:
-        tied[(id(t), dim)] = new
+        tied[(id(t), dim)] = (t, new)
     return new
 
 

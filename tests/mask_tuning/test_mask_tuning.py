@@ -142,7 +142,8 @@ def _ffn_objective(model, spec, batches, tuned, ones_h, ones_n, i, scales):
     from aptune.mask_tuning import rescale as R
 
     down = spec.ffn(spec.layers(model)[i]).down
-    s_head, s_neuron = R._student_masks(list(tuned.head), list(tuned.neuron), i, "ffn")
+    layout = R.UnitLayout.of(model, spec)
+    s_head, s_neuron = R._student_masks(tuned.head, tuned.neuron, layout, i, "ffn")
     total = 0.0
     with torch.no_grad():
         for batch in batches:

@@ -143,13 +143,19 @@ def test_ft_learns_to_copy_the_lead_and_eval_scores_dev_and_test(t5_dir, tiny_da
     assert "no 'train' split to score" in fails("eval", "--model-dir", out, "--split", "train")
 
 
-def test_lora_and_apt_finish_and_apt_prunes_to_its_budget(bert2bert_dir, tiny_data_dir, tmp_path,
-                                                          one_thread):
+def test_lora_lora_prune_and_apt_finish_and_prune_to_their_budget(bert2bert_dir, tiny_data_dir, tmp_path,
+                                                                  one_thread):
     out = tmp_path / "lora"
     invoke("train", "--task", "cnn_dailymail", "--method", "lora", "--model", bert2bert_dir,
            "--data-dir", tiny_data_dir, "--output-dir", out, "--epochs", "2", "--max-train-samples", "32",
            "--max-eval-samples", "8", "--batch-size", "16", *SHORT)
     assert "rouge1" in json.loads((out / "metrics.json").read_text())["eval"]
+    pruned = tmp_path / "lora-prune"
+    invoke("train", "--task", "cnn_dailymail", "--method", "lora-prune", "--model", bert2bert_dir,
+           "--data-dir", tiny_data_dir, "--output-dir", pruned, "--base-run", out, "--epochs", "1",
+           "--max-train-samples", "32", "--max-eval-samples", "8", "--batch-size", "16",
+           "--sparsity", "0.6", "--mt-num-samples", "16", *SHORT)
+    assert json.loads((pruned / "metrics.json").read_text())["params"]["kept_ratio"] <= 0.40 + 1e-9
     out = tmp_path / "apt"
     result = invoke("train", "--task", "cnn_dailymail", "--method", "apt", "--model", bert2bert_dir,
                     "--data-dir", tiny_data_dir, "--output-dir", out, "--epochs", "7",

@@ -90,11 +90,11 @@ def test_lora_trains_bert2bert_and_saves_a_reloadable_model(bert2bert_dir, tiny_
     assert f"result: {task} lora dev accuracy" in result.stdout
 
 
-def test_other_pruning_methods_refuse_encoder_decoders_for_now(t5_dir, tiny_data_dir, tmp_path):
-    err = fails("train", "--task", "sst2", "--method", "lora-prune", "--model", t5_dir,
-                "--data-dir", tiny_data_dir, "--output-dir", tmp_path / "lp")
-    assert "--method lora-prune does not train encoder-decoder models yet" in err
-    assert "ft, lora, apt" in err
+def test_the_cofi_methods_refuse_encoder_decoders_for_now(t5_dir, tiny_data_dir, tmp_path):
+    err = fails("train", "--task", "sst2", "--method", "cofi", "--model", t5_dir,
+                "--data-dir", tiny_data_dir, "--output-dir", tmp_path / "cofi")
+    assert "--method cofi does not train encoder-decoder models yet" in err
+    assert "ft, lora, lora-prune, apt" in err
 
 
 def test_batches_carry_the_shifted_targets_as_decoder_inputs(t5_dir):
@@ -150,3 +150,22 @@ def test_layer_distillation_maps_each_stack_on_its_alive_layers(t5_dir):
     masks.head[4].zero_()  # decoder layer 1's self-attention: not alive
     masks.neuron[1].zero_()  # encoder layer 1's FFN: not alive
     assert masks.alive_layers(spec.stacks(model)) == [[True, False], [True, False]]
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("ft", ()),
+    ("lora-prune", ("--base-epochs", "2", "--mt-num-samples", "32", "--sparsity", "0.6")),
+    ("apt", ("--sparsity", "0.6", "--epochs", "7", "--batch-size", "8", "--eval-every", "28")),
+])
+def test_every_encoder_decoder_method_finishes_mnli(method, extra, t5_dir, tiny_data_dir, tmp_path,
+                                                    one_thread):
+    """With the LoRA case above and the SST-2 and CNN/DailyMail tests, each of FT, LoRA, LoRA+Prune
+    and APT runs every text-to-text task in CI."""
+    out = tmp_path / method
+    invoke("train", "--task", "mnli", "--method", method, "--model", t5_dir, "--data-dir", tiny_data_dir,
+           "--output-dir", out, "--epochs", "1", "--max-train-samples", "96", "--max-eval-samples", "32",
+           "--batch-size", "16", "--lr", "3e-3", *extra)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["eval"]["accuracy"] <= 1.0
+    if method != "ft":
+        assert metrics["params"]["kept_ratio"] <= 0.40 + 1e-9

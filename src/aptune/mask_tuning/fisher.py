@@ -14,31 +14,31 @@ import torch
 from torch import nn
 
 from ..arch import ArchSpec
+from .layout import UnitLayout
 from .unit_masks import unit_masks
 
 
 @dataclass
 class MaskGradients:
-    head: torch.Tensor  # (n_batches, L, H)
-    neuron: torch.Tensor  # (n_batches, L, F)
+    head: torch.Tensor  # (n_batches, U, H); 0 on the layout's padding
+    neuron: torch.Tensor  # (n_batches, U, F)
+    layout: UnitLayout
 
     @property
     def head_fisher(self) -> torch.Tensor:
-        return self.head.pow(2).sum(0)  # (L, H)
+        return self.head.pow(2).sum(0)  # (U, H)
 
     @property
     def neuron_fisher(self) -> torch.Tensor:
-        return self.neuron.pow(2).sum(0)  # (L, F)
+        return self.neuron.pow(2).sum(0)  # (U, F)
 
 
 def collect_mask_gradients(model: nn.Module, spec: ArchSpec,
                            batches: Iterable[dict[str, torch.Tensor]]) -> MaskGradients:
-    shape = spec.shape(model)
-    n_heads, n_neurons = shape.uniform()  # Mask Tuning prunes a dense model
-    n_layers = shape.n_layers
+    layout = UnitLayout.of(model, spec)  # Mask Tuning prunes a dense model
     device = next(model.parameters()).device
-    head = torch.ones(n_layers, n_heads, device=device, requires_grad=True)
-    neuron = torch.ones(n_layers, n_neurons, device=device, requires_grad=True)
+    head = torch.ones(layout.n_units, layout.max_heads, device=device, requires_grad=True)
+    neuron = torch.ones(layout.n_units, layout.max_neurons, device=device, requires_grad=True)
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in flags:
         p.requires_grad_(False)  # only the masks need gradients
@@ -46,15 +46,17 @@ def collect_mask_gradients(model: nn.Module, spec: ArchSpec,
     model.eval()  # dropout off for every Mask Tuning step
     head_grads, neuron_grads = [], []
     try:
-        with unit_masks(model, spec, list(head), list(neuron)):
+        with unit_masks(model, spec, layout.per_unit(head, "head"), layout.per_unit(neuron, "neuron")):
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 loss = model(**batch).loss  # mean task loss of the mini-batch
-                g_head, g_neuron = torch.autograd.grad(loss, (head, neuron))
+                # padding entries never reach the loss: their gradient is 0
+                g_head, g_neuron = torch.autograd.grad(loss, (head, neuron), allow_unused=True,
+                                                       materialize_grads=True)
                 head_grads.append(g_head)
                 neuron_grads.append(g_neuron)
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.train(was_training)
-    return MaskGradients(torch.stack(head_grads), torch.stack(neuron_grads))
+    return MaskGradients(torch.stack(head_grads), torch.stack(neuron_grads), layout)

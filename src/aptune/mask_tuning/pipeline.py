@@ -14,6 +14,7 @@ from ..arch import ArchSpec
 from ..counting import non_embedding_parameters
 from ..errors import AptuneError
 from .fisher import collect_mask_gradients
+from .layout import UnitLayout
 from .rearrange import rearrange_masks
 from .rescale import rescale_masks
 from .search import BlockCosts, mac_costs, param_costs, search_masks
@@ -31,8 +32,8 @@ class MaskTuningConfig:
 
 @dataclass
 class MaskTuningResult:
-    head: torch.Tensor  # (L, H) final mask values (0 = pruned, else the tuned scale)
-    neuron: torch.Tensor  # (L, F)
+    head: torch.Tensor  # (U, H) final mask values (0 = pruned, else the tuned scale)
+    neuron: torch.Tensor  # (U, F)
     budget: float
     costs: BlockCosts
     kept_heads: int
@@ -49,19 +50,21 @@ class MaskTuningResult:
 
 def _costs_and_budget(model: nn.Module, spec: ArchSpec, cfg: MaskTuningConfig,
                       kept: float) -> tuple[BlockCosts, float]:
-    shape = spec.shape(model)
-    n_heads, n_neurons = shape.uniform()
-    n_layers, hidden, head_dim = shape.n_layers, shape.hidden, shape.head_dim
+    shape, layout = spec.shape(model), UnitLayout.of(model, spec)
+    n_heads, n_neurons = sum(layout.heads), sum(layout.neurons)
+    hidden, head_dim = shape.hidden, shape.head_dim
     if cfg.constraint == "mac":
         costs = mac_costs(hidden, head_dim, cfg.seq_len, shape.gated_ffn)
-        return costs, kept * costs.full(n_layers * n_heads, n_layers * n_neurons)
+        return costs, kept * costs.full(n_heads, n_neurons)
     if cfg.constraint != "params":
         raise AptuneError(f"unknown Mask Tuning constraint '{cfg.constraint}'", "use params or mac")
-    costs = param_costs(hidden, head_dim, shape.gated_ffn)
+    first = next(u for u in spec.layers(model) if spec.has_attention(u))
+    costs = param_costs(hidden, head_dim, shape.gated_ffn,
+                        biases=spec.attention(first).query.bias is not None)  # T5 has none
     # Everything that Mask Tuning cannot remove (output biases, LayerNorms) is paid first, so that
     # the kept ratio counted from the tensors meets the target.
     total = non_embedding_parameters(model)
-    prunable = costs.full(n_layers * n_heads, n_layers * n_neurons)
+    prunable = costs.full(n_heads, n_neurons)
     return costs, kept * total - (total - prunable)
 
 
@@ -75,20 +78,22 @@ def run_mask_tuning(model: nn.Module, spec: ArchSpec, batches: list[dict[str, to
                           "choose a lower sparsity")
     t0 = time.perf_counter()
     grads = collect_mask_gradients(model, spec, batches)
-    head_fisher, neuron_fisher = grads.head_fisher, grads.neuron_fisher  # (L, H), (L, F)
+    head_fisher, neuron_fisher = grads.head_fisher, grads.neuron_fisher  # (U, H), (U, F)
+    layout = grads.layout
+    valid = (layout.valid("head"), layout.valid("neuron"))
     seconds["fisher"] = time.perf_counter() - t0
     log(f"mask tuning: mask gradients on {len(batches)} batches in {seconds['fisher']:.1f} s")
 
     t0 = time.perf_counter()
-    head, neuron = search_masks(head_fisher, neuron_fisher, costs, budget)
+    head, neuron = search_masks(head_fisher, neuron_fisher, costs, budget, *valid)
     seconds["search"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    head = rearrange_masks(grads.head, head_fisher, head)
-    neuron = rearrange_masks(grads.neuron, neuron_fisher, neuron)
+    head = rearrange_masks(grads.head, head_fisher, head, layout.heads)
+    neuron = rearrange_masks(grads.neuron, neuron_fisher, neuron, layout.neurons)
     seconds["rearrange"] = time.perf_counter() - t0
     kept_heads, kept_neurons = int(head.sum()), int(neuron.sum())
-    log(f"mask tuning: search + rearrangement keep {kept_heads}/{head.numel()} heads and "
-        f"{kept_neurons}/{neuron.numel()} neurons ({costs.kind} budget {budget:,.0f}) in "
+    log(f"mask tuning: search + rearrangement keep {kept_heads}/{sum(layout.heads)} heads and "
+        f"{kept_neurons}/{sum(layout.neurons)} neurons ({costs.kind} budget {budget:,.0f}) in "
         f"{seconds['search'] + seconds['rearrange']:.1f} s")
 
     result = MaskTuningResult(head, neuron, budget, costs, kept_heads, kept_neurons, seconds=seconds)
@@ -97,7 +102,7 @@ def run_mask_tuning(model: nn.Module, spec: ArchSpec, batches: list[dict[str, to
             t_head, t_neuron = torch.ones_like(head), torch.ones_like(neuron)
         elif cfg.teacher == "ta_sqrt":
             _, ta_budget = _costs_and_budget(model, spec, cfg, math.sqrt(cfg.kept))
-            t_head, t_neuron = search_masks(head_fisher, neuron_fisher, costs, ta_budget)
+            t_head, t_neuron = search_masks(head_fisher, neuron_fisher, costs, ta_budget, *valid)
         else:
             raise AptuneError(f"unknown Mask Tuning teacher '{cfg.teacher}'", "use full or ta_sqrt")
         t0 = time.perf_counter()

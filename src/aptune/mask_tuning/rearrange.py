@@ -30,7 +30,13 @@ def rearrange_layer(grads: torch.Tensor, importance: torch.Tensor, mask: torch.T
     return out
 
 
-def rearrange_masks(grads: torch.Tensor, importance: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Apply `rearrange_layer` to every layer: grads (n_batches, L, N), importance/masks (L, N)."""
-    return torch.stack([rearrange_layer(grads[:, i], importance[i], masks[i])
-                        for i in range(masks.shape[0])])
+def rearrange_masks(grads: torch.Tensor, importance: torch.Tensor, masks: torch.Tensor,
+                    counts: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Apply `rearrange_layer` to every unit: grads (n_batches, U, N), importance/masks (U, N);
+    `counts` (UnitLayout) is each unit's number of real entries, the rest being padding."""
+    out = masks.clone()
+    for i in range(masks.shape[0]):
+        n = masks.shape[1] if counts is None else counts[i]
+        if n:
+            out[i, :n] = rearrange_layer(grads[:, i, :n], importance[i, :n], masks[i, :n])
+    return out

@@ -1,7 +1,9 @@
 """Layer-wise mask rescaling by damped least squares (docs/baselines.md#mask-rescaling).
 
-For each layer in order, the kept heads' (then neurons') mask values are re-solved so that the
-student sub-layer's pre-LayerNorm output matches the teacher's on the calibration data:
+For each unit in order, the kept heads' (then neurons') mask values are re-solved so that the
+student sub-layer's pre-LayerNorm output (with a pre-norm family: its residual output) matches
+the teacher's on the calibration data, over the tokens of the unit's stream (an encoder-decoder's
+decoder units: the target positions):
 
     MHA:  y ≈ Σ_h m_h a_h + b_O + X^S,   a_h = head h's context through its W_O columns
     FFN:  y ≈ W_2 diag(m) h_S + b_2 + u_S
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchSpec
+from .layout import UnitLayout
 from .unit_masks import unit_masks
 
 
@@ -29,8 +32,8 @@ class _Stop(Exception):
 
 @dataclass
 class RescaleResult:
-    head: torch.Tensor  # (L, H) tuned mask values, 0 for pruned units
-    neuron: torch.Tensor  # (L, F)
+    head: torch.Tensor  # (U, H) tuned mask values, 0 for pruned units
+    neuron: torch.Tensor  # (U, F)
     tuned: list[str] = field(default_factory=list)  # e.g. ["ffn0", "mha1", "ffn1", ...]
     stopped: str | None = None  # why tuning stopped early, if it did
 
@@ -99,20 +102,31 @@ def _rows(x: torch.Tensor, attention_mask: torch.Tensor, first_token_only: bool)
     return x[attention_mask.bool()]
 
 
+def _stream_mask(batch: dict, stream: int) -> torch.Tensor:
+    """(B, T) real-token mask of a unit's stream: the inputs, or a decoder's target positions."""
+    if stream == 0:
+        return batch["attention_mask"]
+    if batch.get("decoder_attention_mask") is not None:
+        return batch["decoder_attention_mask"]
+    return batch["labels"] != -100
+
+
 @torch.no_grad()
 def rescale_masks(model: nn.Module, spec: ArchSpec, batches: list[dict[str, torch.Tensor]],
                   head: torch.Tensor, neuron: torch.Tensor, teacher_head: torch.Tensor,
                   teacher_neuron: torch.Tensor, classification: bool = True) -> RescaleResult:
-    """Tune the kept entries of binary masks head (L, H) and neuron (L, F) layer by layer."""
+    """Tune the kept entries of binary masks head (U, H) and neuron (U, F) unit by unit (the
+    first attention of each stack is left as it is, as in the original)."""
     model.eval()
-    layers = spec.layers(model)
+    layout = UnitLayout.of(model, spec)
     head, neuron = head.detach().float().cpu().clone(), neuron.detach().float().cpu().clone()
-    t_head, t_neuron = list(teacher_head.float().cpu()), list(teacher_neuron.float().cpu())
+    t_head = layout.per_unit(teacher_head.float().cpu(), "head")
+    t_neuron = layout.per_unit(teacher_neuron.float().cpu(), "neuron")
     result = RescaleResult(head, neuron)
-    for i in range(len(layers)):
-        kept_heads = torch.nonzero(head[i]).flatten()
-        if i > 0 and kept_heads.numel() > 0:
-            normal, rhs = _mha_normal_equations(model, spec, batches, i, head, neuron,
+    for i in range(layout.n_units):
+        kept_heads = torch.nonzero(head[i, :layout.heads[i]]).flatten()
+        if not layout.first_of_stack[i] and kept_heads.numel() > 0:
+            normal, rhs = _mha_normal_equations(model, spec, batches, i, head, neuron, layout,
                                                 t_head, t_neuron, kept_heads)
             scales, ok = lsmr_scales(normal, rhs)
             scales = scales[:-1]  # the free constant column is discarded
@@ -121,10 +135,10 @@ def rescale_masks(model: nn.Module, spec: ArchSpec, batches: list[dict[str, torc
                 break
             head[i, kept_heads] *= torch.as_tensor(scales, dtype=head.dtype)
             result.tuned.append(f"mha{i}")
-        kept_neurons = torch.nonzero(neuron[i]).flatten()
+        kept_neurons = torch.nonzero(neuron[i, :layout.neurons[i]]).flatten()
         if kept_neurons.numel() > 0:
-            first_only = classification and i == len(layers) - 1
-            normal, rhs = _ffn_normal_equations(model, spec, batches, i, head, neuron,
+            first_only = classification and i == layout.n_units - 1
+            normal, rhs = _ffn_normal_equations(model, spec, batches, i, head, neuron, layout,
                                                 t_head, t_neuron, kept_neurons, first_only)
             scales, ok = lsmr_scales(normal, rhs)
             result.stopped = _rejection(f"ffn{i}", scales, ok)
@@ -144,15 +158,16 @@ def _rejection(sublayer: str, scales: np.ndarray, ok: bool) -> str | None:
     return None
 
 
-def _student_masks(head, neuron, i, part):
-    """Student masks for capturing layer i: earlier layers tuned; layer i's own units unmasked
-    for the captured part (the per-unit contributions are formed explicitly)."""
-    heads = [head[j] if j < i or (j == i and part == "ffn") else None for j in range(len(head))]
-    neurons = [neuron[j] if j < i else None for j in range(len(neuron))]
+def _student_masks(head, neuron, layout: UnitLayout, i, part):
+    """Student masks for capturing unit i: earlier units tuned; unit i's own heads or neurons
+    unmasked for the captured part (the per-unit contributions are formed explicitly)."""
+    heads = [h if j < i or (j == i and part == "ffn") else None
+             for j, h in enumerate(layout.per_unit(head, "head"))]
+    neurons = [n if j < i else None for j, n in enumerate(layout.per_unit(neuron, "neuron"))]
     return heads, neurons
 
 
-def _mha_normal_equations(model, spec, batches, i, head, neuron, t_head, t_neuron, kept):
+def _mha_normal_equations(model, spec, batches, i, head, neuron, layout, t_head, t_neuron, kept):
     layer = spec.layers(model)[i]
     out = spec.attention(layer).output
     head_dim = spec.layer_head_dim(layer)
@@ -161,9 +176,9 @@ def _mha_normal_equations(model, spec, batches, i, head, neuron, t_head, t_neuro
     n = kept.numel() + 1
     normal = torch.zeros(n, n, dtype=torch.float64)
     rhs = torch.zeros(n, dtype=torch.float64)
-    s_head, s_neuron = _student_masks(head, neuron, i, "mha")
+    s_head, s_neuron = _student_masks(head, neuron, layout, i, "mha")
     for batch in batches:
-        mask = batch["attention_mask"]
+        mask = _stream_mask(batch, layout.streams[i])
         teacher = _capture(model, spec, i, "mha", batch, t_head, t_neuron)
         target = out(teacher["inner"]) + teacher["residual"]
         target = _rows(target, mask, False)  # (rows, d) teacher pre-LN output
@@ -181,7 +196,8 @@ def _mha_normal_equations(model, spec, batches, i, head, neuron, t_head, t_neuro
     return normal, rhs
 
 
-def _ffn_normal_equations(model, spec, batches, i, head, neuron, t_head, t_neuron, kept, first_only):
+def _ffn_normal_equations(model, spec, batches, i, head, neuron, layout, t_head, t_neuron, kept,
+                          first_only):
     layer = spec.layers(model)[i]
     down = spec.ffn(layer).down
     w_sel = down.weight.t()[kept]  # (k, d): kept rows of W_2ᵀ
@@ -189,9 +205,9 @@ def _ffn_normal_equations(model, spec, batches, i, head, neuron, t_head, t_neuro
     bias = down.bias if down.bias is not None else 0
     normal = torch.zeros(kept.numel(), kept.numel(), dtype=torch.float64)
     rhs = torch.zeros(kept.numel(), dtype=torch.float64)
-    s_head, s_neuron = _student_masks(head, neuron, i, "ffn")
+    s_head, s_neuron = _student_masks(head, neuron, layout, i, "ffn")
     for batch in batches:
-        mask = batch["attention_mask"]
+        mask = _stream_mask(batch, layout.streams[i])
         teacher = _capture(model, spec, i, "ffn", batch, t_head, t_neuron)
         target = down(teacher["inner"]) + teacher["residual"]
         target = _rows(target, mask, first_only)  # (rows, d)

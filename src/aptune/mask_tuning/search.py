@@ -41,14 +41,18 @@ def param_costs(hidden: int, head_dim: int, gated: bool = False, biases: bool = 
 
 
 def search_masks(head_importance: torch.Tensor, neuron_importance: torch.Tensor,
-                 costs: BlockCosts, budget: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Binary masks (L, H) and (L, F) of maximum total importance whose cost fits `budget`.
+                 costs: BlockCosts, budget: float, head_valid: torch.Tensor | None = None,
+                 neuron_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary masks (U, H) and (U, F) of maximum total importance whose cost fits `budget`.
 
     At least one head always survives. Head counts whose heads alone exceed the budget are not
-    considered, so the result never breaks the budget unless even one head does.
+    considered, so the result never breaks the budget unless even one head does. Entries where
+    `head_valid` / `neuron_valid` (same shapes) are False are padding (UnitLayout): never kept.
     """
-    head_sorted, head_order = head_importance.flatten().sort(descending=True)  # (L·H,)
-    neuron_sorted, neuron_order = neuron_importance.flatten().sort(descending=True)  # (L·F,)
+    head_ids = _valid_ids(head_importance, head_valid)  # (n_h,) flat indices of real heads
+    neuron_ids = _valid_ids(neuron_importance, neuron_valid)  # (n_f,)
+    head_sorted, head_order = head_importance.flatten()[head_ids].sort(descending=True)  # (n_h,)
+    neuron_sorted, neuron_order = neuron_importance.flatten()[neuron_ids].sort(descending=True)  # (n_f,)
     zero = head_sorted.new_zeros(1)
     head_cum = torch.cat([zero, head_sorted.cumsum(0)])  # (L·H + 1,) total of the top-k
     neuron_cum = torch.cat([zero, neuron_sorted.cumsum(0)])  # (L·F + 1,)
@@ -59,8 +63,14 @@ def search_masks(head_importance: torch.Tensor, neuron_importance: torch.Tensor,
     score[(left < 0) & (k > 1)] = float("-inf")
     best = int(score.argmax())
     n_heads, n_neurons = int(k[best]), int(n[best])
-    head_mask = torch.zeros(head_sorted.numel(), device=head_importance.device)
-    head_mask[head_order[:n_heads]] = 1
-    neuron_mask = torch.zeros(neuron_sorted.numel(), device=neuron_importance.device)
-    neuron_mask[neuron_order[:n_neurons]] = 1
+    head_mask = torch.zeros(head_importance.numel(), device=head_importance.device)
+    head_mask[head_ids[head_order[:n_heads]]] = 1
+    neuron_mask = torch.zeros(neuron_importance.numel(), device=neuron_importance.device)
+    neuron_mask[neuron_ids[neuron_order[:n_neurons]]] = 1
     return head_mask.view_as(head_importance), neuron_mask.view_as(neuron_importance)
+
+
+def _valid_ids(importance: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    if valid is None:
+        return torch.arange(importance.numel(), device=importance.device)
+    return torch.nonzero(valid.flatten().to(importance.device)).flatten()

@@ -26,7 +26,7 @@ class LoRAPrune(LoRA):
     prerequisite = Prerequisite("lora", "base_run", {"epochs": "base_epochs", "lr": "base_lr"},
                                 "the LoRA run to prune")
     prunes = True
-    text_to_text = False  # Mask Tuning on encoder-decoders is not implemented yet
+    text_to_text = True
     loop_optional = True  # --epochs 0: prune without retraining
     # The retraining loop is LoRA's; Mask Tuning's result is kept beside the checkpoint (stages/)
     # and an inline base run in the unfinished folder, so a resumed run reuses both.

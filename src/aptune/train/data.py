@@ -61,9 +61,11 @@ def uses_segments(model_config) -> bool:
 
 def make_loader(dataset: EncodedDataset, tokenizer, batch_size: int, shuffle: bool,
                 seed: int) -> DataLoader:
+    """Batches of `dataset` (or of a Subset of one) through its task's collator."""
     from transformers import DataCollatorWithPadding
 
     generator = torch.Generator().manual_seed(seed)
-    collate = getattr(dataset, "collate", None) or DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    source = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    collate = getattr(source, "collate", None) or DataCollatorWithPadding(tokenizer, return_tensors="pt")
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=collate)
