@@ -35,7 +35,8 @@ class TextToTextClassification(Task):
         if not getattr(base, "t5_template", None):
             raise AptuneError(f"{base.name} has no text-to-text form yet, so an encoder-decoder "
                               "model cannot train on it",
-                              "use --task sst2 or --task mnli with this model, or a BERT/RoBERTa model")
+                              "use --task sst2, mnli or cnn_dailymail with this model, or a BERT/RoBERTa "
+                              "model")
         self.base = base
         self.name, self.label_names = base.name, base.label_names
         self.default_max_length, self.folder, self.splits = base.default_max_length, base.folder, base.splits
