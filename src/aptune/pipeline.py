@@ -490,3 +490,8 @@ def _print_summary(m: dict) -> None:
     if "structure" in m and m.get("head", "sequence-classification") == "sequence-classification":
         print(f"next: aptune export --model-dir {m['output_dir']} --format onnx   "
               f"(or aptune predict --model-dir {m['output_dir']} --text ...)", flush=True)
+    from .tasks import task_class
+
+    found = task_class(m["task"])
+    if found is not None and "test" in found.splits:  # dev selected the checkpoint; test scores it
+        print(f"next: aptune eval --model-dir {m['output_dir']} --split test", flush=True)

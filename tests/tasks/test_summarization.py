@@ -128,6 +128,7 @@ def test_ft_learns_to_copy_the_lead_and_eval_scores_dev_and_test(t5_dir, tiny_da
                     "--data-dir", tiny_data_dir, "--output-dir", out, "--epochs", "28", "--lr", "3e-3",
                     "--eval-every", "56", "--max-eval-samples", "16", "--batch-size", "16", *SHORT)
     assert "summarisation: input 'summarize: {0}'" in result.stdout
+    assert f"next: aptune eval --model-dir {out} --split test" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     history = [r["value"] for r in metrics["history"]]
     assert history[-1] > 2 * history[0], history
