@@ -83,22 +83,26 @@ def test_masked_equals_materialized_with_empty_sublayers(family_dir, tmp_path):
     neuron[1] = 0  # encoder layer 1's FFN empty
     neuron[3, ::3] = 0
     batch = _batches(model, n=1)[0]
+
+    def generate(m):  # greedy with the cache: positions and the causal mask read its length
+        return m.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          max_new_tokens=6, min_new_tokens=6, do_sample=False, output_logits=True,
+                          return_dict_in_generate=True)
+
     with unit_masks(model, spec, layout.per_unit(head, "head"), layout.per_unit(neuron, "neuron")):
         with torch.no_grad():
-            masked = model(**batch).logits
+            masked, masked_gen = model(**batch).logits, generate(model)
     materialize(model, spec, head, neuron)
     with torch.no_grad():
-        pruned = model(**batch).logits
+        pruned, pruned_gen = model(**batch).logits, generate(model)
     assert torch.allclose(masked, pruned, atol=1e-5), (masked - pruned).abs().max()
+    assert torch.equal(masked_gen.sequences, pruned_gen.sequences)
+    assert torch.allclose(torch.stack(masked_gen.logits), torch.stack(pruned_gen.logits), atol=1e-4)
     save_pruned(model, tmp_path / "m")
     loaded = load_pruned(tmp_path / "m")
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, pruned, atol=1e-5)
-        generated = loaded.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    max_new_tokens=4, do_sample=False)
-        again = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               max_new_tokens=4, do_sample=False)
-    assert torch.equal(generated, again)
+        assert torch.equal(generate(loaded).sequences, pruned_gen.sequences)
 
 
 def test_run_mask_tuning_meets_the_parameter_budget(family_dir):

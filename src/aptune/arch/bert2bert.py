@@ -125,11 +125,28 @@ class Bert2BertSpec(BertSpec):
     def is_gated(self, model: nn.Module) -> bool:
         return False
 
+    def keep_heads(self, unit: BertUnit, heads: torch.Tensor) -> None:
+        super().keep_heads(unit, heads)
+        if heads.numel() == 0 and unit.decoder and unit.attention_name == "attention":
+            # Mask Tuning's zero-width sub-layer (LN(b_O + x)): its cache entry would hold no heads
+            # and read as length 0, so generation would lose its positions (keep_cache_length).
+            _zero_width_self_attention(unit.layer.attention.self, self.layer_head_dim(unit),
+                                       unit.layer_index)
+
     def skip_attention(self, unit: BertUnit) -> None:
         skipped = SkippedSublayer(self.attention_bypass, unit.attention_name)
         if unit.decoder and unit.attention_name == "attention":
             skipped.bypass = _decoder_self_attention_bypass(self.layer_head_dim(unit), unit.layer_index)
         setattr(unit.layer, unit.attention_name, skipped)
+
+
+def _zero_width_self_attention(module: nn.Module, head_dim: int, layer_index: int) -> None:
+    """A decoder self-attention with no heads left: an empty context, and one head of zeros in the
+    cache in place of its zero-width keys and values."""
+    def forward(hidden_states: torch.Tensor, *args: Any, cache: Any = None, **kwargs: Any) -> tuple:
+        keep_cache_length(cache, hidden_states, head_dim, layer_index)
+        return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None  # (B, T, 0) context
+    module.forward = forward
 
 
 def _decoder_self_attention_bypass(head_dim: int, layer_index: int):
