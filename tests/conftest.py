@@ -31,6 +31,18 @@ def tiny_roberta_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
 
 
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory) -> Path:
+    """A tiny gated T5 (2+2 layers, d 32) that generates the text-to-text label words."""
+    return build_tiny_model(tmp_path_factory.mktemp("t5"), "t5", hidden=32, heads=4, ffn=64)
+
+
+@pytest.fixture(scope="module")
+def bert2bert_dir(tmp_path_factory) -> Path:
+    """A tiny BERT2BERT (2+2 layers, d 32) with the same vocabulary."""
+    return build_tiny_model(tmp_path_factory.mktemp("b2b"), "bert2bert", hidden=32, heads=4, ffn=64)
+
+
 @pytest.fixture(scope="session")
 def learnable_bert_dir(tmp_path_factory) -> Path:
     return build_learnable_bert(tmp_path_factory.mktemp("learnable-bert"))

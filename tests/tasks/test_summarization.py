@@ -17,16 +17,6 @@ from aptune.tasks.summarization import SummaryExample
 from tests.helpers import build_tiny_model, fails, invoke
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("t5"), "t5", hidden=32, heads=4, ffn=64)
-
-
-@pytest.fixture(scope="module")
-def bert2bert_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("b2b"), "bert2bert", hidden=32, heads=4, ffn=64)
-
-
 # -- normalisation, ROUGE and lead-3 ---------------------------------------------------------------
 def test_raw_and_tokenized_text_normalise_alike():
     raw = ("They're in the U.S. now, he said (CNN). Don't go! Mr. Smith paid $3.5 million -- "

@@ -15,16 +15,6 @@ from aptune.tasks.base import Example
 from tests.helpers import build_tiny_model, fails, invoke
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("t5"), "t5", hidden=32, heads=4, ffn=64)
-
-
-@pytest.fixture(scope="module")
-def bert2bert_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("b2b"), "bert2bert", hidden=32, heads=4, ffn=64)
-
-
 def _task(name, folder):
     from transformers import AutoConfig
 

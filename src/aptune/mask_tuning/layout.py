@@ -25,6 +25,7 @@ class UnitLayout:
     neurons: tuple[int, ...]  # FFN neurons per unit (0: the unit has no FFN)
     streams: tuple[int, ...]  # per unit: 0 for the encoder (or an encoder-only model), 1 for the decoder
     first_of_stack: tuple[bool, ...]  # the first unit of its stack
+    biases: bool  # the projections carry biases (BERT); T5's have none
 
     @classmethod
     def of(cls, model: nn.Module, spec: ArchSpec) -> "UnitLayout":
@@ -42,7 +43,8 @@ class UnitLayout:
                 for u in range(attention, ffn + 1):
                     streams[u] = s
                 first[attention] = i == 0
-        return cls(heads, neurons, tuple(streams), tuple(first))
+        attention = spec.attention(next(u for u in units if spec.has_attention(u)))
+        return cls(heads, neurons, tuple(streams), tuple(first), attention.output.bias is not None)
 
     @property
     def n_units(self) -> int:

@@ -43,8 +43,7 @@ def materialize(model: nn.Module, spec: ArchSpec, head: torch.Tensor, neuron: to
     layout = UnitLayout.of(model, spec)
     fold_scales(model, spec, head, neuron)
     hidden = torch.ones(spec.shape(model).hidden)  # Mask Tuning never prunes hidden dimensions
-    first = next(u for u in spec.layers(model) if spec.has_attention(u))
-    empty = "bias_ln" if spec.attention(first).output.bias is not None else "identity"
+    empty = "bias_ln" if layout.biases else "identity"
     heads = [h if h is not None else head.new_zeros(0) for h in layout.per_unit(head, "head")]
     neurons = [n if n is not None else neuron.new_zeros(0) for n in layout.per_unit(neuron, "neuron")]
     return compact_and_record(model, spec, kept_units(hidden, heads, neurons, empty_sublayer=empty))

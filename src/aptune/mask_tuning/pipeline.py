@@ -58,9 +58,7 @@ def _costs_and_budget(model: nn.Module, spec: ArchSpec, cfg: MaskTuningConfig,
         return costs, kept * costs.full(n_heads, n_neurons)
     if cfg.constraint != "params":
         raise AptuneError(f"unknown Mask Tuning constraint '{cfg.constraint}'", "use params or mac")
-    first = next(u for u in spec.layers(model) if spec.has_attention(u))
-    costs = param_costs(hidden, head_dim, shape.gated_ffn,
-                        biases=spec.attention(first).query.bias is not None)  # T5 has none
+    costs = param_costs(hidden, head_dim, shape.gated_ffn, biases=layout.biases)
     # Everything that Mask Tuning cannot remove (output biases, LayerNorms) is paid first, so that
     # the kept ratio counted from the tensors meets the target.
     total = non_embedding_parameters(model)

@@ -209,4 +209,10 @@ class Task:
         return Scored(self.compute_metrics(predicted, gold), self.per_class(predicted, gold), rows)
 
     def local_file(self, split: str, data_dir: Path) -> Path:
-        return data_dir / self.folder / self.splits[split]
+        """The split's file under the data directory, or one clear error when it is missing."""
+        path = data_dir / self.folder / self.splits[split]
+        if not path.is_file():
+            raise AptuneError(f"{self.name} {split} file not found: {path}",
+                              f"put {self.folder}/{self.splits[split]} under the data directory, or "
+                              "unset --data-dir/APTUNE_DATA_DIR to download from the hub")
+        return path

@@ -101,12 +101,6 @@ class ClassificationTask(Task):
         options = options or {}
         if data_dir is not None:
             path = self.local_file(split, data_dir)
-            if not path.is_file():
-                raise AptuneError(
-                    f"{self.name} {split} file not found: {path}",
-                    f"put {self.folder}/{self.splits[split]} under the data directory, or unset "
-                    "--data-dir/APTUNE_DATA_DIR to download from the hub",
-                )
             loaded = self._validate(self._local_rows(path), str(path), options)
         else:
             loaded = self._validate(self._rows_hub(split), self._hub_name(split), options)

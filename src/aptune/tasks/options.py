@@ -100,16 +100,8 @@ class QAOptions:
                                               QA_PANEL)
 
     def validate(self) -> None:
-        if hasattr(self, "task") and not same_task(self.task, "squad_v2"):
-            given = [f.name for f in fields(QAOptions) if getattr(self, f.name) != f.default]
-            if given:
-                flags = ", ".join("--" + g.replace("_", "-") for g in given)
-                raise AptuneError(f"{flags} is for --task squad_v2, not --task {self.task}",
-                                  f"drop {flags}, or pass --task squad_v2")
-        for name in ("doc_stride", "n_best", "max_answer_length"):
-            if getattr(self, name) <= 0:
-                raise AptuneError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}",
-                                  f"pass a positive --{name.replace('_', '-')}")
+        _refuse_for_other_tasks(self, QAOptions, "squad_v2")
+        _require_positive(self, ("doc_stride", "n_best", "max_answer_length"))
         if self.unanswerable_ratio is not None and self.unanswerable_ratio < 0:
             raise AptuneError(f"--unanswerable-ratio must be >= 0, got {self.unanswerable_ratio}",
                               "pass e.g. --unanswerable-ratio 0.5 (0 adds none)")
@@ -135,22 +127,31 @@ class SummarizationOptions:
                                        "(0: allowed).", SUMMARY_PANEL)
 
     def validate(self) -> None:
-        if hasattr(self, "task") and not same_task(self.task, "cnn_dailymail"):
-            given = [f.name for f in fields(SummarizationOptions) if getattr(self, f.name) != f.default]
-            if given:
-                flags = ", ".join("--" + g.replace("_", "-") for g in given)
-                raise AptuneError(f"{flags} is for --task cnn_dailymail, not --task {self.task}",
-                                  f"drop {flags}, or pass --task cnn_dailymail")
-        for name in ("max_target_length", "generation_max_tokens", "num_beams"):
-            if getattr(self, name) <= 0:
-                raise AptuneError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}",
-                                  f"pass a positive --{name.replace('_', '-')}")
+        _refuse_for_other_tasks(self, SummarizationOptions, "cnn_dailymail")
+        _require_positive(self, ("max_target_length", "generation_max_tokens", "num_beams"))
         if self.max_target_length < 2:
             raise AptuneError(f"--max-target-length must be at least 2 (a token and the end token), "
                               f"got {self.max_target_length}", "pass e.g. --max-target-length 128")
         if self.no_repeat_ngram_size < 0:
             raise AptuneError(f"--no-repeat-ngram-size must be >= 0, got {self.no_repeat_ngram_size}",
                               "pass 0 (off) or e.g. 3")
+
+
+def _refuse_for_other_tasks(config, options: type, task: str) -> None:
+    """A task's own options set (away from their defaults) in a run of another task are refused."""
+    if hasattr(config, "task") and not same_task(config.task, task):
+        given = [f.name for f in fields(options) if getattr(config, f.name) != f.default]
+        if given:
+            flags = ", ".join("--" + g.replace("_", "-") for g in given)
+            raise AptuneError(f"{flags} is for --task {task}, not --task {config.task}",
+                              f"drop {flags}, or pass --task {task}")
+
+
+def _require_positive(config, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise AptuneError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}",
+                              f"pass a positive --{name.replace('_', '-')}")
 
 
 # Options that only --task text-classification reads: given with another task, they are refused.

@@ -55,10 +55,6 @@ class SquadV2(Task):
             self.configure(options)
         if data_dir is not None:
             path = self.local_file(split, data_dir)
-            if not path.is_file():
-                raise AptuneError(f"squad_v2 {split} file not found: {path}",
-                                  f"put {self.folder}/{self.splits[split]} under the data directory, or "
-                                  "unset --data-dir/APTUNE_DATA_DIR to download from the hub")
             report = DataReport(source=str(path), unit="questions")
             examples = read_squad_json(path, report)
         else:

@@ -91,10 +91,6 @@ class CNNDailyMail(Task):
                               f"choose one of {', '.join(self.splits)}")
         if data_dir is not None:
             path = self.local_file(split, data_dir)
-            if not path.is_file():
-                raise AptuneError(f"{self.name} {split} file not found: {path}",
-                                  f"put {self.folder}/{self.splits[split]} under the data directory, or "
-                                  "unset --data-dir/APTUNE_DATA_DIR to download from the hub")
             loaded = _validate(_local_rows(path), str(path))
         else:
             loaded = _validate(_hub_rows(self.hub_splits[split]),
