@@ -444,6 +444,7 @@ def build_metrics(cfg: TrainConfig, method: Method, data: RunData, final, final_
         "total_train_seconds": round(cost.seconds + result.train_seconds, 3),
         "seconds_per_step": round(result.train_seconds / max(1, result.steps), 4),
         "samples_per_second": round(result.samples_seen / max(result.train_seconds, 1e-9), 2),
+        "seconds_per_step_by_phase": phase_step_seconds(result.phase_seconds),
         "peak_train_memory_bytes": max(result.peak_train_memory_bytes + cost.resident_bytes,
                                        cost.peak_memory_bytes),
         "peak_train_memory_method": result.memory_method,
@@ -462,6 +463,13 @@ def build_metrics(cfg: TrainConfig, method: Method, data: RunData, final, final_
         metrics["params"]["kept_ratio"] = metrics["params"]["non_embedding"] / dense_params["non_embedding"]
         metrics["structure"] = structure.summary()
     return metrics
+
+
+def phase_step_seconds(phase_seconds: dict[str, list]) -> dict[str, dict]:
+    """{phase: steps, seconds, seconds_per_step} in the order the phases began (LoopControl.phase)."""
+    return {name: {"steps": steps, "seconds": round(seconds, 3),
+                   "seconds_per_step": round(seconds / max(1, steps), 4)}
+            for name, (steps, seconds) in phase_seconds.items()}
 
 
 def _save(run_dir: RunDir, model, tokenizer, cfg: TrainConfig, metrics: dict, wall_start: float) -> None:
@@ -483,6 +491,10 @@ def _print_summary(m: dict) -> None:
           f"train {m['train_seconds'] / 60:.1f} min, {m['seconds_per_step']:.3f} s/step, "
           f"{m['samples_per_second']:.1f} samples/s | peak train memory {mem:,.0f} MiB | "
           f"wall {m['wall_seconds'] / 60:.1f} min", flush=True)
+    phases = m.get("seconds_per_step_by_phase") or {}
+    if len(phases) > 1:
+        print("s/step by phase: " + ", ".join(f"{name} {p['seconds_per_step']:.3f} ({p['steps']} steps)"
+                                             for name, p in phases.items()), flush=True)
     if "tta" in m:
         print(_tta_line(m["tta"], m["selection"]["metric"]), flush=True)
     print(f"saved: {m['output_dir']}", flush=True)

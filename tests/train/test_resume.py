@@ -128,8 +128,9 @@ def test_apt_killed_in_every_phase_resumes_exactly(tmp_path, tiny_bert_dir, tiny
     at a window start where the teacher is refreshed (14), inside a mask-decay window with soft
     masks and a live salience EMA (15), right after a rank growth at a pruning point (18),
     resuming at the step where distillation starts (19), during distillation with a teacher and
-    Tr (34), and in the final fine-tuning (60). It ends where the uninterrupted run ends: the
-    same evaluations, masks and ranks at every pruning point, and bit-identical weights."""
+    Tr after the student was compacted below the teacher's own copy (34), and in the final
+    fine-tuning (60). It ends where the uninterrupted run ends: the same evaluations, masks and
+    ranks at every pruning point, and bit-identical weights."""
     from safetensors.torch import load_file as load_tensors
 
     reference = tmp_path / "reference"
@@ -148,8 +149,9 @@ def test_apt_killed_in_every_phase_resumes_exactly(tmp_path, tiny_bert_dir, tiny
             assert any(((m > 0) & (m < 1)).any() for m in masks) and apt["has_ema"]
         if step == 18:
             assert len(apt["rank_history"]) == 3 and apt["rank_history"][-1]["step"] == 18
-        if step == 34:
+        if step == 34:  # after the last pruning point: a compacted student, the teacher's own copy
             assert apt["transform_rank"] is not None and apt["teacher_metric"] is not None
+            assert apt["teacher_backbone"] is not None and apt["teacher_backbone"] != apt["structure"]
             assert any(k.startswith("callback.0.teacher.") for k in tensors)
     # a checkpoint whose structure does not fit the model is one clear error, and harms nothing
     state_file = unfinished(out) / "checkpoint" / "state.json"

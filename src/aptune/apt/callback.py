@@ -69,8 +69,20 @@ class APTCallback(Callback):
         if t in sched.window_starts():
             self._maybe_refresh_teacher(trainer)
         in_window = sched.start <= t <= sched.end
+        trainer.control.phase = self._phase(t)
         self.pruner.salience.active = self.cfg.prune and in_window
         self.ranks.collecting = self.cfg.grow_ranks and in_window
+
+    def _phase(self, t: int) -> str:
+        """Where step t stands, for the seconds per step that the run reports by phase."""
+        sched = self.schedule
+        if not self.cfg.prune or t < sched.start:
+            return "before_pruning" if self.cfg.prune else "training"
+        if t < sched.points[-1]:
+            return "pruning"
+        if sched.distill_end is not None and t < sched.distill_end and self.distillation.teacher is not None:
+            return "distilling_pruned"
+        return "tuning_pruned"
 
     def forward_kwargs(self, trainer) -> dict:
         return {"output_hidden_states": True} if self.schedule.in_distillation(trainer.step) else {}
@@ -119,18 +131,42 @@ class APTCallback(Callback):
             survivors.update(self.ranks.grow(prev, sched.budgets[k], self.pruner.masks))
             survivors.update(self.distillation.grow_transform(growth_factor(prev, sched.budgets[k])))
         self.ranks.importance.reset()
+        last = k == len(sched.points) - 1
         if sched.distill_start is None and cfg.prune:  # without a teacher, compact at every point
             survivors = self._compact(trainer.unwrapped_model, survivors)
+        elif last and cfg.prune and cfg.shrink_student:
+            survivors = self._shrink_student(trainer, survivors)
         self._rebuild_optimizer(trainer, survivors)
         self.ranks.history.append({"step": trainer.step, "ranks": self.ranks.table(),
                                    "delta": self.ranks.delta(self.pruner.masks), "budget": sched.budgets[k],
                                    "kept_ratio": self.pruner.kept_ratio()})
         self._check_processes_agree(trainer, k)
-        if k == len(sched.points) - 1:
+        if last:
             self.pruner.salience.active = False
             trainer.control.selection_open = True
             trainer.say(f"pruning complete at step {trainer.step}: kept ratio "
                         f"{self.pruner.kept_ratio():.4f} (target {1 - cfg.sparsity:.4f})")
+
+    def _shrink_student(self, trainer, survivors: Survivors) -> Survivors:
+        """After the last pruning point: the student is compacted to its masks for the rest of
+        distillation, and the teacher, which must stay what it was, keeps a frozen copy of the
+        backbone as it stood (docs/method.md#a-student-as-small-as-its-masks). Tr then reads the
+        student's dims and writes the teacher's."""
+        model, teacher, tr = trainer.unwrapped_model, self.distillation.teacher, self.distillation.transform
+        if teacher is not None and teacher.backbone is None:
+            before = sum(p.numel() for p in model.parameters())
+            teacher.own_backbone(self.pruner.frozen_copy(model), self.pruner.structure)
+            if tr is not None:
+                self.pruner.hidden_followers.remove(tr)
+                self.pruner.hidden_readers.append(tr)
+        else:
+            before = None
+        survivors = self._compact(model, survivors)
+        if before is not None:
+            after = sum(p.numel() for p in model.parameters())
+            trainer.say(f"step {trainer.step}: the student is compacted to its masks ({after:,} of "
+                        f"{before:,} parameters); the teacher keeps its own copy")
+        return survivors
 
     def _compact(self, model: nn.Module, survivors: Survivors) -> Survivors:
         changed, survivors = self.pruner.compact_keeping_state(model, survivors)
@@ -172,16 +208,30 @@ class APTCallback(Callback):
             trainer.say(f"step {trainer.step}: teacher snapshot (dev {trainer.task.metric} {value:.4f})")
 
     def _start_distillation(self, trainer) -> None:
-        w = next(trainer.unwrapped_model.parameters())
-        transform = self.distillation.start(int(self.pruner.masks.hidden.numel()), w.device, w.dtype)
-        self.pruner.hidden_followers.append(transform)
+        self._new_transform(trainer.unwrapped_model)
         self._rebuild_optimizer(trainer, {})
         trainer.say(f"step {trainer.step}: self-distillation starts (μ {self.schedule.mu(trainer.step):.2f})")
+
+    def _new_transform(self, model: nn.Module):
+        """Tr from the student's hidden dims to the teacher's: square while they share a
+        backbone (it then follows every compaction on both axes), else reading only the
+        student's dims (it then follows them on its input alone)."""
+        w = next(model.parameters())
+        reads = self.distillation.student_dims_in_teacher(self.pruner.structure.hidden)
+        if reads is None:
+            transform = self.distillation.start(int(self.pruner.masks.hidden.numel()), w.device, w.dtype)
+            self.pruner.hidden_followers.append(transform)
+        else:
+            width = len(self.distillation.teacher.structure.hidden)
+            transform = self.distillation.start(width, w.device, w.dtype, reads=reads.to(w.device))
+            self.pruner.hidden_readers.append(transform)
+        return transform
 
     def _end_distillation(self, trainer) -> None:
         trainer.restore_best()
         self._compact(trainer.unwrapped_model, {})
         self.pruner.hidden_followers.clear()
+        self.pruner.hidden_readers.clear()
         self.distillation.end()
         trainer.rebuild_optimizer({}, extra_params=[])  # a fresh optimizer for phase 2
         trainer.reset_best_to_current()
@@ -216,4 +266,5 @@ class APTCallback(Callback):
                 "rank_history": self.ranks.history, "pruning_log": self.pruner.pruning_log,
                 "final_ranks": self.ranks.final, "structure": self.pruner.structure.to_dict(),
                 "optimizer_reset": self.cfg.optimizer_reset, "use_kurtosis": self.cfg.use_kurtosis,
+                "shrink_student": self.cfg.shrink_student,
                 "process_consistency": self.consistency}

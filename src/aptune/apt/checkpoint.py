@@ -5,7 +5,9 @@ run (docs/protocol.md#checkpoints).
     ranks          each adapter's rank, and Tr's, as grown so far
     masks          the current (possibly soft) mask values on those shapes
     salience       the EMA S̄ and the adapter importance Ī
-    teacher        the snapshot's tensors and its dev score; Tr's weights while distilling
+    teacher        the snapshot's tensors and its dev score; Tr's weights while distilling; once
+                   the student has shrunk below it, the structure of the teacher's own backbone
+                   (rebuilt from the dense model, which the run never trains)
     generator      the random stream of new adapter rows, Tr's growth and the teacher's layer picks
     records        the rank history, the pruning log and the process-agreement log
 
@@ -22,6 +24,7 @@ import torch
 
 from ..errors import AptuneError
 from ..structure import Structure
+from ..surgery import compact
 from ..train.checkpoint import RESTART_FIX, section
 from .teacher import TeacherSnapshot
 
@@ -52,6 +55,8 @@ def apt_state(cb: APTCallback, trainer) -> tuple[dict[str, torch.Tensor], dict[s
         "salience_components": salience.last_components,
         "importance": cb.ranks.importance.scores,
         "teacher_metric": distillation.best_metric if distillation.teacher is not None else None,
+        "teacher_backbone": distillation.teacher.structure.to_dict()
+        if distillation.teacher is not None and distillation.teacher.backbone is not None else None,
         "rank_history": cb.ranks.history,
         "pruning_log": cb.pruner.pruning_log,
         "consistency": cb.consistency,
@@ -64,8 +69,20 @@ def restore_apt(cb: APTCallback, trainer, tensors: dict[str, torch.Tensor], meta
     """Put APT's saved state back on a freshly prepared dense model, then a new optimizer over
     its current trainable tensors (the trainer loads the saved moments into it)."""
     model = trainer.unwrapped_model
+    backbone = None
+    if meta.get("teacher_backbone") is not None:  # cut from the dense model before the student is
+        backbone = Structure.from_dict(meta["teacher_backbone"])
+        _check_fits(cb, backbone)
+        twin = cb.pruner.frozen_copy(model)
+        compact(twin, cb.spec, backbone)
     _rebuild_structure(cb, model, Structure.from_dict(meta["structure"]))
     _grow_ranks(cb, meta["ranks"])
+    if meta["teacher_metric"] is not None:
+        state = {k: v.to(_device(cb)) for k, v in section(tensors, "teacher.").items()}
+        teacher = TeacherSnapshot.from_state(state)
+        if backbone is not None:
+            teacher.own_backbone(twin, backbone)
+        cb.distillation.teacher, cb.distillation.best_metric = teacher, float(meta["teacher_metric"])
     if meta["transform_rank"] is not None:
         _rebuild_transform(cb, model, meta["transform_rank"], section(tensors, "transform."))
     masks = cb.pruner.masks
@@ -81,10 +98,6 @@ def restore_apt(cb: APTCallback, trainer, tensors: dict[str, torch.Tensor], meta
                                             ("hidden", 1))}
     salience.last_components = dict(meta["salience_components"])
     cb.ranks.importance.scores = {k: float(v) for k, v in meta["importance"].items()}
-    if meta["teacher_metric"] is not None:
-        state = {k: v.to(_device(cb)) for k, v in section(tensors, "teacher.").items()}
-        teacher = TeacherSnapshot.from_state(state)
-        cb.distillation.teacher, cb.distillation.best_metric = teacher, float(meta["teacher_metric"])
     cb.ranks.generator.set_state(tensors["generator"])
     cb.ranks.history, cb.pruner.pruning_log = meta["rank_history"], meta["pruning_log"]
     cb.consistency = meta["consistency"]
@@ -110,13 +123,7 @@ def _rebuild_structure(cb: APTCallback, model, structure: Structure) -> None:
     """Remove, from the dense model, what the run had physically removed by the checkpoint."""
     if structure == cb.pruner.structure:
         return
-    masks = cb.pruner.masks
-    pairs = [*zip(masks.head, structure.heads), *zip(masks.neuron, structure.neurons),
-             (masks.hidden, structure.hidden)]
-    fits = (len(structure.heads) == len(masks.head) and len(structure.neurons) == len(masks.neuron)
-            and all(max(kept, default=-1) < mask.numel() for mask, kept in pairs))
-    if not fits:  # an index past the end would be a device-side assert on CUDA
-        raise AptuneError("the checkpoint's pruned structure does not fit this model", RESTART_FIX)
+    pairs = _check_fits(cb, structure)
     with torch.no_grad():
         for mask, kept in pairs:
             mask.zero_()
@@ -125,6 +132,19 @@ def _rebuild_structure(cb: APTCallback, model, structure: Structure) -> None:
     cb.ranks.refresh(model)
     if cb.pruner.structure != structure:
         raise AptuneError("the checkpoint's pruned structure could not be rebuilt", RESTART_FIX)
+
+
+def _check_fits(cb: APTCallback, structure: Structure) -> list:
+    """(mask, kept indices) pairs of a saved structure on the dense model; one clear error when
+    it does not fit (an index past the end would be a device-side assert on CUDA)."""
+    masks = cb.pruner.masks
+    pairs = [*zip(masks.head, structure.heads), *zip(masks.neuron, structure.neurons),
+             (masks.hidden, structure.hidden)]
+    fits = (len(structure.heads) == len(masks.head) and len(structure.neurons) == len(masks.neuron)
+            and all(max(kept, default=-1) < mask.numel() for mask, kept in pairs))
+    if not fits:
+        raise AptuneError("the checkpoint's pruned structure does not fit this model", RESTART_FIX)
+    return pairs
 
 
 def _grow_ranks(cb: APTCallback, ranks: dict[str, int]) -> None:
@@ -144,12 +164,10 @@ def _grow_ranks(cb: APTCallback, ranks: dict[str, int]) -> None:
 
 def _rebuild_transform(cb: APTCallback, model, rank: int, state: dict[str, torch.Tensor]) -> None:
     """Tr as it stood: created as distillation starts it, grown to its rank, then its values."""
-    w = next(model.parameters())
-    transform = cb.distillation.start(int(cb.pruner.masks.hidden.numel()), w.device, w.dtype)
+    transform = cb._new_transform(model)
     transform.grow_rank(rank, "gaussian", torch.Generator().manual_seed(0))
     try:
         transform.load_state_dict(state)
     except RuntimeError as exc:
         raise AptuneError(f"the checkpoint's distillation map Tr does not match ({str(exc).splitlines()[0]})",
                           RESTART_FIX) from None
-    cb.pruner.hidden_followers.append(transform)

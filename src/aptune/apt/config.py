@@ -74,6 +74,11 @@ class APTConfig:
         "preserve", "APT: after shape changes keep surviving AdamW state (preserve) or start fresh "
         "(reset, as in the paper).")
     post_distill_lr_factor: float = option(0.1, "APT: peak LR factor after distillation ends.")
+    shrink_student: bool = option(
+        True, "APT: after the last pruning point, compact the student to its masks for the rest of "
+        "distillation while the teacher keeps its own frozen copy (the paper's virtual pruning, "
+        "done by compaction: the same numbers, faster steps). Off: the student stays masked at "
+        "full size until distillation ends.")
 
     def validate(self) -> None:
         if not 0 < self.sparsity < 1:

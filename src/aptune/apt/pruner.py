@@ -8,6 +8,7 @@ the residual stream (the distillation map Tr), and the optimizer state of every 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -39,6 +40,9 @@ class Pruner:
         # Linear maps outside the model that read and write the residual stream (Tr): sliced
         # along with the hidden dimensions.
         self.hidden_followers: list[nn.Linear] = []
+        # Linear maps that read the student's stream but write another width (Tr once the teacher
+        # has its own backbone): only their input columns follow the hidden dimensions.
+        self.hidden_readers: list[nn.Linear] = []
 
     # -- sizes -----------------------------------------------------------------------------------
     def counts(self) -> Counts:
@@ -112,6 +116,8 @@ class Pruner:
         for linear in self.hidden_followers:
             prune_linear_in(linear, dims)
             prune_linear_out(linear, dims)
+        for linear in self.hidden_readers:
+            prune_linear_in(linear, dims)
         self.masks = apply_masks(model, self.spec, Masks.ones_like(model, self.spec))
         self.salience.attach()
         return kept
@@ -129,6 +135,28 @@ class Pruner:
             else:
                 merged[new] = (old, select)
         return changed, merged
+
+    def frozen_copy(self, model: nn.Module) -> nn.Module:
+        """A copy of `model` as it stands, without the masks and salience taps, every tensor
+        frozen: the teacher's own backbone once the student shrinks below it.
+
+        The frozen tensors are shared, not copied: compaction never writes into a tensor, it
+        gives the student new, sliced ones, so after the student's next compaction the old,
+        full tensors live on in the copy alone and nothing is held twice. Only the trainable
+        tensors (adapters, head) are duplicated. The hooks come off first because they are
+        closures over this pruner: copied, they would apply the student's masks to the copy.
+        The family's own hooks (T5's position-bias gathering, skipped sub-layers) are part of
+        the model and are copied with it."""
+        shared = {id(p): p for p in model.parameters() if not p.requires_grad}
+        self.detach()
+        try:
+            twin = copy.deepcopy(model, memo=shared)
+        finally:
+            apply_masks(model, self.spec, self.masks)
+            self.salience.attach()
+        for p in twin.parameters():
+            p.requires_grad_(False)  # the copies of the trainable ones; the shared are frozen already
+        return twin.eval()
 
     def detach(self) -> None:
         """Drop every hook: after this the model runs as a plain model."""

@@ -15,13 +15,18 @@ from torch.func import functional_call
 
 from ..lora import LoRALinear
 from ..losses import lora_layer_transform, output_prediction_loss
+from ..surgery import prune_linear_in
 from ..train.optim import Survivors, pad_cols, pad_rows
 from ..train.outputs import model_inputs
 
 
-def rms_normalise(h: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """h / sqrt(mean(h², last dim) + eps): T5's hidden states before the layer loss."""
-    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)  # (B, T, d)
+def rms_normalise(h: torch.Tensor, eps: float = 1e-6, width: torch.Tensor | None = None) -> torch.Tensor:
+    """h / sqrt(mean(h², last dim) + eps): T5's hidden states before the layer loss. With
+    `width` (the count of kept hidden dims, a 0-d tensor) the mean runs over the kept dims only,
+    so that a masked student (zeros in its pruned dims) normalises as its compacted self does."""
+    if width is None:
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)  # (B, T, d)
+    return h * torch.rsqrt(h.pow(2).sum(-1, keepdim=True) / width + eps)  # (B, T, d)
 
 
 def sample_teacher_layers(n_layers: int, generator: torch.Generator, groups: int = 4) -> list[int]:
@@ -101,32 +106,43 @@ def _transform_gathered(transform: LoRALinear, stacked: torch.Tensor, k: torch.T
 class TeacherSnapshot:
     """An earlier state of the student: frozen copies of its trainable tensors (adapters, head).
 
-    The backbone is shared, so only the copies cost memory. The teacher forward substitutes them
-    by name (torch.func.functional_call) and runs unmasked, in eval mode, without gradients.
+    Until the student shrinks, the backbone is shared, so only the copies cost memory: the
+    teacher forward substitutes them by name (torch.func.functional_call) and runs the student's
+    modules unmasked, in eval mode, without gradients. Once the student is compacted below the
+    teacher's size (after the last pruning point, docs/method.md#a-student-as-small-as-its-masks),
+    the teacher keeps its own frozen copy of the backbone as it stood (`backbone`, with
+    `structure` its kept units in the original numbering) and runs that instead.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.backbone: nn.Module | None = None
+        self.structure = None  # the backbone's Structure, when it has its own
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> "TeacherSnapshot":
         """A snapshot taken earlier, as a checkpoint saved it (apt/checkpoint.py)."""
         snapshot = cls.__new__(cls)
-        snapshot.state = state
+        snapshot.state, snapshot.backbone, snapshot.structure = state, None, None
         return snapshot
+
+    def own_backbone(self, backbone: nn.Module, structure) -> None:
+        """Run on `backbone` (a frozen copy of the student before it shrinks) from now on."""
+        self.backbone, self.structure = backbone, structure
 
     @torch.no_grad()
     def forward(self, model: nn.Module, batch: dict, masks=None, salience=None):
+        inputs = {**model_inputs(batch), "output_hidden_states": True}
+        if self.backbone is not None:  # no hooks, frozen, always in eval mode
+            return functional_call(self.backbone, self.state, args=(), kwargs=inputs, strict=False)
         was_training = model.training
         model.eval()
-        inputs = model_inputs(batch)
         salience_active = salience.active if salience is not None else False
         if salience is not None:
             salience.active = False  # teacher activations must not feed salience
         try:
             with masks.disabled() if masks is not None else contextlib.nullcontext():
-                out = functional_call(model, self.state, args=(),
-                                      kwargs={**inputs, "output_hidden_states": True}, strict=False)
+                out = functional_call(model, self.state, args=(), kwargs=inputs, strict=False)
         finally:
             if salience is not None:
                 salience.active = salience_active
@@ -134,7 +150,8 @@ class TeacherSnapshot:
         return out
 
     def numel(self) -> int:
-        return sum(t.numel() for t in self.state.values())
+        own = sum(p.numel() for p in self.backbone.parameters()) if self.backbone is not None else 0
+        return sum(t.numel() for t in self.state.values()) + own
 
 
 class SelfDistillation:
@@ -148,8 +165,13 @@ class SelfDistillation:
         self.transform: LoRALinear | None = None  # Tr, alive during distillation
         self.best_metric = -math.inf
 
-    def start(self, d_model: int, device: torch.device, dtype: torch.dtype) -> LoRALinear:
+    def start(self, d_model: int, device: torch.device, dtype: torch.dtype,
+              reads: torch.Tensor | None = None) -> LoRALinear:
+        """Tr as the identity on d_model dims; with `reads`, only those input columns are kept:
+        a student narrower than a teacher with its own backbone maps its dims into the teacher's."""
         self.transform = lora_layer_transform(d_model, self.cfg.r, self.cfg.lora_alpha, device, dtype)
+        if reads is not None:
+            prune_linear_in(self.transform, reads)  # (d_t, d_t) -> (d_t, d_s), W_A (r, d_s)
         return self.transform
 
     def wants_snapshot(self) -> bool:
@@ -163,6 +185,15 @@ class SelfDistillation:
         self.teacher = TeacherSnapshot(model)
         self.best_metric = value
 
+    def student_dims_in_teacher(self, student_hidden: list[int]) -> torch.Tensor | None:
+        """Where each of the student's hidden dims (original numbering) sits among the teacher's,
+        when the teacher has its own, wider backbone; None while they share one."""
+        teacher = self.teacher
+        if teacher is None or teacher.backbone is None:
+            return None
+        position = {dim: i for i, dim in enumerate(teacher.structure.hidden)}
+        return torch.as_tensor([position[d] for d in student_hidden], dtype=torch.long)
+
     def loss(self, model: nn.Module, batch: dict, outputs: Any, masks: Any, salience: Any,
              alive: list[list[bool]], spec: Any) -> torch.Tensor:
         """λ_pred · L_pred + λ_layer · L_layer against the teacher, for this step's student outputs.
@@ -173,12 +204,14 @@ class SelfDistillation:
         teacher = self.teacher.forward(model, batch, masks, salience)
         l_pred = output_prediction_loss(teacher, outputs, cfg.distill_temperature)
         rms = spec.norm_kind == "rms"
+        # the student's kept width, on the device (no host read): its masked dims hold zeros
+        width = (masks.hidden != 0).sum().to(outputs.logits.dtype) if rms and masks is not None else None
         terms = []
         for t_hidden, s_hidden, alive_here in zip(spec.stack_hidden_states(teacher),
                                                   spec.stack_hidden_states(outputs), alive):
             if rms:
                 t_hidden = [rms_normalise(h) for h in t_hidden]
-                s_hidden = [rms_normalise(h) for h in s_hidden]
+                s_hidden = [rms_normalise(h, width=width) for h in s_hidden]
             picks = sample_teacher_layers(len(t_hidden), self.generator)
             terms.append(mapped_layer_loss(t_hidden, s_hidden, picks, alive_here, self.transform))
         l_layer = torch.stack(terms).mean()

@@ -62,6 +62,7 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "format": FORMAT,
         "step": trainer.step, "epoch": trainer.epoch, "batches_in_epoch": trainer.batches_in_epoch,
         "samples_seen": trainer.samples_seen, "train_seconds": trainer.train_seconds,
+        "phase_seconds": trainer.phase_seconds,
         "wall_seconds": trainer.wall_seconds(), "peak_train_memory_bytes": trainer.peak_so_far(),
         "history": trainer.history, "best_metric": trainer.best_metric, "best_step": trainer.best_step,
         "best_eval": trainer.best_eval, "has_best_state": trainer._best_state is not None,
@@ -236,6 +237,7 @@ def restore_trainer(trainer, tensors: dict[str, torch.Tensor], meta: dict[str, A
     for name in ("step", "epoch", "batches_in_epoch", "samples_seen", "train_seconds", "history",
                  "best_metric", "best_step", "best_eval", "loss_window"):
         setattr(trainer, name, meta[name])
+    trainer.phase_seconds = meta.get("phase_seconds", {})
     trainer.resumed_wall_seconds = meta["wall_seconds"]
     trainer.resumed_peak_bytes = meta["peak_train_memory_bytes"]
     rank = trainer.accelerator.process_index

@@ -61,6 +61,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     peak_train_memory_bytes: int = 0
     memory_method: str = ""
+    # phase -> [steps, seconds], in the order the phases began (LoopControl.phase)
+    phase_seconds: dict[str, list] = field(default_factory=dict)
 
 
 class Trainer:
@@ -84,6 +86,7 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self.train_seconds = 0.0
+        self.phase_seconds: dict[str, list] = {}  # phase -> [steps, seconds] (LoopControl.phase)
         self.history: list[dict[str, Any]] = []
         self.best_metric = -math.inf
         self.best_step = -1
@@ -271,7 +274,10 @@ class Trainer:
                 evaluated = self.step % self.cfg.eval_every == 0 or self.step == self.total_steps
                 if logged or evaluated:
                     self._read_losses()  # waits for the device: inside the step's time, as it is training
-                self.train_seconds += time.perf_counter() - t0 - self._untimed
+                step_seconds = time.perf_counter() - t0 - self._untimed
+                self.train_seconds += step_seconds
+                tally = self.phase_seconds.setdefault(self.control.phase, [0, 0.0])
+                tally[0], tally[1] = tally[0] + 1, tally[1] + step_seconds
                 bar.update(1)
                 window = self.loss_window
                 if logged:
@@ -303,6 +309,7 @@ class Trainer:
             wall_seconds=time.perf_counter() - wall_start, best_metric=self.best_metric,
             best_step=self.best_step, best_eval=self.best_eval, history=self.history,
             peak_train_memory_bytes=peak, memory_method=self.memory.method,
+            phase_seconds=self.phase_seconds,
         )
 
     def _read_losses(self) -> None:

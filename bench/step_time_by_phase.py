@@ -1,0 +1,104 @@
+"""Seconds per training step in each of APT's phases, against FT's, measured in one session.
+
+Why: APT's distillation phase used to cost a dense step (the student stayed masked at full size
+until distillation ended). With `shrink_student` (the default) the student is compacted at the
+last pruning point and the teacher keeps its own frozen copy. This script trains, one after the
+other in fresh processes on the same data: FT, APT as shipped, and APT with --no-shrink-student,
+and reports each phase's s/step and its ratio to FT's s/step (metrics.json's
+seconds_per_step_by_phase). Run it with nothing else on the machine.
+
+Usage: python bench/step_time_by_phase.py OUT [--data-dir D] [--train-samples 4000]
+       [--apt-epochs 3] [--ft-epochs 1] [--model minilm]
+Writes OUT/step_time_by_phase.{json,md}; each run's folder and log stay in OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUNS = {  # name -> (recipe, extra flags)
+    "ft": ("cpu/sst2-ft", []),
+    "apt": ("cpu/sst2-apt", []),
+    "apt-no-shrink": ("cpu/sst2-apt", ["--no-shrink-student"]),
+}
+
+
+def train(name: str, out: Path, args: argparse.Namespace) -> dict:
+    recipe, extra = RUNS[name]
+    epochs = args.ft_epochs if name == "ft" else args.apt_epochs
+    cmd = [sys.executable, "-m", "aptune", "train", "--recipe", recipe, "--model", args.model,
+           "--max-train-samples", str(args.train_samples), "--epochs", str(epochs),
+           "--eval-every", str(args.eval_every), "--output-dir", str(out / name), "--overwrite", *extra]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    log = out / f"{name}.log"
+    print(f"{name}: {' '.join(cmd[3:])}", flush=True)
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        rc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+    metrics_file = out / name / "metrics.json"
+    if rc != 0 or not metrics_file.is_file():
+        sys.exit(f"error: training {name} failed (exit {rc})\nfix: read {log}")
+    print(f"  done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    return json.loads(metrics_file.read_text())
+
+
+def table(results: dict[str, dict]) -> list[dict]:
+    ft = results["ft"]["seconds_per_step"]
+    rows = []
+    for name, m in results.items():
+        whole = {"training": {"steps": m["steps"], "seconds_per_step": m["seconds_per_step"]}}
+        phases = m.get("seconds_per_step_by_phase") or whole
+        for phase, p in phases.items():
+            rows.append({"run": name, "phase": phase, "steps": p["steps"],
+                         "seconds_per_step": p["seconds_per_step"],
+                         "ratio_to_ft": round(p["seconds_per_step"] / ft, 3)})
+    return rows
+
+
+def markdown(rows: list[dict], results: dict[str, dict]) -> str:
+    lines = ["| run | phase | steps | s/step | × FT's s/step |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['run']} | {r['phase']} | {r['steps']} | {r['seconds_per_step']:.3f} | "
+              f"{r['ratio_to_ft']:.2f} |" for r in rows]
+    lines += ["", "| run | dev accuracy | kept (non-embedding) | peak train memory MiB |",
+              "|---|---:|---:|---:|"]
+    for name, m in results.items():
+        kept = m["params"].get("kept_ratio")
+        kept_text = "-" if kept is None else f"{kept:.2%}"
+        lines.append(f"| {name} | {m['eval'][m['selection']['metric']]:.4f} | {kept_text} | "
+                     f"{m['peak_train_memory_bytes'] / 2**20:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="output folder")
+    parser.add_argument("--data-dir", default=os.environ.get("APTUNE_DATA_DIR"))
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--train-samples", type=int, default=4000)
+    parser.add_argument("--apt-epochs", type=float, default=3)
+    parser.add_argument("--ft-epochs", type=float, default=1)
+    parser.add_argument("--eval-every", type=int, default=125)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {name: train(name, out, args) for name in RUNS}
+    rows = table(results)
+    report = {"settings": vars(args), "rows": rows,
+              "hardware": results["ft"].get("hardware"), "versions": results["ft"].get("versions")}
+    for suffix, text in (("json", json.dumps(report, indent=2)), ("md", markdown(rows, results))):
+        tmp = out / f"step_time_by_phase.{suffix}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / f"step_time_by_phase.{suffix}")
+    print(markdown(rows, results), flush=True)
+
+
+if __name__ == "__main__":
+    main()

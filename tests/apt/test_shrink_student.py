@@ -1,0 +1,132 @@
+"""A student as small as its masks (issue 15, item 1): at the last pruning point APT compacts the
+student while the teacher keeps a frozen copy of the backbone it was snapshotted on. The compacted
+student computes what the masked one computed, the teacher what it computed before, and the
+distillation loss is the same number: only the step gets cheaper."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from aptune.apt.callback import attach_apt
+from aptune.apt.config import APTConfig
+from aptune.arch import get_spec
+from aptune.lora import lora_modules
+from aptune.models import load_classifier
+from tests.arch.test_t5 import tiny_t5
+from tests.helpers import random_binary_masks
+
+
+def _bert(tiny_bert_dir):
+    model = load_classifier(str(tiny_bert_dir), 2)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(5, model.config.vocab_size, (4, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    return model, {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1, 0])}
+
+
+def _t5(_):
+    model = tiny_t5(gated=True)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(2, 96, (3, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    labels = torch.randint(2, 96, (3, 4), generator=g)
+    return model, {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                   "decoder_input_ids": model._shift_right(labels)}  # as the task's collator gives
+
+
+def _perturb(tensors, seed: int, scale: float = 0.3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in tensors:
+            t.add_(scale * torch.randn(t.shape, generator=g))
+
+
+def _losses(cb, model, spec, batch, seed: int):
+    """The student's forward and APT's distillation loss on it, with the layer draws seeded."""
+    masks = cb.pruner.masks
+    out = model(**batch, output_hidden_states=True)
+    cb.distillation.generator.manual_seed(seed)
+    loss = cb.distillation.loss(model, batch, out, masks, cb.pruner.salience,
+                                masks.alive_layers(spec.stacks(model)), spec)
+    teacher = cb.distillation.teacher.forward(model, batch, masks, cb.pruner.salience)
+    return out, loss, teacher
+
+
+@pytest.mark.parametrize("build", [_bert, _t5], ids=["bert", "t5-gated"])
+def test_compacted_student_and_own_teacher_equal_the_masked_run(build, tiny_bert_dir):
+    torch.manual_seed(0)
+    model, batch = build(tiny_bert_dir)
+    spec = get_spec(model)
+    cfg = APTConfig(sparsity=0.6, use_kurtosis=False)
+    cfg.validate()
+    cb = attach_apt(model, spec, cfg)
+    model.eval()  # dropout off: the two forwards must see the same computation
+    _perturb([m.lora_B for _, m in lora_modules(model)], 1)
+    cb.distillation.snapshot(model, 0.5)  # the teacher: this state, on the full backbone
+    tr = cb._new_transform(model)
+    _perturb([tr.lora_B], 2, 0.05)
+    _perturb([m.lora_B for _, m in lora_modules(model)], 3)  # the student moves on
+    layers = len(cb.pruner.masks.head)
+    drawn = random_binary_masks(model, spec, 0.5, torch.Generator().manual_seed(4),
+                                empty_attention=0, empty_ffn=layers - 1)
+    with torch.no_grad():
+        for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
+            mask.copy_(value)
+    cb.pruner.masks.read_facts()
+    kept_dims = torch.nonzero(cb.pruner.masks.hidden).flatten()
+    size_before = sum(p.numel() for p in model.parameters())
+    frozen_before = {p.data_ptr() for p in model.parameters() if not p.requires_grad}
+    with torch.no_grad():
+        masked, loss_masked, teacher_masked = _losses(cb, model, spec, batch, seed=7)
+
+    said = []
+    cb._shrink_student(SimpleNamespace(unwrapped_model=model, step=30, say=said.append), {})
+
+    teacher = cb.distillation.teacher
+    assert teacher.backbone is not None and not any(p.requires_grad for p in teacher.backbone.parameters())
+    assert sum(p.numel() for p in model.parameters()) < 0.8 * size_before
+    # the copy holds the student's former frozen tensors themselves: nothing frozen is held twice
+    own = {n: p for n, p in teacher.backbone.named_parameters() if n not in teacher.state}
+    assert own and all(p.data_ptr() in frozen_before for p in own.values())
+    assert tr in cb.pruner.hidden_readers and tr not in cb.pruner.hidden_followers
+    assert tr.in_features == kept_dims.numel() and tr.out_features == len(teacher.structure.hidden)
+    assert "the student is compacted to its masks" in said[0]
+    with torch.no_grad():
+        compacted, loss_compacted, teacher_own = _losses(cb, model, spec, batch, seed=7)
+    torch.testing.assert_close(compacted.logits, masked.logits, atol=1e-5, rtol=1e-5)
+    hidden = [sum(spec.stack_hidden_states(out), []) for out in (compacted, masked)]
+    for h_c, h_m in zip(*hidden):
+        torch.testing.assert_close(h_c, h_m.index_select(-1, kept_dims), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(teacher_own.logits, teacher_masked.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(loss_compacted, loss_masked, atol=1e-5, rtol=1e-5)
+    assert loss_masked > 0
+
+
+def test_apt_run_shrinks_the_student_and_reports_step_times_by_phase(tiny_bert_dir, tiny_data_dir, tmp_path):
+    """A real run: the student is smaller from the last pruning point on; metrics.json reports the
+    seconds per step of every phase; with --no-shrink-student nothing is compacted until
+    distillation ends, and the selected model is the same size."""
+    from aptune.config import TrainConfig
+    from aptune.pipeline import run_training
+
+    def run(name, **extra):
+        cfg = TrainConfig(model=str(tiny_bert_dir), data_dir=str(tiny_data_dir), task="sst2", method="apt",
+                          output_dir=str(tmp_path / name), epochs=7, batch_size=16, eval_every=5, lr=2e-3,
+                          **extra)
+        return run_training(cfg, show_progress=False)
+
+    shrunk = run("shrunk")
+    phases = shrunk["seconds_per_step_by_phase"]
+    assert list(phases) == ["before_pruning", "pruning", "distilling_pruned", "tuning_pruned"]
+    assert sum(p["steps"] for p in phases.values()) == shrunk["steps"]
+    assert all(p["seconds_per_step"] > 0 for p in phases.values())
+    assert shrunk["method_settings"]["shrink_student"] is True
+    masked = run("masked", shrink_student=False)
+    assert masked["method_settings"]["shrink_student"] is False
+    assert masked["params"]["non_embedding"] == shrunk["params"]["non_embedding"]
+    assert masked["method_settings"]["structure"] == shrunk["method_settings"]["structure"]
