@@ -7,8 +7,13 @@ other in fresh processes on the same data: FT, APT as shipped, and APT with --no
 and reports each phase's s/step and its ratio to FT's s/step (metrics.json's
 seconds_per_step_by_phase). Run it with nothing else on the machine.
 
+The `aptune` command fixes glibc's mmap threshold at start-up (aptune/cpu_heap.py); --heap default
+runs every job on glibc's default heap instead (APTUNE_CPU_HEAP=default), to measure what the
+fixed threshold costs in s/step and what it changes in peak memory.
+
 Usage: python bench/step_time_by_phase.py OUT [--data-dir D] [--train-samples 4000]
-       [--apt-epochs 3] [--ft-epochs 1] [--model minilm]
+       [--apt-epochs 3] [--ft-epochs 1] [--model minilm] [--runs ft,apt,apt-no-shrink]
+       [--heap fixed|default]
 Writes OUT/step_time_by_phase.{json,md}; each run's folder and log stay in OUT.
 """
 
@@ -41,8 +46,10 @@ def train(name: str, out: Path, args: argparse.Namespace) -> dict:
     print(f"{name}: {' '.join(cmd[3:])}", flush=True)
     start = time.perf_counter()
     with open(log, "w") as handle:
-        rc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if args.heap == "default":
+            env["APTUNE_CPU_HEAP"] = "default"
+        rc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
     metrics_file = out / name / "metrics.json"
     if rc != 0 or not metrics_file.is_file():
         sys.exit(f"error: training {name} failed (exit {rc})\nfix: read {log}")
@@ -64,7 +71,9 @@ def table(results: dict[str, dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict], results: dict[str, dict]) -> str:
-    lines = ["| run | phase | steps | s/step | × FT's s/step |", "|---|---|---:|---:|---:|"]
+    heap = results["ft"].get("peak_train_memory_method", "")
+    lines = [f"Memory: {heap}.", "",
+             "| run | phase | steps | s/step | × FT's s/step |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r['run']} | {r['phase']} | {r['steps']} | {r['seconds_per_step']:.3f} | "
               f"{r['ratio_to_ft']:.2f} |" for r in rows]
     lines += ["", "| run | dev accuracy | kept (non-embedding) | peak train memory MiB |",
@@ -86,10 +95,19 @@ def main() -> None:
     parser.add_argument("--apt-epochs", type=float, default=3)
     parser.add_argument("--ft-epochs", type=float, default=1)
     parser.add_argument("--eval-every", type=int, default=125)
+    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated, from " + ", ".join(RUNS))
+    parser.add_argument("--heap", choices=("fixed", "default"), default="fixed",
+                        help="fixed: the aptune command's 64 KiB mmap threshold; default: glibc's")
     args = parser.parse_args()
+    names = [n.strip() for n in args.runs.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(RUNS))
+    if unknown or "ft" not in names:
+        problem = "unknown " + ", ".join(unknown) if unknown else "ft is missing"
+        sys.exit(f"error: --runs {args.runs}: {problem}\n"
+                 f"fix: choose from {', '.join(RUNS)}, ft included (the ratios are to FT's s/step)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {name: train(name, out, args) for name in RUNS}
+    results = {name: train(name, out, args) for name in names}
     rows = table(results)
     report = {"settings": vars(args), "rows": rows,
               "hardware": results["ft"].get("hardware"), "versions": results["ft"].get("versions")}

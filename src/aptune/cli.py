@@ -375,6 +375,9 @@ def recipes() -> None:
 
 
 def main() -> None:
+    from .cpu_heap import fix_mmap_threshold
+
+    fix_mmap_threshold()  # before torch allocates: peak RSS then measures tensors (cpu_heap.py)
     app(prog_name="aptune")
 
 

@@ -113,6 +113,9 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
                           f"use --method {able} with this model, or a BERT/RoBERTa model for "
                           f"{method.name} (docs/architectures.md)")
     reference = _tta_reference(cfg, data.task)  # checked before training, not after
+    # the loop's steps per epoch (as the Trainer counts them), before anything trains
+    per_epoch = math.ceil(len(data.train_ds) / (cfg.batch_size * accelerator.num_processes))
+    method.check_plan(cfg, max(1, per_epoch))
 
     set_seed(cfg.seed, deterministic=True)
     model = load_task_model(data.model_path, data.task)

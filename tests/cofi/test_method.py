@@ -154,3 +154,22 @@ def test_cofi_says_that_it_ignores_epochs():
     assert "--epochs 7 is ignored: cofi trains 5 epochs" in ignored_epochs_note(cfg, get_method("cofi"))
     assert ignored_epochs_note(TrainConfig(method="cofi"), get_method("cofi")) is None  # the default
     assert ignored_epochs_note(TrainConfig(method="apt", epochs=7), get_method("apt")) is None
+
+
+def test_cofi_refuses_a_plan_that_cannot_reach_its_size():
+    """The issue's case: 1,000 SST-2 sentences at batch 32 (32 steps per epoch), a 4-epoch pruning
+    stage (128 steps), 100 pre-pruning steps and a 2-epoch target ramp (64 steps): the target would
+    stop at 0.6 * 28 / 64 = 0.26. Refused before anything trains, naming the steps it needs."""
+    from aptune.errors import AptuneError
+    from aptune.methods import get_method
+
+    cfg = TrainConfig(method="cofi", sparsity=0.6, cofi_pruning_epochs=4, cofi_ft_epochs=2,
+                      lagrangian_warmup_epochs=2)
+    with pytest.raises(AptuneError) as refused:
+        get_method("cofi").check_plan(cfg, 32)
+    assert "its pruning stage ends at step 128" in str(refused.value)
+    assert "would stop at a target of 0.26" in str(refused.value)
+    assert "at least 164 steps (--cofi-pruning-epochs 5.2 or more)" in refused.value.fix
+    get_method("cofi").check_plan(TrainConfig(method="cofi", cofi_pruning_epochs=6, cofi_ft_epochs=2,
+                                              lagrangian_warmup_epochs=2), 32)  # 100 + 64 <= 192
+    get_method("apt").check_plan(cfg, 1)  # other methods check their plans elsewhere

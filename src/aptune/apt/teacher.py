@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..lora import LoRALinear
+from ..lora import LoRALinear, merge_and_unload
 from ..losses import lora_layer_transform, output_prediction_loss
 from ..surgery import prune_linear_in
 from ..train.optim import Survivors, pad_cols, pad_rows
@@ -127,14 +127,23 @@ class TeacherSnapshot:
         return snapshot
 
     def own_backbone(self, backbone: nn.Module, structure) -> None:
-        """Run on `backbone` (a frozen copy of the student before it shrinks) from now on."""
-        self.backbone, self.structure = backbone, structure
+        """Run on `backbone` (a frozen copy of the student before it shrinks) from now on.
+
+        The snapshot's tensors go into the copy and its adapters are merged (W + s·B·A), so that
+        the teacher's forward is a plain dense one: no low-rank branches, no substitution per
+        step. The copy's unmerged weights are dropped, so this costs no memory once the student
+        has been compacted (the copy then holds the only reference to them)."""
+        with torch.no_grad():
+            for name, value in self.state.items():
+                owner, _, leaf = name.rpartition(".")
+                setattr(backbone.get_submodule(owner), leaf, nn.Parameter(value, requires_grad=False))
+        self.backbone, self.structure = merge_and_unload(backbone).requires_grad_(False), structure
 
     @torch.no_grad()
     def forward(self, model: nn.Module, batch: dict, masks=None, salience=None):
         inputs = {**model_inputs(batch), "output_hidden_states": True}
-        if self.backbone is not None:  # no hooks, frozen, always in eval mode
-            return functional_call(self.backbone, self.state, args=(), kwargs=inputs, strict=False)
+        if self.backbone is not None:  # no hooks, frozen, merged, always in eval mode
+            return self.backbone(**inputs)
         was_training = model.training
         model.eval()
         salience_active = salience.active if salience is not None else False
@@ -150,8 +159,9 @@ class TeacherSnapshot:
         return out
 
     def numel(self) -> int:
-        own = sum(p.numel() for p in self.backbone.parameters()) if self.backbone is not None else 0
-        return sum(t.numel() for t in self.state.values()) + own
+        if self.backbone is not None:
+            return sum(p.numel() for p in self.backbone.parameters())
+        return sum(t.numel() for t in self.state.values())
 
 
 class SelfDistillation:

@@ -13,11 +13,13 @@ owns it until compaction and then lets it go.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import AptuneError
 from ..lora import inject_lora
 from ..train.events import Callback
 from .apply import apply_gates
@@ -41,6 +43,41 @@ class CoFiSchedule:
         start, length = (0, self.pruning_end) if step < self.prepruning else (
             self.prepruning, self.pruning_end - self.prepruning)
         return self.lr * max(0.0, (length - (step - start)) / max(1, length))
+
+
+@dataclass(frozen=True)
+class CoFiStages:
+    """Where CoFi's stages fall in a loop of `total` steps of `steps_per_epoch`."""
+
+    prepruning: int  # the gates switch on here
+    pruning_end: int  # compaction; fine-tuning after it
+    warmup: int  # steps over which the target sparsity rises from 0, from `prepruning` on
+    total: int
+
+    @classmethod
+    def of(cls, cfg, steps_per_epoch: int, total: int) -> "CoFiStages":
+        pruning_end = min(total, math.ceil(cfg.cofi_pruning_epochs * steps_per_epoch))
+        pre = cfg.cofi_prepruning_steps if cfg.cofi_prepruning == "100steps" else steps_per_epoch
+        return cls(min(pre, pruning_end), pruning_end,
+                   math.ceil(cfg.lagrangian_warmup_epochs * steps_per_epoch), total)
+
+    def check_reaches_target(self, cfg, steps_per_epoch: int) -> None:
+        """Refuse a plan whose target sparsity is still rising when the pruning stage ends: the
+        Lagrangian would steer to a fraction of --sparsity and the run would keep far more."""
+        pre = cfg.cofi_prepruning_steps if cfg.cofi_prepruning == "100steps" else steps_per_epoch
+        need = pre + self.warmup
+        if need <= self.pruning_end:
+            return
+        reached = cfg.sparsity * max(0, self.pruning_end - pre) / max(1, self.warmup)
+        epochs = math.ceil(need / steps_per_epoch * 10) / 10
+        raise AptuneError(
+            f"CoFi cannot reach --sparsity {cfg.sparsity:g} in this run: its pruning stage ends at step "
+            f"{self.pruning_end} ({steps_per_epoch} steps per epoch), but the gates switch on after "
+            f"{pre} pre-pruning steps and the target then rises over {self.warmup} steps "
+            f"(--lagrangian-warmup-epochs {cfg.lagrangian_warmup_epochs:g}), so it would stop at a "
+            f"target of {reached:.2f}",
+            f"give the pruning stage at least {need} steps (--cofi-pruning-epochs {epochs:g} or more), "
+            f"or shorten --cofi-prepruning-steps or --lagrangian-warmup-epochs")
 
 
 def train_all_but_embeddings(model: nn.Module, spec) -> None:
@@ -73,16 +110,14 @@ class CoFiCallback(Callback):
         cfg, model = self.cfg, trainer.unwrapped_model
         device = next(model.parameters()).device
         E = trainer.steps_per_epoch
-        self.pruning_end = min(trainer.total_steps, math.ceil(cfg.cofi_pruning_epochs * E))
-        pre = cfg.cofi_prepruning_steps if cfg.cofi_prepruning == "100steps" else E
-        self.prepruning = min(pre, self.pruning_end)
+        stages = CoFiStages.of(cfg, E, trainer.total_steps)
+        self.pruning_end, self.prepruning = stages.pruning_end, stages.prepruning
         self.stages = {"prepruning_end": self.prepruning, "pruning_end": self.pruning_end,
                        "total": trainer.total_steps}
         shape = self.spec.shape(model)
         self.gates = L0Gates.for_shape(shape).to(device)
         self.shape = SizeModel.from_shape(shape)
-        warmup = math.ceil(cfg.lagrangian_warmup_epochs * E)
-        self.control = LagrangianControl(cfg.sparsity, warmup).to(device)
+        self.control = LagrangianControl(cfg.sparsity, stages.warmup).to(device)
         self.descent, self.ascent = build_l0_optimizers(self.gates, self.control, cfg.reg_lr)
         tr_mode = cfg.cofi_lora_tr if self.lora else "full"
         self.distill = CoFiDistillLoss(

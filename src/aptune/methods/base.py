@@ -5,6 +5,7 @@ name, the paper's label, the default learning rate and weight decay, the config 
 fields configure it, and the run it needs first. `config.py`, `pipeline.py` and `aptune bench`
 all read these. The stages run in this order (pipeline.py):
 
+    check_plan  refuse a run that cannot end at the size it asks for, before anything trains
     start     the model the method starts from, given its prerequisite run (if it declares one),
               and the cost of the work done before the loop
     prepare   what is trainable (adapters, frozen parts)
@@ -92,6 +93,10 @@ class Method:
     def loop_epochs(self, cfg: Any) -> float:
         """Epochs of this method's training loop (CoFi: its pruning plus fine-tuning stages)."""
         return cfg.epochs
+
+    def check_plan(self, cfg: Any, steps_per_epoch: int) -> None:
+        """Refuse, before anything trains (an inline prerequisite included), a run that cannot
+        end at the size it asks for; one AptuneError naming the steps it needs."""
 
     def start(self, model: nn.Module, spec: ArchSpec, ctx: RunContext,
               needed: PrerequisiteRun | None) -> tuple[nn.Module, Cost]:

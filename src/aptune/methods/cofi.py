@@ -38,6 +38,14 @@ class CoFi(Method):
     def loop_epochs(self, cfg) -> float:
         return cfg.cofi_pruning_epochs + cfg.cofi_ft_epochs
 
+    def check_plan(self, cfg, steps_per_epoch: int) -> None:
+        import math
+
+        from ..cofi.callback import CoFiStages
+
+        total = math.ceil(self.loop_epochs(cfg) * steps_per_epoch)
+        CoFiStages.of(cfg, steps_per_epoch, total).check_reaches_target(cfg, steps_per_epoch)
+
     def start(self, model: nn.Module, spec, ctx, needed: PrerequisiteRun | None) -> tuple[nn.Module, Cost]:
         self._teacher = needed.model.eval().requires_grad_(False)
         self.teacher_run = needed.summary

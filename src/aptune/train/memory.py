@@ -1,7 +1,8 @@
 """Peak training memory as docs/protocol.md#training-memory defines it.
 
 CUDA: torch.cuda.max_memory_allocated() after a reset at the start of training.
-CPU: the peak resident set size above the resident size right after model and data load.
+CPU: the peak resident set size above the resident size right after model and data load, on a
+heap whose mmap threshold the `aptune` command fixes at start-up (aptune/cpu_heap.py).
 Linux lets a process reset its own high-water mark (/proc/self/clear_refs, value 5), so the
 peak is exact rather than sampled. It includes allocator slack.
 """
@@ -15,6 +16,8 @@ import resource
 from pathlib import Path
 
 import torch
+
+from .. import cpu_heap
 
 
 def _load_malloc_trim():
@@ -92,6 +95,7 @@ class PeakMemoryMeter:
             self.method = "cpu peak RSS (VmHWM reset after load) minus RSS after load"
         except OSError:
             self.method = "cpu ru_maxrss minus RSS after load (peak may include loading)"
+        self.method += f"; {cpu_heap.state}"
 
     def peak_bytes(self) -> int:
         """Peak above the baseline (for CUDA: the allocator's peak, as the protocol defines it)."""

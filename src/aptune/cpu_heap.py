@@ -1,0 +1,43 @@
+"""One glibc heap setting for every `aptune` process, so that peak memory on CPU measures tensors.
+
+On CPU, peak training memory is peak RSS (docs/protocol.md#training-memory). glibc's default
+heap raises its mmap threshold each time a large block is freed, after which tensors of up to
+32 MiB come from the arenas, and freed ones stay there: RSS then carries allocator history, not
+just live tensors. Measured on MiniLM SST-2 (1k scale), APT's peak read 97.8% of FT's on the
+default heap and 64.0% with the threshold fixed at 64 KiB. Fixing the threshold makes every
+block of 64 KiB or more its own mapping, returned to the OS when freed, for every method alike.
+
+The `aptune` command fixes it at start-up, before torch allocates anything (the library, when
+imported, leaves the process's allocator alone). `APTUNE_CPU_HEAP=default` keeps glibc's dynamic
+threshold; a MALLOC_MMAP_THRESHOLD_ set by the user is kept as it is. No torch import here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+THRESHOLD_BYTES = 64 * 1024
+ENV = "APTUNE_CPU_HEAP"
+
+# How this process's heap is set, for the memory figures' description.
+state = "glibc default (dynamic mmap threshold)"
+
+
+def fix_mmap_threshold() -> str:
+    """Fix glibc's mmap threshold at 64 KiB unless the user chose otherwise; returns `state`."""
+    global state
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        state = f"glibc mmap threshold {os.environ['MALLOC_MMAP_THRESHOLD_']} bytes (MALLOC_MMAP_THRESHOLD_)"
+        return state
+    if os.environ.get(ENV, "").lower() == "default":
+        return state
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES) == 1:
+            state = f"glibc mmap threshold fixed at {THRESHOLD_BYTES // 1024} KiB"
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to set
+        pass
+    return state
