@@ -179,6 +179,29 @@ def test_shipped_recipe_with_overrides(tmp_path, tiny_bert_dir, tiny_data_dir):
     assert (config["model"], config["max_train_samples"], config["epochs"]) == (str(tiny_bert_dir), 32, 1)
 
 
+def test_options_of_other_methods_are_named_not_ignored_silently(tmp_path, tiny_bert_dir, tiny_data_dir):
+    from aptune.config import TrainConfig
+    from aptune.methods import get_method
+    from aptune.pipeline import ignored_options_note
+
+    def note(method, **options):
+        cfg = TrainConfig(method=method, **options)
+        cfg.validate()
+        return ignored_options_note(cfg, get_method(method))
+
+    assert note("ft", sparsity=0.5, r=16) == ("note: ft ignores --sparsity 0.5, --r 16 (options that only "
+                                              "other methods use; see `aptune train --method ft --help`)")
+    assert "ignores --max-rank 32" in note("lora", r=16, max_rank=32)  # r is LoRA's own
+    assert "ignores --no-use-kurtosis" in note("lora-prune", r=4, use_kurtosis=False)
+    assert "ignores --cofi-lora-tr lora, --r 4" in note("cofi", cofi_lora_tr="lora", r=4)
+    assert note("cofi-lora", cofi_lora_tr="lora", r=4) is None
+    assert note("apt", r=16, sparsity=0.7) is None and note("ft") is None  # λ_pred, filled from the task
+    out = invoke("train", "--method", "ft", "--sparsity", "0.5", "--model", tiny_bert_dir,
+                 "--data-dir", tiny_data_dir, "--output-dir", tmp_path / "run", "--epochs", "1",
+                 "--max-train-samples", "16", "--batch-size", "16", "--eval-every", "5").stdout
+    assert "note: ft ignores --sparsity 0.5" in out
+
+
 def test_same_seed_same_losses(tmp_path, tiny_bert_dir, tiny_data_dir):
     def losses(name: str, seed: str) -> list[float]:
         run = tmp_path / name

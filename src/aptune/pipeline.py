@@ -138,9 +138,9 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
         f"params) | method: {method.name} | trainable params: {trainable:,} || all params: {total:,} || "
         f"trainable%: {100 * trainable / total:.4f}")
 
-    note = ignored_epochs_note(cfg, method)
-    if note:
-        say(note)
+    for note in (ignored_epochs_note(cfg, method), ignored_options_note(cfg, method)):
+        if note:
+            say(note)
     trainer = _trainer(cfg, method, model, spec, data, accelerator, cost, run_dir, show_progress)
     say(f"training {trainer.total_steps:,} steps ({trainer.cfg.epochs:g} epochs of "
         f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
@@ -281,6 +281,36 @@ def ignored_epochs_note(cfg: TrainConfig, method: Method) -> str | None:
         return None
     return (f"note: --epochs {cfg.epochs:g} is ignored: {method.name} trains {method.loop_epochs(cfg):g} "
             "epochs, set by its stage options (see `aptune train --help`)")
+
+
+# Filled in by validation from the task when not given (APT's λ_pred): differs from its default
+# without having been set.
+_DERIVED_OPTIONS = frozenset({"lambda_pred"})
+
+
+def ignored_options_note(cfg: TrainConfig, method: Method) -> str | None:
+    """Options of other methods that were set (recipe or flag, away from their defaults) but do
+    not change this method's run: named, instead of being ignored silently."""
+    from .apt.config import ADAPTERS, APTConfig
+    from .config import SECTIONS
+    from .fields import flag
+
+    adapter_options = frozenset(f.name for f in dataclasses.fields(APTConfig)
+                                if f.metadata.get("panel") == ADAPTERS)
+    ignored = []
+    for section in SECTIONS:
+        for f in dataclasses.fields(section):
+            if f.name in _DERIVED_OPTIONS or method.uses_option(f.name, adapter_options):
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            value = getattr(cfg, f.name)
+            if value != default:
+                ignored.append(flag(f.name) if value is True else f"--no-{flag(f.name)[2:]}"
+                               if value is False else f"{flag(f.name)} {value}")
+    if not ignored:
+        return None
+    return (f"note: {method.name} ignores {', '.join(dict.fromkeys(ignored))} (options that only other "
+            f"methods use; see `aptune train --method {method.name} --help`)")
 
 
 # -- prerequisite runs ---------------------------------------------------------------------------

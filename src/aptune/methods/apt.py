@@ -18,6 +18,7 @@ class APT(Method):
     description = "adaptive pruning and tuning with self-distillation"
     config_section = APTConfig
     prunes = True
+    adapters = True
     resumable = True  # its callback checkpoints masks, ranks, salience and the teacher
     has_unused_parameters = True
     text_to_text = True

@@ -89,6 +89,20 @@ class Method:
     has_unused_parameters: ClassVar[bool] = False
     # Whether it trains encoder-decoders on text-to-text tasks (docs/architectures.md) yet.
     text_to_text: ClassVar[bool] = False
+    # Whether it trains adapters (so the shared adapter options --r, --lora-alpha and
+    # --target-modules shape its run), and options of its own section that it leaves unused.
+    adapters: ClassVar[bool] = False
+    unused_options: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def uses_option(cls, name: str, adapter_options: frozenset[str]) -> bool:
+        """Whether a method-section option (a field of APTConfig or of a baseline's section)
+        changes this method's runs: its own section's fields, the adapter options if it trains
+        adapters, and --sparsity if it prunes."""
+        section_fields = getattr(cls.config_section, "__dataclass_fields__", {})
+        own = cls.config_section is not None and name in section_fields
+        return ((own and name not in cls.unused_options) or (cls.adapters and name in adapter_options)
+                or (cls.prunes and name == "sparsity"))
 
     def loop_epochs(self, cfg: Any) -> float:
         """Epochs of this method's training loop (CoFi: its pruning plus fine-tuning stages)."""

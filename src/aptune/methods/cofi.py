@@ -30,6 +30,7 @@ class CoFi(Method):
     resumable = True  # its callback checkpoints the gates, λ, W_tr and the stage; the teacher is reloaded
     has_unused_parameters = True
     lora = False  # CoFi-LoRA trains only LoRA, the gates and the head
+    unused_options = ("cofi_lora_head", "cofi_lora_tr")  # CoFi-LoRA's own
 
     def __init__(self) -> None:
         self.teacher_run: dict[str, Any] = {}
@@ -96,3 +97,5 @@ class CoFiLoRA(CoFi):
     description = "CoFi where only LoRA (r 8, α 16 on query and value), the L0 gates and the head train"
     default_lr = 2e-4
     lora = True
+    adapters = True
+    unused_options = ()

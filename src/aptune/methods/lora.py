@@ -17,6 +17,7 @@ class LoRA(Method):
     description = "LoRA adapters on the query and value projections, plus the task head"
     resumable = True
     text_to_text = True
+    adapters = True
 
     def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:
         from ..lora import inject_lora, lora_modules
