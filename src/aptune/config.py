@@ -71,6 +71,10 @@ class TrainConfig(OwnDataOptions, QAOptions, SummarizationOptions, *SECTIONS):  
     tta_reference: str | None = option(None, "A finished FT run on the same task, data and model: the "
                                        "run's summary adds its time to 97% of that run's best dev "
                                        "score (TTA), beside the FT run's own.")
+    allow_untrained_prerequisite: bool = option(
+        False, "Go on from a prerequisite run (LoRA+Prune's LoRA run, CoFi's FT teacher) that scored no "
+        "better than always answering the most frequent label; by default such a run stops, since "
+        "it learned nothing (tiny test models are the use).")
 
     def __post_init__(self) -> None:
         self.validate()

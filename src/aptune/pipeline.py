@@ -28,6 +28,7 @@ from .counting import parameter_summary
 from .efficiency import compare_inference
 from .env_info import hardware, versions
 from .errors import AptuneError
+from .fields import flag
 from .export import load_pruned, save_pruned
 from .lora import count_parameters
 from .methods import METHODS, Cost, Method, PrerequisiteRun, get_method
@@ -124,6 +125,8 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
 
     scratch = run_dir.tmp if run_dir is not None else Path(cfg.output_dir)
     needed = prerequisite_run(cfg, method, data.task, accelerator, scratch, show_progress, say, resume)
+    if needed is not None:
+        check_prerequisite_learned(cfg, method, data.task, data.dev_ds.examples, needed.summary)
     # Every process reads a kept stage on resume; the main process writes it.
     context = RunContext(cfg, data.task, data.tokenizer, data.train_ds, data.dev_ds, accelerator, say,
                          stages=unfinished_folder(cfg.output_dir) / "stages" if checkpoints else None,
@@ -293,7 +296,6 @@ def ignored_options_note(cfg: TrainConfig, method: Method) -> str | None:
     not change this method's run: named, instead of being ignored silently."""
     from .apt.config import ADAPTERS, APTConfig
     from .config import SECTIONS
-    from .fields import flag
 
     adapter_options = frozenset(f.name for f in dataclasses.fields(APTConfig)
                                 if f.metadata.get("panel") == ADAPTERS)
@@ -344,6 +346,27 @@ def prerequisite_run(cfg: TrainConfig, method: Method, task: Task, accelerator, 
         run_training(sub_cfg, show_progress=show_progress, checkpoints=False)
         folder = str(out)
     return _load_prerequisite(Path(folder).expanduser(), need, cfg, task, accelerator)
+
+
+def check_prerequisite_learned(cfg: TrainConfig, method: Method, task: Task, dev_examples: list,
+                               summary: dict) -> None:
+    """Stop when the prerequisite scored no better (within one dev row) than a constant answer:
+    it learned nothing, so distilling from it (CoFi) or pruning it (LoRA+Prune) cannot give a
+    useful model, and training on would only hide that."""
+    floor = task.constant_floor(dev_examples)
+    value = (summary.get("dev") or {}).get(task.metric)
+    if cfg.allow_untrained_prerequisite or floor is None or value is None:
+        return
+    if value > floor + 1 / max(1, len(dev_examples)):
+        return
+    need = method.prerequisite
+    knobs = " and ".join(flag(mine) for mine in need.inline.values())
+    raise AptuneError(
+        f"{need.role} ({summary['run']}) scored dev {task.metric} {value:.4f}, no better than always "
+        f"answering the most frequent label ({floor:.4f}): it learned nothing, and {cfg.method} "
+        f"would start from it",
+        f"train it longer or at a higher learning rate ({knobs}), pass a better run with {need.flag}, "
+        f"or --allow-untrained-prerequisite to go on anyway")
 
 
 def _load_prerequisite(path: Path, need, cfg: TrainConfig, task: Task, accelerator) -> PrerequisiteRun:

@@ -8,7 +8,7 @@ import pytest
 
 from aptune.counting import non_embedding_parameters
 from aptune.export import load_pruned
-from tests.helpers import invoke, read_log
+from tests.helpers import fails, invoke, read_log
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_env_data_dir")
 
@@ -29,7 +29,8 @@ def test_lora_prune_from_a_base_run(base_run, tiny_roberta_dir, tiny_data_dir, t
     text = invoke("train", "--method", "lora-prune", "--base-run", base_run, "--model",
                   tiny_roberta_dir, "--data-dir", tiny_data_dir, "--output-dir", out,
                   "--epochs", "1", "--eval-every", "5", "--batch-size", "16",
-                  "--mt-num-samples", "64", "--mt-batch-size", "16", "--quiet").stdout
+                  "--mt-num-samples", "64", "--mt-batch-size", "16", "--quiet",
+                  "--allow-untrained-prerequisite").stdout
     metrics = json.loads((out / "metrics.json").read_text())
     base = json.loads((base_run / "metrics.json").read_text())
     mt = metrics["method_settings"]["mask_tuning"]
@@ -54,7 +55,8 @@ def test_lora_prune_without_retraining_is_the_mask_tuned_model(base_run, tiny_ro
     out = tmp_path / "lp0"
     invoke("train", "--method", "lora-prune", "--base-run", base_run, "--model", tiny_roberta_dir,
            "--data-dir", tiny_data_dir, "--output-dir", out, "--epochs", "0",
-           "--mt-num-samples", "64", "--mt-batch-size", "16", "--mt-constraint", "mac", "--quiet")
+           "--mt-num-samples", "64", "--mt-batch-size", "16", "--mt-constraint", "mac", "--quiet",
+           "--allow-untrained-prerequisite")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 0
     assert metrics["eval"] == metrics["method_settings"]["mask_tuning"]["dev_after"]
@@ -64,7 +66,8 @@ def test_lora_prune_trains_its_base_inline(tiny_bert_dir, tiny_data_dir, tmp_pat
     out = tmp_path / "inline"
     invoke("train", "--method", "lora-prune", "--model", tiny_bert_dir, "--data-dir", tiny_data_dir,
            "--output-dir", out, "--epochs", "1", "--base-epochs", "1", "--eval-every", "5",
-           "--batch-size", "16", "--mt-num-samples", "32", "--mt-batch-size", "16", "--quiet")
+           "--batch-size", "16", "--mt-num-samples", "32", "--mt-batch-size", "16", "--quiet",
+           "--allow-untrained-prerequisite")
     assert (out / "base-lora" / "metrics.json").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method_settings"]["base"]["run"].endswith("base-lora")
@@ -84,3 +87,22 @@ def test_lora_prune_rejects_a_base_run_of_another_method(tiny_roberta_dir, tiny_
                                       str(tiny_data_dir), "--output-dir", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert "lora-prune needs a lora run" in result.output and "Traceback" not in result.output
+
+
+def test_lora_prune_stops_when_its_base_run_learned_nothing(base_run, tiny_roberta_dir, tiny_data_dir,
+                                                            tmp_path):
+    """The tiny random base run scores what always answering one label scores: pruning it cannot
+    give a useful model, so the run stops before Mask Tuning, naming the fix (issue 15, item 8)."""
+    from aptune.tasks import get_task
+
+    base = json.loads((base_run / "metrics.json").read_text())
+    dev = get_task("sst2").load("dev", tiny_data_dir, None, 0).examples
+    floor = get_task("sst2").constant_floor(dev)
+    assert floor >= 0.5 and base["eval"]["accuracy"] <= floor + 1 / len(dev)  # the premise
+    out = tmp_path / "stopped"
+    err = fails("train", "--method", "lora-prune", "--base-run", base_run, "--model", tiny_roberta_dir,
+                "--data-dir", tiny_data_dir, "--output-dir", out, "--epochs", "1", "--quiet")
+    assert "the LoRA run to prune" in err and "learned nothing" in err
+    assert f"no better than always answering the most frequent label ({floor:.4f})" in err
+    assert "--base-epochs and --base-lr" in err and "--allow-untrained-prerequisite" in err
+    assert not (out / "metrics.json").exists()

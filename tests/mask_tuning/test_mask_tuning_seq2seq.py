@@ -125,7 +125,8 @@ def test_lora_prune_trains_an_encoder_decoder_end_to_end(tiny_data_dir, tmp_path
     result = invoke("train", "--task", "sst2", "--method", "lora-prune", "--model", t5,
                     "--data-dir", tiny_data_dir, "--output-dir", out, "--epochs", "1",
                     "--base-epochs", "2", "--max-train-samples", "64", "--max-eval-samples", "32",
-                    "--batch-size", "16", "--sparsity", "0.5", "--mt-num-samples", "32")
+                    "--batch-size", "16", "--sparsity", "0.5", "--mt-num-samples", "32",
+                    "--allow-untrained-prerequisite")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["params"]["kept_ratio"] <= 0.5 + 1e-9
     assert "mask tuning: search + rearrangement keep" in result.stdout

@@ -144,7 +144,8 @@ def test_layer_distillation_maps_each_stack_on_its_alive_layers(t5_dir):
 
 @pytest.mark.parametrize("method, extra", [
     ("ft", ()),
-    ("lora-prune", ("--base-epochs", "2", "--mt-num-samples", "32", "--sparsity", "0.6")),
+    ("lora-prune", ("--base-epochs", "2", "--mt-num-samples", "32", "--sparsity", "0.6",
+                    "--allow-untrained-prerequisite")),
     ("apt", ("--sparsity", "0.6", "--epochs", "7", "--batch-size", "8", "--eval-every", "28")),
 ])
 def test_every_encoder_decoder_method_finishes_mnli(method, extra, t5_dir, tiny_data_dir, tmp_path,

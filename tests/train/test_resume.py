@@ -196,7 +196,7 @@ def test_apt_without_distillation_resumes_after_a_compaction(tmp_path, tiny_bert
 
 COFI_STAGES = ("--cofi-pruning-epochs", "4", "--cofi-ft-epochs", "1", "--cofi-prepruning-steps", "3",
                "--lagrangian-warmup-epochs", "1", "--reg-lr", "0.2", "--eval-every", "4",
-               "--cofi-teacher-epochs", "1", "--checkpoint-every", "1")
+               "--cofi-teacher-epochs", "1", "--checkpoint-every", "1", "--allow-untrained-prerequisite")
 
 
 def test_cofi_killed_at_every_stage_boundary_resumes_exactly(tmp_path, tiny_bert_dir,
@@ -237,7 +237,7 @@ def test_lora_prune_killed_after_mask_tuning_resumes_exactly(tmp_path, tiny_bert
         return aptune("train", "--task", "sst2", "--method", "lora-prune", "--model", tiny_bert_dir,
                       "--data-dir", tiny_data_dir, "--output-dir", out, "--epochs", "2", "--base-epochs",
                       "1", "--eval-every", "5", "--batch-size", "16", "--lr", "2e-3", "--checkpoint-every",
-                      "2", "--quiet", fault=fault)
+                      "2", "--quiet", "--allow-untrained-prerequisite", fault=fault)
 
     reference, out = tmp_path / "reference", tmp_path / "run"
     assert lora_prune(reference).returncode == 0

@@ -177,6 +177,12 @@ class Task:
         run's config.yaml so that eval and predict read the data the same way."""
         return {}
 
+    def constant_floor(self, examples: list) -> float | None:
+        """The dev metric that one constant answer scores on `examples` (for accuracy: always the
+        most frequent label): what a model that learned nothing gets. None where the task has no
+        such figure."""
+        return None
+
     def per_class(self, predictions: np.ndarray, labels: np.ndarray) -> list[dict]:
         """The per-class report (classification tasks); empty where it means nothing."""
         return []

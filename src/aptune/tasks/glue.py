@@ -24,6 +24,12 @@ class ClassificationTask(Task):
     hub_path = ("glue", "")
     hub_splits: dict[str, str] = {}
 
+    def constant_floor(self, examples: list) -> float | None:
+        labels = [e.label for e in examples if e.label >= 0]
+        if self.metric != "accuracy" or not labels:
+            return None  # a constant's macro-F1 is not a floor anyone reads
+        return max(labels.count(c) for c in set(labels)) / len(labels)
+
     # -- reading -------------------------------------------------------------------------------
     def _label_id(self, raw) -> int | None:
         """Map a raw label (an id, a digit string or a label name) to its fixed id."""

@@ -59,6 +59,9 @@ class TextToTextClassification(Task):
              options: dict | None = None) -> Split:
         return self.base.load(split, data_dir, max_rows, seed, options)
 
+    def constant_floor(self, examples: list) -> float | None:
+        return self.base.constant_floor(examples)  # the same labels, as words
+
     def describe(self) -> str | None:
         words = ", ".join(f"{name} -> {target}" for name, target in
                           zip(self.label_names, self.targets.tolist()))
