@@ -138,3 +138,25 @@ def test_apt_run_shrinks_the_student_and_reports_step_times_by_phase(tiny_bert_d
     assert masked["method_settings"]["shrink_student"] is False
     assert masked["params"]["non_embedding"] == shrunk["params"]["non_embedding"]
     assert masked["method_settings"]["structure"] == shrunk["method_settings"]["structure"]
+
+
+def test_the_teachers_copy_never_runs_the_student(tiny_bert_dir):
+    """Accelerate's mixed precision patches `model.forward` with a closure over the model; a copy
+    that kept it would run the student. The copy runs its own class forward on its own tensors."""
+    model = load_classifier(str(tiny_bert_dir), 2).eval()
+    spec = get_spec(model)
+    cfg = APTConfig(sparsity=0.6, use_kurtosis=False)
+    cfg.validate()
+    cb = attach_apt(model, spec, cfg)
+    original = model.forward
+    model._original_forward = original
+    model.forward = lambda *args, **kwargs: original(*args, **kwargs)  # as accelerate's autocast wrap
+    twin = cb.pruner.frozen_copy(model)
+    assert twin.forward.__self__ is twin and "forward" not in twin.__dict__
+    ids = torch.randint(5, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = twin(input_ids=ids).logits
+        for _, m in lora_modules(model):
+            m.lora_B.add_(1.0)  # the student moves; the copy must not
+        assert torch.equal(twin(input_ids=ids).logits, before)
+        assert not torch.allclose(model(input_ids=ids).logits, before)

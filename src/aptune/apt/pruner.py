@@ -156,6 +156,11 @@ class Pruner:
             self.salience.attach()
         for p in twin.parameters():
             p.requires_grad_(False)  # the copies of the trainable ones; the shared are frozen already
+        # Accelerate's mixed precision replaces the model's forward by a closure over the original
+        # model: copied, it would run the student. The copy takes its class's forward (in full
+        # precision) instead.
+        for patched in ("forward", "_original_forward"):
+            twin.__dict__.pop(patched, None)
         return twin.eval()
 
     def detach(self) -> None:
