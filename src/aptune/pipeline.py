@@ -32,7 +32,7 @@ from .fields import flag
 from .export import load_pruned, save_pruned
 from .lora import count_parameters
 from .methods import METHODS, Cost, Method, PrerequisiteRun, get_method
-from .methods.base import Prerequisite
+from .methods.base import Prerequisite, size_target
 from .models import load_config, load_task_model, load_tokenizer, resolve_model_path
 from .report import format_report
 from .tasks.metrics import format_per_class
@@ -518,7 +518,23 @@ def build_metrics(cfg: TrainConfig, method: Method, data: RunData, final, final_
     if structure is not None:
         metrics["params"]["kept_ratio"] = metrics["params"]["non_embedding"] / dense_params["non_embedding"]
         metrics["structure"] = structure.summary()
+    if method.prunes:
+        metrics["size_target"] = size_target(cfg.sparsity, metrics["params"].get("kept_ratio", 1.0))
     return metrics
+
+
+def missed_size_line(m: dict) -> str | None:
+    """The warning that ends the summary of a pruning run whose model is bigger than asked."""
+    size = m.get("size_target")
+    if size is None or size["met"]:
+        return None
+    line = (f"warning: {m['method']} kept {size['kept']:.2%} of the non-embedding parameters, not the "
+            f"{size['kept_target']:.2%} that --sparsity asked for (metrics.json: size_target.met false); "
+            "its dev score is that of a bigger model")
+    if m["method"].startswith("cofi"):
+        line += ("; CoFi's Lagrangian had not reached the target when its pruning stage ended: lengthen "
+                 "--cofi-pruning-epochs or raise --reg-lr")
+    return line
 
 
 def phase_step_seconds(phase_seconds: dict[str, list]) -> dict[str, dict]:
@@ -563,3 +579,6 @@ def _print_summary(m: dict) -> None:
     found = task_class(m["task"])
     if found is not None and "test" in found.splits:  # dev selected the checkpoint; test scores it
         print(f"next: aptune eval --model-dir {m['output_dir']} --split test", flush=True)
+    missed = missed_size_line(m)
+    if missed:  # last, where it is seen
+        print(missed, flush=True)

@@ -134,6 +134,7 @@ def test_apt_run_shrinks_the_student_and_reports_step_times_by_phase(tiny_bert_d
     assert sum(p["steps"] for p in phases.values()) == shrunk["steps"]
     assert all(p["seconds_per_step"] > 0 for p in phases.values())
     assert shrunk["method_settings"]["shrink_student"] is True
+    assert shrunk["size_target"]["met"] and shrunk["size_target"]["kept"] <= 0.4 + 1e-9
     masked = run("masked", shrink_student=False)
     assert masked["method_settings"]["shrink_student"] is False
     assert masked["params"]["non_embedding"] == shrunk["params"]["non_embedding"]

@@ -424,3 +424,22 @@ def test_report_only_without_a_run_folder_says_so_and_creates_nothing(tmp_path):
     assert result.exit_code == 2, result.output
     assert "no bench run folder" in result.stderr and "fix:" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_model_bigger_than_asked_is_marked_in_tables_and_summary():
+    """Issue 15, item 8: a CoFi run whose Lagrangian fell short (the cpu MNLI bench kept 55.5% at
+    --sparsity 0.6) is marked in the tables and ends its summary with a warning."""
+    from aptune.bench.tables import _kept
+    from aptune.methods.base import size_target
+    from aptune.pipeline import missed_size_line
+
+    assert _kept({"params_kept": 0.5551, "sparsity_target": 0.6}) == "55.51% (asked 40%)"
+    assert _kept({"params_kept": 0.4003, "sparsity_target": 0.6}) == "40.03%"  # within 0.5 points
+    assert _kept({"params_kept": 1.0, "sparsity_target": None}) == "100.00%"  # FT asks nothing
+    missed = size_target(0.6, 0.5551)
+    assert missed == {"kept_target": 0.4, "kept": 0.5551, "met": False}
+    line = missed_size_line({"method": "cofi", "size_target": missed})
+    assert line.startswith("warning: cofi kept 55.51% of the non-embedding parameters, not the 40.00%")
+    assert "--cofi-pruning-epochs" in line
+    assert missed_size_line({"method": "apt", "size_target": size_target(0.6, 0.3999)}) is None
+    assert missed_size_line({"method": "ft"}) is None

@@ -32,6 +32,18 @@ if TYPE_CHECKING:
     from ..train.events import Callback
 
 
+# How far above the asked kept ratio a pruned model may land and still count as the size asked for
+# (APT and LoRA+Prune search a budget and land at or under it; CoFi steers an expected size that
+# only approximates the tensor count, and may fall short of its target altogether).
+SIZE_TOLERANCE = 0.005
+
+
+def size_target(sparsity: float, kept: float) -> dict[str, Any]:
+    """Whether a final model keeps what --sparsity asked for, counted from its tensors."""
+    target = 1.0 - sparsity
+    return {"kept_target": round(target, 6), "kept": round(kept, 6), "met": kept <= target + SIZE_TOLERANCE}
+
+
 @dataclass(frozen=True)
 class Prerequisite:
     """A finished run of another method that this one starts from.
