@@ -41,7 +41,7 @@ from .tasks import Task, for_model, get_task, resolve_data_dir, task_options
 from .train.context import RunContext
 from .train.data import EncodedDataset, encode, make_loader
 from .train.checkpoint import read_checkpoint, read_checkpoint_state, restore_trainer, write_checkpoint
-from .train.loop import LoopConfig, RunInterrupted, Trainer, TrainResult
+from .train.loop import LoopConfig, RunInterrupted, Trainer, TrainResult, steps_per_epoch
 from .train.run_dir import RunDir, unfinished_folder
 
 
@@ -114,9 +114,8 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
                           f"use --method {able} with this model, or a BERT/RoBERTa model for "
                           f"{method.name} (docs/architectures.md)")
     reference = _tta_reference(cfg, data.task)  # checked before training, not after
-    # the loop's steps per epoch (as the Trainer counts them), before anything trains
-    per_epoch = math.ceil(len(data.train_ds) / (cfg.batch_size * accelerator.num_processes))
-    method.check_plan(cfg, max(1, per_epoch))
+    # before anything trains, with the loop's own count of steps per epoch
+    method.check_plan(cfg, steps_per_epoch(len(data.train_ds), cfg.batch_size, accelerator.num_processes))
 
     set_seed(cfg.seed, deterministic=True)
     model = load_task_model(data.model_path, data.task)
@@ -291,6 +290,13 @@ def ignored_epochs_note(cfg: TrainConfig, method: Method) -> str | None:
 _DERIVED_OPTIONS = frozenset({"lambda_pred"})
 
 
+def _as_flag(name: str, value: Any) -> str:
+    """How the command line spells `name` set to `value` (booleans as --x / --no-x)."""
+    if isinstance(value, bool):
+        return flag(name) if value else "--no-" + flag(name)[2:]
+    return f"{flag(name)} {value}"
+
+
 def ignored_options_note(cfg: TrainConfig, method: Method) -> str | None:
     """Options of other methods that were set (recipe or flag, away from their defaults) but do
     not change this method's run: named, instead of being ignored silently."""
@@ -307,8 +313,7 @@ def ignored_options_note(cfg: TrainConfig, method: Method) -> str | None:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             value = getattr(cfg, f.name)
             if value != default:
-                ignored.append(flag(f.name) if value is True else f"--no-{flag(f.name)[2:]}"
-                               if value is False else f"{flag(f.name)} {value}")
+                ignored.append(_as_flag(f.name, value))
     if not ignored:
         return None
     return (f"note: {method.name} ignores {', '.join(dict.fromkeys(ignored))} (options that only other "
@@ -531,9 +536,9 @@ def missed_size_line(m: dict) -> str | None:
     line = (f"warning: {m['method']} kept {size['kept']:.2%} of the non-embedding parameters, not the "
             f"{size['kept_target']:.2%} that --sparsity asked for (metrics.json: size_target.met false); "
             "its dev score is that of a bigger model")
-    if m["method"].startswith("cofi"):
-        line += ("; CoFi's Lagrangian had not reached the target when its pruning stage ended: lengthen "
-                 "--cofi-pruning-epochs or raise --reg-lr")
+    method = METHODS.get(m["method"])
+    if method is not None and method.missed_size_hint:
+        line += "; " + method.missed_size_hint
     return line
 
 

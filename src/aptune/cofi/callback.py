@@ -52,19 +52,19 @@ class CoFiStages:
     prepruning: int  # the gates switch on here
     pruning_end: int  # compaction; fine-tuning after it
     warmup: int  # steps over which the target sparsity rises from 0, from `prepruning` on
-    total: int
+    prepruning_asked: int  # before capping at the stage's end (what the messages name)
 
     @classmethod
     def of(cls, cfg, steps_per_epoch: int, total: int) -> "CoFiStages":
         pruning_end = min(total, math.ceil(cfg.cofi_pruning_epochs * steps_per_epoch))
         pre = cfg.cofi_prepruning_steps if cfg.cofi_prepruning == "100steps" else steps_per_epoch
         return cls(min(pre, pruning_end), pruning_end,
-                   math.ceil(cfg.lagrangian_warmup_epochs * steps_per_epoch), total)
+                   math.ceil(cfg.lagrangian_warmup_epochs * steps_per_epoch), pre)
 
     def check_reaches_target(self, cfg, steps_per_epoch: int) -> None:
         """Refuse a plan whose target sparsity is still rising when the pruning stage ends: the
         Lagrangian would steer to a fraction of --sparsity and the run would keep far more."""
-        pre = cfg.cofi_prepruning_steps if cfg.cofi_prepruning == "100steps" else steps_per_epoch
+        pre = self.prepruning_asked
         need = pre + self.warmup
         if need <= self.pruning_end:
             return

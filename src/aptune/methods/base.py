@@ -105,6 +105,9 @@ class Method:
     # --target-modules shape its run), and options of its own section that it leaves unused.
     adapters: ClassVar[bool] = False
     unused_options: ClassVar[tuple[str, ...]] = ()
+    # What to change when a run of it ends bigger than --sparsity asked (a pruning method whose
+    # size is steered rather than searched); shown after the warning.
+    missed_size_hint: ClassVar[str] = ""
 
     @classmethod
     def uses_option(cls, name: str, adapter_options: frozenset[str]) -> bool:

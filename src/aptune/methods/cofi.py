@@ -7,6 +7,7 @@ charged here) and its two stages, pruning then fine-tuning, as one training loop
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from ..cofi.config import CoFiConfig
@@ -31,6 +32,8 @@ class CoFi(Method):
     has_unused_parameters = True
     lora = False  # CoFi-LoRA trains only LoRA, the gates and the head
     unused_options = ("cofi_lora_head", "cofi_lora_tr")  # CoFi-LoRA's own
+    missed_size_hint = ("CoFi's Lagrangian had not reached the target when its pruning stage ended: "
+                        "lengthen --cofi-pruning-epochs or raise --reg-lr")
 
     def __init__(self) -> None:
         self.teacher_run: dict[str, Any] = {}
@@ -40,8 +43,6 @@ class CoFi(Method):
         return cfg.cofi_pruning_epochs + cfg.cofi_ft_epochs
 
     def check_plan(self, cfg, steps_per_epoch: int) -> None:
-        import math
-
         from ..cofi.callback import CoFiStages
 
         total = math.ceil(self.loop_epochs(cfg) * steps_per_epoch)

@@ -75,8 +75,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.log_path = log_path
         self.show_progress = show_progress
-        steps_per_epoch = math.ceil(len(train_loader.dataset) / (cfg.batch_size * accelerator.num_processes))
-        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch(len(train_loader.dataset), cfg.batch_size,
+                                               accelerator.num_processes)
         # 0 epochs is allowed for methods whose work happens before the loop (lora-prune).
         self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else 0
         self.control = LoopControl(LinearWarmupDecay.from_ratio(cfg.lr, self.total_steps, cfg.warmup_ratio))
@@ -389,6 +389,11 @@ class Trainer:
                 f"{self.samples_seen / self.train_seconds:.1f} samples/s, {step_s:.3f} s/step")
         if self.accelerator.is_main_process:
             (bar.write if not bar.disable else print)(line)
+
+
+def steps_per_epoch(rows: int, batch_size: int, processes: int) -> int:
+    """Optimizer steps in one pass over `rows` training rows (at least 1)."""
+    return max(1, math.ceil(rows / (batch_size * processes)))
 
 
 def evaluate_model(model: nn.Module, loader, task: Task, accelerator=None) -> dict[str, float]:
