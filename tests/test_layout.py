@@ -139,7 +139,10 @@ def test_method_facts_are_declared_once_and_consistently():
     for name, method in METHODS.items():
         assert method.name == name and method.label and method.default_lr > 0
         cfg = TrainConfig(method=name)
-        assert (cfg.lr, cfg.weight_decay) == (method.default_lr, method.default_weight_decay)
+        # learning rates wait for the model's width (aptune.defaults); weight decay does not
+        assert (cfg.lr, cfg.weight_decay) == (None, method.default_weight_decay)
+        assert set(method.paper_learning_rates()) <= config_fields
+        assert all(getattr(cfg, name) is None for name in method.paper_learning_rates())
         if method.config_section is not None:
             assert issubclass(TrainConfig, method.config_section)
         need = method.prerequisite

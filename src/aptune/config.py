@@ -41,8 +41,13 @@ class TrainConfig(OwnDataOptions, QAOptions, SummarizationOptions, *SECTIONS):  
     output_dir: str = option("runs/latest", "Where the run writes its model, logs and metrics.")
     overwrite: bool = option(False, "Replace an output folder that exists and is not an aptune run.")
     epochs: float = option(2.0, "Training epochs (fractions allowed).")
-    lr: float | None = option(None, "Peak learning rate. Default per method: " + ", ".join(
-        f"{m.name} {m.default_lr:g}" for m in METHODS.values()) + ".")
+    lr: float | None = option(None, "Peak learning rate. Default: the method's paper value (" + ", ".join(
+        f"{m.name} {m.default_lr:g}" for m in METHODS.values()) + ") x 768 / the model's hidden "
+        "size (within [1/4, 4]) x sqrt(1000 / the run's steps) (within [1, 4]); printed at "
+        "start-up (docs/protocol.md#learning-rate-defaults).")
+    paper_defaults: bool = option(False, "Leave every learning rate that is not given at the "
+                                  "paper's value (tuned on RoBERTa-base over long runs) instead of "
+                                  "scaling it to the model's hidden size and the run's length.")
     batch_size: int = option(32, "Training batch size (per process).")
     eval_batch_size: int = option(32, "Evaluation batch size. Evaluations run inside training, so "
                                   "this also bounds their share of the peak training memory.")
@@ -91,9 +96,8 @@ class TrainConfig(OwnDataOptions, QAOptions, SummarizationOptions, *SECTIONS):  
                               "retraining)")
         if self.weight_decay is None:
             self.weight_decay = method.default_weight_decay
-        if self.lr is None:
-            self.lr = method.default_lr
-        if not self.lr > 0:
+        # lr None: resolved once the model's width is known (aptune.defaults)
+        if self.lr is not None and not self.lr > 0:
             raise AptuneError(f"--lr must be positive, got {self.lr}", "pass a learning rate > 0")
         if not 0 <= self.warmup_ratio < 1:
             raise AptuneError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}",

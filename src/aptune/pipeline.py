@@ -29,6 +29,7 @@ from .efficiency import compare_inference
 from .env_info import hardware, versions
 from .errors import AptuneError
 from .fields import flag
+from .defaults import resolve_learning_rates
 from .export import load_pruned, save_pruned
 from .lora import count_parameters
 from .methods import METHODS, Cost, Method, PrerequisiteRun, get_method
@@ -115,12 +116,17 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
                           f"{method.name} (docs/architectures.md)")
     reference = _tta_reference(cfg, data.task)  # checked before training, not after
     # before anything trains, with the loop's own count of steps per epoch
-    method.check_plan(cfg, steps_per_epoch(len(data.train_ds), cfg.batch_size, accelerator.num_processes))
+    per_epoch = steps_per_epoch(len(data.train_ds), cfg.batch_size, accelerator.num_processes)
+    method.check_plan(cfg, per_epoch)
 
     set_seed(cfg.seed, deterministic=True)
     model = load_task_model(data.model_path, data.task)
     spec = get_spec(model)
     dense_shape, dense_params = spec.shape(model), parameter_summary(model)
+    chosen = resolve_learning_rates(cfg, method.paper_learning_rates(), dense_shape.hidden,
+                                    math.ceil(method.loop_epochs(cfg) * per_epoch))
+    if chosen:
+        say(chosen)
 
     scratch = run_dir.tmp if run_dir is not None else Path(cfg.output_dir)
     needed = prerequisite_run(cfg, method, data.task, accelerator, scratch, show_progress, say, resume)
@@ -347,7 +353,7 @@ def prerequisite_run(cfg: TrainConfig, method: Method, task: Task, accelerator, 
         sub_cfg = dataclasses.replace(cfg, method=need.method, output_dir=str(out), overwrite=True,
                                       weight_decay=None, **cleared, **inline)
         say(f"{cfg.method}: training its {need.method} run inline into {out} "
-            f"({sub_cfg.epochs:g} epochs, lr {sub_cfg.lr:g})")
+            f"({sub_cfg.epochs:g} epochs, lr {'its default' if sub_cfg.lr is None else f'{sub_cfg.lr:g}'})")
         run_training(sub_cfg, show_progress=show_progress, checkpoints=False)
         folder = str(out)
     return _load_prerequisite(Path(folder).expanduser(), need, cfg, task, accelerator)

@@ -79,10 +79,12 @@ def test_ranks_grew(full_run):
     ms = metrics["method_settings"]
     history = ms["rank_history"]
     first, final = history[0]["ranks"], ms["final_ranks"]
-    assert set(first) == set(final) and len(first) == 6  # q, v, FFN-up in 2 layers
+    assert len(first) == 6  # q, v, FFN-up in 2 layers
+    # A sub-layer pruned to nothing takes its adapters with it; the others stay
+    assert set(final) <= set(first) and len(final) >= 3
     assert all(r == 8 for r in first.values())
-    assert any(final[n] > first[n] for n in first)
-    assert all(final[n] >= first[n] for n in first)
+    assert any(final[n] > first[n] for n in final)
+    assert all(final[n] >= first[n] for n in final)
     assert all(r <= 64 for r in final.values())
     # one entry per pruning point after the start, at the points' steps
     assert [h["step"] for h in history[1:]] == ms["schedule"]["points"]

@@ -145,7 +145,7 @@ def test_head_and_neuron_scores_match_independent_computation(tiny_dir, use_kurt
     model = load(tiny_dir)
     spec = get_spec(model)
     layer = spec.layers(model)[0]
-    collector = SalienceCollector(model, spec, use_kurtosis=use_kurtosis)
+    collector = SalienceCollector(model, spec, use_kurtosis=use_kurtosis, outlier_scale="raw")
     attn_out, ffn_down = spec.attention(layer).output, spec.ffn(layer).down
     cap_head, cap_neuron = Capture(attn_out), Capture(ffn_down)
     scores = run_step(model, collector, (cap_head, cap_neuron))
@@ -177,7 +177,7 @@ def test_kurtosis_term_is_the_difference(tiny_dir):
         model = load(tiny_dir)
         spec = get_spec(model)
         layer = spec.layers(model)[0]
-        collector = SalienceCollector(model, spec, use_kurtosis=use)
+        collector = SalienceCollector(model, spec, use_kurtosis=use, outlier_scale="raw")
         cap = Capture(spec.attention(layer).output)
         results[use] = run_step(model, collector, (cap,))
         kh = head_kurtosis(spec.attention(layer).output.weight, cap.mean())
@@ -197,13 +197,70 @@ def test_scores_use_the_adapter_weight_in_the_outlier_term(tiny_dir):
     proj = spec.attention(layer).output
     with torch.no_grad():
         proj.lora_B.normal_(0, 0.5, generator=torch.Generator().manual_seed(9))
-    collector = SalienceCollector(model, spec, use_kurtosis=True)
+    collector = SalienceCollector(model, spec, use_kurtosis=True, outlier_scale="raw")
     cap = Capture(proj)
     scores = run_step(model, collector, (cap,))
     w_eff = proj.weight + proj.delta_weight()
     expected = cap.plain().view(HEADS, HEAD_DIM).sum(-1) + torch.tensor(
         [np.sqrt(max(k, 0)) for k in head_kurtosis(w_eff, cap.mean())], dtype=torch.float64)
     torch.testing.assert_close(scores["head"][0].double(), expected, rtol=1e-4, atol=1e-6)
+
+
+# -- the outlier term's scale (docs/method.md#outlier-term) ------------------------------------
+def one_step_scores(folder, loss_scale=1.0, alive=None, mask_head0=False, **collector_args):
+    model = load(folder)
+    spec = get_spec(model)
+    layer = spec.layers(model)[0]
+    with torch.no_grad():  # one outlier weight per projection: d_m = 8 rows are too few for any otherwise
+        spec.ffn(layer).down.weight[0, 1] *= 30
+        spec.attention(layer).output.weight[0, HEAD_DIM] *= 30
+    if mask_head0:
+        masks = Masks.ones_like(model, spec)
+        masks.head[0] = torch.tensor([0.0, 1.0])
+        apply_masks(model, spec, masks)
+    collector = SalienceCollector(model, spec, **collector_args)
+    collector.active = True
+    (model(**batch(model)).loss * loss_scale).backward()
+    return {t: torch.cat(v).double() for t, v in collector.step_scores(alive=alive).items()}
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.25])
+def test_scaled_outlier_term_sums_to_its_block_types_salience(tiny_dir, weight):
+    """salience_total: per block type, the added term is √max(Kurt, 0) times one factor, chosen so
+    that it sums to `weight` times the activation x gradient salience of that type."""
+    plain = one_step_scores(tiny_dir, use_kurtosis=False)
+    raw = one_step_scores(tiny_dir, use_kurtosis=True, outlier_scale="raw")
+    scaled = one_step_scores(tiny_dir, use_kurtosis=True, outlier_weight=weight)
+    for t in ("head", "neuron", "hidden"):
+        raw_term, added = raw[t] - plain[t], scaled[t] - plain[t]
+        assert float(raw_term.sum()) > 0 and float(plain[t].sum()) > 0  # not vacuous
+        assert float(added.sum()) == pytest.approx(weight * float(plain[t].sum()), rel=1e-4)
+        factor = weight * plain[t].sum() / raw_term.sum()
+        torch.testing.assert_close(added, raw_term * factor, rtol=1e-4, atol=1e-9)
+
+
+def test_scaled_scores_follow_the_loss_scale_and_raw_scores_do_not(tiny_dir):
+    """Scaling the loss by c scales S̃ by c. With salience_total the whole score scales by c, so
+    no ranking changes; raw adds a term that does not scale, so its weight depends on the loss."""
+    c = 1000.0
+    for scale, follows in (("salience_total", True), ("raw", False)):
+        small = one_step_scores(tiny_dir, use_kurtosis=True, outlier_scale=scale)
+        large = one_step_scores(tiny_dir, loss_scale=c, use_kurtosis=True, outlier_scale=scale)
+        for t in ("head", "neuron", "hidden"):
+            assert torch.allclose(large[t], small[t] * c, rtol=1e-4, atol=1e-9) == follows, (scale, t)
+
+
+def test_dead_blocks_neither_get_nor_set_the_outlier_scale(tiny_dir):
+    """Blocks outside `alive` (mask 0) get no outlier term, and the factor is set by the others."""
+    alive = {"head": torch.tensor([False, True]), "neuron": torch.ones(FFN, dtype=torch.bool),
+             "hidden": torch.tensor([False, False] + [True] * (HIDDEN - 2))}
+    plain = one_step_scores(tiny_dir, mask_head0=True, use_kurtosis=False)
+    scaled = one_step_scores(tiny_dir, alive=alive, mask_head0=True, use_kurtosis=True)
+    added = {t: scaled[t] - plain[t] for t in plain}
+    assert float(added["head"][0]) == 0.0 and float(plain["head"][0]) == 0.0
+    assert float(added["head"][1]) == pytest.approx(float(plain["head"][1]), rel=1e-4)
+    assert added["hidden"][:2].tolist() == [0.0, 0.0]
+    assert float(added["hidden"][2:].sum()) == pytest.approx(float(plain["hidden"][2:].sum()), rel=1e-4)
 
 
 @pytest.mark.parametrize("use_kurtosis", [False, True])

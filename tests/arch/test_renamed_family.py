@@ -313,8 +313,9 @@ def test_cofi_gated_model_equals_compacted(toy_spec):
 def test_cofi_runs_both_stages_on_the_renamed_model(toy_spec):
     teacher = copy.deepcopy(train(toy_model(6), [], epochs=2).unwrapped_model).eval().requires_grad_(False)
     model = toy_model(6)
-    cfg = TrainConfig(method="cofi", sparsity=0.5, lr=5e-3, cofi_pruning_epochs=4, cofi_ft_epochs=1,
-                      cofi_prepruning_steps=4, lagrangian_warmup_epochs=1, reg_lr=0.1, seed=3)
+    cfg = TrainConfig(method="cofi", sparsity=0.5, lr=5e-3, cofi_ft_lr=5e-3, cofi_pruning_epochs=4,
+                      cofi_ft_epochs=1, cofi_prepruning_steps=4, lagrangian_warmup_epochs=1,
+                      reg_lr=0.1, seed=3)
     method = get_method("cofi")
     method._teacher = teacher
     model = method.prepare(model, toy_spec, cfg)

@@ -116,8 +116,8 @@ def test_cofi_lora_changes_only_lora_and_head(tiny_roberta_dir, tiny_data_dir):
     split = task.load("train", tiny_data_dir, 64, 0, {})
     ds = encode(task, split.examples, tok, 32, load_classifier(str(tiny_roberta_dir), 2).config)
     loader = make_loader(ds, tok, 16, shuffle=True, seed=0)
-    cfg = TrainConfig(method="cofi-lora", epochs=1, cofi_pruning_epochs=3, cofi_ft_epochs=0,
-                      cofi_prepruning_steps=2, lagrangian_warmup_epochs=1)
+    cfg = TrainConfig(method="cofi-lora", epochs=1, lr=2e-4, cofi_ft_lr=2e-5, cofi_pruning_epochs=3,
+                      cofi_ft_epochs=0, cofi_prepruning_steps=2, lagrangian_warmup_epochs=1)
     torch.manual_seed(0)
     model = load_classifier(str(tiny_roberta_dir), 2)
     spec = get_spec(model)

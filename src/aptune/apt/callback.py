@@ -103,7 +103,7 @@ class APTCallback(Callback):
         if salience.active:
             reduce = (lambda x: trainer.accelerator.reduce(x, "sum")) \
                 if trainer.accelerator.num_processes > 1 else None
-            salience.update_ema(salience.step_scores(reduce))
+            salience.update_ema(salience.step_scores(reduce, alive=self.pruner.masks.alive()))
         self.ranks.observe()  # DDP has averaged W_B's gradients: identical on every process
         trainer.average_gradients(self.distillation.trainable())  # Tr lives outside DDP
 
@@ -266,5 +266,6 @@ class APTCallback(Callback):
                 "rank_history": self.ranks.history, "pruning_log": self.pruner.pruning_log,
                 "final_ranks": self.ranks.final, "structure": self.pruner.structure.to_dict(),
                 "optimizer_reset": self.cfg.optimizer_reset, "use_kurtosis": self.cfg.use_kurtosis,
+                "kurtosis_scale": self.cfg.kurtosis_scale, "kurtosis_weight": self.cfg.kurtosis_weight,
                 "shrink_student": self.cfg.shrink_student,
                 "process_consistency": self.consistency}

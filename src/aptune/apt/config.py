@@ -57,6 +57,12 @@ class APTConfig:
         "the pruned tensors give) or paper (Eq. 6).")
     salience_beta: float = option(0.85, "APT: EMA factor of block salience and adapter importance.")
     use_kurtosis: bool = option(True, "APT: add the outlier (kurtosis) term to salience.")
+    kurtosis_scale: Literal["salience_total", "raw"] = option(
+        "salience_total", "APT: scale of the outlier term. salience_total: per block type (heads, "
+        "neurons, hidden dims), rescaled so that over the alive blocks it sums to --kurtosis-weight "
+        "times their activation x gradient salience, so it reorders blocks within a type and cannot "
+        "swamp the balance between types on any model size; raw: added as it is (paper Eq. 5).")
+    kurtosis_weight: float = option(1.0, "APT: multiplier of the outlier term, after its scaling.")
     salience_position_norm: Literal["auto", "sum", "per_stream_mean"] = option(
         "auto", "APT: how a tap's activation sums over positions: sum, or per_stream_mean (divided "
         "by its stream's length, as the original T5 code did, so that a 2-token decoder is not "
@@ -87,6 +93,9 @@ class APTConfig:
         check_choices(self, APTConfig)
         if self.lambda_pred is None:  # TrainConfig sets the task's weight first; alone: classification's
             self.lambda_pred = 1.0
+        if not self.kurtosis_weight >= 0:
+            raise AptuneError(f"--kurtosis-weight must be >= 0, got {self.kurtosis_weight}",
+                              "pass e.g. --kurtosis-weight 1, or --no-use-kurtosis to drop the term")
         if self.r <= 0:
             raise AptuneError(f"LoRA rank r must be positive, got {self.r}", "pass --r 8")
         if self.max_rank < self.r:

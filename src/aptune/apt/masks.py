@@ -125,6 +125,10 @@ class Masks:
         """Each block type as one vector over all layers (a copy): what the keep-set search ranks."""
         return {"head": torch.cat(self.head), "neuron": torch.cat(self.neuron), "hidden": self.hidden.clone()}
 
+    def alive(self) -> dict[str, torch.Tensor]:
+        """Each block type as one bool vector over all layers: mask > 0 (stays on the device)."""
+        return {t: v > 0 for t, v in self.flat().items()}
+
     def write_flat(self, flat: dict[str, torch.Tensor]) -> None:
         """Copy per-type vectors (as `flat` returns them) back into the per-layer masks."""
         for mask, part in zip(self.head, torch.split(flat["head"], [m.numel() for m in self.head])):

@@ -32,7 +32,9 @@ class Pruner:
         self.masks = apply_masks(model, spec, Masks.ones_like(model, spec))
         # Registered after the mask hooks, so the taps see masked activations.
         self.salience = SalienceCollector(model, spec, cfg.use_kurtosis, cfg.salience_beta,
-                                          getattr(cfg, "salience_position_norm", "auto"))
+                                          getattr(cfg, "salience_position_norm", "auto"),
+                                          getattr(cfg, "kurtosis_scale", "salience_total"),
+                                          getattr(cfg, "kurtosis_weight", 1.0))
         self.dense_size = self.counts().size  # C(Θ_0)
         self.structure = model_structure(model, spec)  # kept units, original numbering
         self.pruning_log: list[dict] = []

@@ -79,9 +79,11 @@ class SalienceCollector:
     """Registers the taps on a model and turns one step's observations into block scores."""
 
     def __init__(self, model: nn.Module, spec: ArchSpec, use_kurtosis: bool = True,
-                 beta: float = 0.85, position_norm: str = "auto") -> None:
+                 beta: float = 0.85, position_norm: str = "auto",
+                 outlier_scale: str = "salience_total", outlier_weight: float = 1.0) -> None:
         self.model, self.spec = model, spec
         self.use_kurtosis, self.beta = use_kurtosis, beta
+        self.outlier_scale, self.outlier_weight = outlier_scale, outlier_weight
         if position_norm == "auto":  # the original code's rule: per stream on encoder-decoders
             position_norm = "per_stream_mean" if len(spec.stacks(model)) > 1 else "sum"
         self.per_stream_mean = position_norm == "per_stream_mean"
@@ -161,57 +163,79 @@ class SalienceCollector:
         self._handles.clear()
 
     # -- scores ------------------------------------------------------------------------------
-    def step_scores(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
-                    ) -> dict[str, list[torch.Tensor]]:
-        """Ŝ per block for this step (per layer lists for heads and neurons; one vector for hidden)."""
+    def step_scores(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    alive: dict[str, torch.Tensor] | None = None) -> dict[str, list[torch.Tensor]]:
+        """Ŝ per block for this step (per layer lists for heads and neurons; one vector for hidden).
+        `alive` (flat bool per block type, as `Masks.alive` gives) limits the outlier term's
+        scaling to the blocks still in the model."""
         taps = [t for t in self.head_taps + self.neuron_taps + self.hidden_taps if t is not None]
         if reduce is not None:
             _all_reduce_taps(taps, reduce)
-        head_dim = None
-        heads, neurons = [], []
-        hidden = None
-        # Summed in float64 on the device, as Python summed the float32 totals it read before.
-        kurt_sum: dict[str, float | torch.Tensor] = {"head": 0.0, "neuron": 0.0, "hidden": 0.0}
-        plain_sum: dict[str, float | torch.Tensor] = {"head": 0.0, "neuron": 0.0, "hidden": 0.0}
+        plain: dict[str, list[torch.Tensor]] = {"head": [], "neuron": [], "hidden": []}
+        outlier: dict[str, list[torch.Tensor]] = {"head": [], "neuron": [], "hidden": []}
+        hidden_outlier = None  # (d_m,) Σ over output projections of √max(Kurt(O_P[i, :]), 0)
         for layer, htap, ntap in zip(self.spec.layers(self.model), self.head_taps, self.neuron_taps):
             if htap is None:
-                heads.append(torch.zeros(0))
+                plain["head"].append(torch.zeros(0))
+                outlier["head"].append(torch.zeros(0))
             else:
                 head_dim = self.spec.layer_head_dim(layer)
                 s = _product(htap).view(-1, head_dim).sum(-1)  # (n_h,)
-                plain_sum["head"] += _total(s)
+                plain["head"].append(s)
+                k = torch.zeros_like(s)
                 if self.use_kurtosis and htap.rows:
                     o = _outlier_matrix(self.spec.attention(layer).output, htap)  # (d_m, n_h·d_h)
-                    k = excess_kurtosis(o.view(o.shape[0], -1, head_dim).transpose(0, 1).reshape(
+                    k = _root_kurtosis(o.view(o.shape[0], -1, head_dim).transpose(0, 1).reshape(
                         -1, o.shape[0] * head_dim))  # (n_h,) over each head's column block
-                    s = s + k.clamp_min(0).sqrt()
-                    kurt_sum["head"] += _total(k.clamp_min(0).sqrt())
-                    hidden = _add(hidden, excess_kurtosis(o, dim=1).clamp_min(0).sqrt())
-                heads.append(s)
+                    hidden_outlier = _add(hidden_outlier, _root_kurtosis(o, dim=1))
+                outlier["head"].append(k)
             if ntap is None:
-                neurons.append(torch.zeros(0))
+                plain["neuron"].append(torch.zeros(0))
+                outlier["neuron"].append(torch.zeros(0))
             else:
                 s = _product(ntap)  # (n_f,)
-                plain_sum["neuron"] += _total(s)
+                plain["neuron"].append(s)
+                k = torch.zeros_like(s)
                 if self.use_kurtosis and ntap.rows:
                     o = _outlier_matrix(self.spec.ffn(layer).down, ntap)  # (d_m, n_f)
-                    k = excess_kurtosis(o, dim=0).clamp_min(0).sqrt()  # (n_f,)
-                    s = s + k
-                    kurt_sum["neuron"] += _total(k)
-                    hidden = _add(hidden, excess_kurtosis(o, dim=1).clamp_min(0).sqrt())
-                neurons.append(s)
-        plain_hidden = sum(_product(t) for t in self.hidden_taps)
-        plain_sum["hidden"] = _total(plain_hidden)
-        if hidden is not None:
-            kurt_sum["hidden"] = _total(hidden)
-            hidden = plain_hidden + hidden
-        else:
-            hidden = plain_hidden
-        self.last_components = {**{f"{k}_activation_gradient": v for k, v in plain_sum.items()},
-                                **{f"{k}_kurtosis": v for k, v in kurt_sum.items()}}
-        for t in taps:
-            t.reset()
-        return {"head": heads, "neuron": neurons, "hidden": [hidden]}
+                    k = _root_kurtosis(o, dim=0)  # (n_f,)
+                    hidden_outlier = _add(hidden_outlier, _root_kurtosis(o, dim=1))
+                outlier["neuron"].append(k)
+        plain_hidden = sum(_product(t) for t in self.hidden_taps)  # (d_m,)
+        plain["hidden"].append(plain_hidden)
+        outlier["hidden"].append(hidden_outlier if hidden_outlier is not None
+                                 else torch.zeros_like(plain_hidden))
+        scores: dict[str, list[torch.Tensor]] = {}
+        components: dict[str, torch.Tensor] = {}
+        for t in plain:
+            added = self._scaled_outlier(plain[t], outlier[t], None if alive is None else alive[t])
+            scores[t] = [p + k for p, k in zip(plain[t], added)]
+            # Summed in float64 on the device: read only when the pruning log records them.
+            components[f"{t}_activation_gradient"] = sum(_total(p) for p in plain[t])
+            components[f"{t}_kurtosis"] = sum(_total(k) for k in added)
+            components[f"{t}_kurtosis_unscaled"] = sum(_total(k) for k in outlier[t])
+        self.last_components = components
+        for tap in taps:
+            tap.reset()
+        return scores
+
+    def _scaled_outlier(self, plain: list[torch.Tensor], outlier: list[torch.Tensor],
+                        alive: torch.Tensor | None) -> list[torch.Tensor]:
+        """The outlier term as it is added to one block type's scores (docs/method.md#outlier-term).
+        raw: √max(Kurt, 0) as paper Eq. 5 adds it. salience_total: rescaled by one factor per
+        block type, so that over the alive blocks it sums to `outlier_weight` times the
+        activation × gradient salience: it reorders blocks within their type and leaves the
+        balance between heads, neurons and hidden dims to S̃. Stays on the device."""
+        if not self.use_kurtosis or self.outlier_scale == "raw":
+            return [k * self.outlier_weight for k in outlier] if self.use_kurtosis else outlier
+        p, k = torch.cat([v.float() for v in plain]), torch.cat([v.float() for v in outlier])  # (N,)
+        if alive is not None:
+            live = alive.to(k.device).float()  # (N,)
+            p, k = p * live, k * live
+        p_total, k_total = p.sum(), k.sum()  # scalars on the device
+        factor = torch.where(k_total > 0, p_total / k_total.clamp_min(1e-30), torch.zeros_like(k_total))
+        scaled = k * (factor * self.outlier_weight)  # (N,); dead blocks get 0
+        return list(torch.split(scaled, [v.numel() for v in outlier]))
 
     def flat_ema(self) -> dict[str, torch.Tensor]:
         """S̄ per block type as one vector over all layers, as the keep-set search takes it."""
@@ -236,6 +260,10 @@ class SalienceCollector:
         for k, vs in scores.items():
             for old, new in zip(self.ema[k], vs):
                 old.mul_(self.beta).add_(new.to(old.device), alpha=1 - self.beta)
+
+
+def _root_kurtosis(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return excess_kurtosis(v, dim).clamp_min(0).sqrt()  # √max(Kurt, 0)
 
 
 def _total(v: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,8 @@ class CoFiConfig:
         "baseline's best checkpoint). Default: train it inline.")
     cofi_teacher_epochs: float = option(10.0, "CoFi: epochs of the inline FT teacher run (when "
                                         "--cofi-teacher-path is not given).")
-    cofi_teacher_lr: float = option(2e-5, "CoFi: learning rate of the inline FT teacher run.")
+    cofi_teacher_lr: float | None = option(None, "CoFi: learning rate of the inline FT teacher run. "
+                                           "Default: FT's own (see --lr).")
     cofi_prepruning: Literal["100steps", "1epoch"] = option(
         "100steps", "CoFi: length of the distillation-only warm-up before the gates switch on: "
         "100steps (--cofi-prepruning-steps; what CoFi's code ran) or 1epoch (CoFi's README).")
@@ -55,7 +56,8 @@ class CoFiConfig:
         "original) or mha_or_ffn (the fix of CoFi issue #53).")
     cofi_ft_epochs: float = option(20.0, "CoFi: epochs of the fine-tuning stage after compaction "
                                    "(0: stop after compaction).")
-    cofi_ft_lr: float = option(2e-5, "CoFi: constant learning rate of the fine-tuning stage.")
+    cofi_ft_lr: float | None = option(None, "CoFi: constant learning rate of the fine-tuning stage. "
+                                      "Default: the paper's 2e-5 scaled as --lr is.")
     cofi_hidden_fold: Literal["exact", "cofi"] = option(
         "exact", "CoFi: how compaction folds the hidden-dim gates: exact (into every LayerNorm, so "
         "the compacted model equals the gated one) or cofi (CoFi's update_params: into the "

@@ -17,7 +17,8 @@ class LoRAPruneConfig:
     base_run: str | None = option(None, "LoRA+Prune: a finished `aptune train --method lora` run to "
                                   "prune. Default: train one inline first (into <output>/base-lora).")
     base_epochs: float = option(40.0, "LoRA+Prune: epochs of the inline LoRA run.")
-    base_lr: float = option(2e-4, "LoRA+Prune: learning rate of the inline LoRA run.")
+    base_lr: float | None = option(None, "LoRA+Prune: learning rate of the inline LoRA run. Default: "
+                                   "LoRA's own (see --lr).")
     mt_constraint: Literal["params", "mac"] = option(
         "params", "LoRA+Prune: what the budget limits: params (non-embedding parameters, as APT's "
         "40% kept) or mac (MACs at the mean dev length, Kwon et al.'s original).")

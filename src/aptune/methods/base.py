@@ -86,7 +86,9 @@ class Method:
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""  # the paper's name for it, in tables and plots
     description: ClassVar[str] = ""
-    default_lr: ClassVar[float] = 2e-4
+    default_lr: ClassVar[float] = 2e-4  # the paper's value of --lr, before width scaling
+    # Its other learning-rate options, with their paper values: resolved as --lr is (aptune.defaults)
+    other_paper_learning_rates: ClassVar[dict[str, float]] = {}
     default_weight_decay: ClassVar[float] = 0.1
     config_section: ClassVar[type | None] = None  # the dataclass of its own options
     # Whether its runs write checkpoints and continue with --resume: everything that decides the
@@ -118,6 +120,11 @@ class Method:
         own = cls.config_section is not None and name in section_fields
         return ((own and name not in cls.unused_options) or (cls.adapters and name in adapter_options)
                 or (cls.prunes and name == "sparsity"))
+
+    @classmethod
+    def paper_learning_rates(cls) -> dict[str, float]:
+        """Each learning-rate option of its runs, with the paper's value (field -> value)."""
+        return {"lr": cls.default_lr, **cls.other_paper_learning_rates}
 
     def loop_epochs(self, cfg: Any) -> float:
         """Epochs of this method's training loop (CoFi: its pruning plus fine-tuning stages)."""

@@ -22,6 +22,7 @@ class CoFi(Method):
     label = "Prune+Distill"
     description = "CoFi: L0 gates on heads, layers, neurons and hidden dims, distilled from an FT teacher"
     default_lr = 2e-5
+    other_paper_learning_rates = {"cofi_ft_lr": 2e-5}
     default_weight_decay = 0.0
     config_section = CoFiConfig
     prerequisite = Prerequisite("ft", "cofi_teacher_path",
