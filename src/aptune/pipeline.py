@@ -151,7 +151,7 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
             say(note)
     trainer = _trainer(cfg, method, model, spec, data, accelerator, cost, run_dir, show_progress)
     say(f"training {trainer.total_steps:,} steps ({trainer.cfg.epochs:g} epochs of "
-        f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
+        f"{trainer.steps_per_epoch:,}), batch {cfg.batch_size}, lr {cfg.lr:.3g}, "
         f"eval every {cfg.eval_every} steps")
     # Every process takes part (they stop at the same step and gather their random states); the
     # main process writes (docs/protocol.md#checkpoints).

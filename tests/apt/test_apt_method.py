@@ -207,6 +207,22 @@ def test_without_kurtosis_budget_holds_on_reported_count(ablation):
     assert m["params"]["non_embedding"] <= 0.40 * m["params"]["dense_non_embedding"]
 
 
+@pytest.mark.parametrize("lr_schedule", ["segmented", "single"])
+def test_learning_rate_schedule_over_distillation(ablation, lr_schedule):
+    """segmented restarts the learning rate at distillation's start and end (the last segment at
+    0.1x); single decays it once over the whole run, distillation or not
+    (docs/method.md#learning-rate-schedule)."""
+    m = ablation(eval_every=1, lr_schedule=lr_schedule)
+    sched = m["method_settings"]["schedule"]
+    lr = {r["step"]: r["lr"] for r in m["history"]}  # the LR of the step after each evaluation
+    s_d, s_e = sched["distill_start"], sched["distill_end"]
+    after_warmup = [lr[t] for t in sorted(lr) if t >= 10]
+    decreasing = all(b <= a + 1e-12 for a, b in zip(after_warmup[:-1], after_warmup[1:]))
+    assert decreasing == (lr_schedule == "single")
+    if lr_schedule == "segmented":
+        assert lr[s_d] < lr[s_d - 1] and lr[s_e] == 0.0 and max(lr[t] for t in lr if t > s_e) <= 0.1 * 2e-3
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def test_too_short_run_raises(tiny_bert_dir, tiny_data_dir, tmp_path):
     with pytest.raises(AptuneError, match="too short") as err:

@@ -4,6 +4,7 @@ learning-rate schedule."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import replace
 
@@ -108,6 +109,17 @@ def test_mu_is_linear_between_start_and_end(sst2):
     values = [sst2.mu(t) for t in range(200, 6316)]
     diffs = {round(b - a, 12) for a, b in zip(values[:-1], values[1:])}
     assert diffs == {round(1 / 6115, 12)}
+
+
+def test_mu_ceiling_scales_the_ramp_and_keeps_the_task_loss():
+    """distill_weight_max caps μ: the ramp ends at the ceiling at p_K, so the task loss keeps
+    weight 1 - μ_max from there until distillation ends."""
+    s = ScheduleSettings(total_steps=5000, steps_per_epoch=100, target_kept=0.4, mode="relative")
+    full = build_schedule(s)
+    half = build_schedule(dataclasses.replace(s, distill_weight_max=0.5))
+    assert full.mu(full.end) == 1.0 and half.mu(half.end) == 0.5 and half.mu(4000) == 0.5
+    assert all(half.mu(t) == pytest.approx(0.5 * full.mu(t)) for t in range(0, 5000, 37))
+    assert half.as_dict()["mu_max"] == 0.5
 
 
 # -- relative mode ---------------------------------------------------------------------------

@@ -55,8 +55,10 @@ class APTCallback(Callback):
             self.ranks.history.append({"step": 0, "ranks": self.ranks.table(),
                                        "delta": self.ranks.delta(self.pruner.masks)})
         self.schedule.set_tuning_budget(self.ranks.history[0]["delta"], cfg.tuning_budget_ratio)
+        segmented = cfg.lr_schedule == "segmented"  # single: no segment boundaries at all
         control.lr_schedule = SegmentedSchedule(trainer.cfg.lr, trainer.total_steps, trainer.cfg.warmup_ratio,
-                                                self.schedule.distill_start, self.schedule.distill_end,
+                                                self.schedule.distill_start if segmented else None,
+                                                self.schedule.distill_end if segmented else None,
                                                 cfg.post_distill_lr_factor)
         # Checkpoints count once structure and ranks are final (the last pruning point).
         control.selection_open = bool(self.resumed_selection_open)
@@ -235,8 +237,9 @@ class APTCallback(Callback):
         self.distillation.end()
         trainer.rebuild_optimizer({}, extra_params=[])  # a fresh optimizer for phase 2
         trainer.reset_best_to_current()
-        trainer.say(f"step {trainer.step}: distillation ends; fine-tuning the pruned model at "
-                    f"{self.cfg.post_distill_lr_factor:g}x LR")
+        trainer.say(f"step {trainer.step}: distillation ends; fine-tuning the pruned model"
+                    + (f" at {self.cfg.post_distill_lr_factor:g}x LR" if self.cfg.lr_schedule == "segmented"
+                       else " on the same learning-rate schedule"))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint_state(self, trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -74,12 +74,21 @@ class APTConfig:
     lambda_pred: float | None = option(None, "APT: weight of the prediction-distillation loss. Default "
                                        "per task: 1.0 for classification, 0.1 for squad_v2.")
     lambda_layer: float = option(0.9, "APT: weight of the layer-distillation loss.")
+    distill_weight_max: float = option(
+        1.0, "APT: ceiling of the distillation weight μ, which ramps to it at the last pruning point "
+        "(1: pure distillation from there until distillation ends, the paper; below 1 the task "
+        "loss keeps weight 1 - μ).")
     teacher_refresh: Literal["on_improvement", "once"] = option(
         "on_improvement", "APT: refresh the teacher on_improvement or once.")
     optimizer_reset: Literal["preserve", "reset"] = option(
         "preserve", "APT: after shape changes keep surviving AdamW state (preserve) or start fresh "
         "(reset, as in the paper).")
-    post_distill_lr_factor: float = option(0.1, "APT: peak LR factor after distillation ends.")
+    post_distill_lr_factor: float = option(0.1, "APT: peak LR factor after distillation ends "
+                                           "(segmented LR schedule only).")
+    lr_schedule: Literal["segmented", "single"] = option(
+        "segmented", "APT: segmented (the original code: the learning rate warms up and decays again "
+        "over distillation, then over the rest at --post-distill-lr-factor) or single (one warm-up "
+        "and linear decay over the whole run, as for the other methods).")
     shrink_student: bool = option(
         True, "APT: after the last pruning point, compact the student to its masks for the rest of "
         "distillation while the teacher keeps its own frozen copy (the paper's virtual pruning, "
@@ -93,6 +102,9 @@ class APTConfig:
         check_choices(self, APTConfig)
         if self.lambda_pred is None:  # TrainConfig sets the task's weight first; alone: classification's
             self.lambda_pred = 1.0
+        if not 0 <= self.distill_weight_max <= 1:
+            raise AptuneError(f"--distill-weight-max must be in [0, 1], got {self.distill_weight_max}",
+                              "pass e.g. --distill-weight-max 0.5, or --no-distill to drop distillation")
         if not self.kurtosis_weight >= 0:
             raise AptuneError(f"--kurtosis-weight must be >= 0, got {self.kurtosis_weight}",
                               "pass e.g. --kurtosis-weight 1, or --no-use-kurtosis to drop the term")

@@ -36,6 +36,7 @@ class ScheduleSettings:
     distill: bool = True
     prune: bool = True
     pruning_schedule: str = "cubic"  # cubic | linear | once
+    distill_weight_max: float = 1.0  # μ's ceiling (1: pure distillation from p_K, the paper)
 
 
 PAPER_STEPS = 40_000  # below this many steps a run counts as short: the relative schedule
@@ -54,7 +55,8 @@ def settings_for(cfg: Any, total_steps: int, steps_per_epoch: int) -> ScheduleSe
         distill_epochs=cfg.distill_epochs, pruning_start_frac=cfg.pruning_start_frac,
         pruning_end_frac=cfg.pruning_end_frac, sparsity_warmup_frac=cfg.sparsity_warmup_frac,
         distill_end_frac=cfg.distill_end_frac, distill=cfg.distill, prune=cfg.prune,
-        pruning_schedule=cfg.pruning_schedule)
+        pruning_schedule=cfg.pruning_schedule,
+        distill_weight_max=getattr(cfg, "distill_weight_max", 1.0))
 
 
 @dataclass
@@ -70,6 +72,7 @@ class PruningSchedule:
     distill_end: int | None  # s_e
     total_steps: int
     budgets: list[float] = field(default_factory=list)  # Δ_k, filled by set_tuning_budget
+    mu_max: float = 1.0  # μ's ceiling
 
     # -- queries used every step --------------------------------------------------------------
     def point_index(self, step: int) -> int | None:
@@ -88,11 +91,11 @@ class PruningSchedule:
         return {p - w: k for k, (p, w) in enumerate(zip(self.points, self.windows)) if self.kept[k] < 1}
 
     def mu(self, step: int) -> float:
-        """Distillation weight μ: 0 before the start, then linear to 1 at p_K
+        """Distillation weight μ: 0 before the start, then linear to μ_max (1 in the paper) at p_K
         (docs/method.md#distillation-weight)."""
         if step < self.start:
             return 0.0
-        return min(1.0, (step - self.start) / max(1, self.end - self.start))
+        return self.mu_max * min(1.0, (step - self.start) / max(1, self.end - self.start))
 
     def in_distillation(self, step: int) -> bool:
         return self.distill_start is not None and self.distill_start <= step < self.distill_end
@@ -159,7 +162,8 @@ def build_schedule(s: ScheduleSettings, explain: bool = True) -> PruningSchedule
             d_end = (d_start + math.floor(s.distill_epochs * E) if s.mode == "absolute"
                      else math.floor(s.distill_end_frac * T))
             d_end = min(max(d_end, d_start + 1), T)
-    return PruningSchedule(start, end, warmup_end, points, kept, windows, steps, d_start, d_end, T)
+    return PruningSchedule(start, end, warmup_end, points, kept, windows, steps, d_start, d_end, T,
+                           mu_max=s.distill_weight_max)
 
 
 def minimum_steps(s: ScheduleSettings) -> int:

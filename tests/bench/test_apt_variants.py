@@ -1,0 +1,38 @@
+"""bench/apt_variants.py on a tiny model: every variant trains, and the table reports each one's
+flags, learning rate and score from its own run folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("no_env_data_dir")
+
+
+def test_variants_train_and_are_tabulated(tiny_bert_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, str(REPO / "bench" / "apt_variants.py"), str(out), "--task", "sst2",
+           "--recipe", "smoke/sst2-apt", "--data-dir", str(tiny_data_dir),
+           "--variant", "base=", "--variant", "no-distill=--no-distill --lr 1e-3",
+           "--", "--model", str(tiny_bert_dir), "--epochs", "7", "--batch-size", "16",
+           "--max-train-samples", "200",           "--lr", "2e-3", "--eval-every", "5", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1",
+                          "PATH": "", "PYTHONPATH": str(REPO / "src")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads((out / "apt_variants.json").read_text())
+    rows = {r["variant"]: r for r in record["rows"]}
+    assert set(rows) == {"base", "no-distill"}
+    for name, row in rows.items():
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert row["score"] == metrics["eval"]["accuracy"] and row["steps"] == metrics["steps"] == 91
+        assert row["lr"] == yaml.safe_load((out / name / "config.yaml").read_text())["lr"]
+    assert rows["base"]["lr"] == 2e-3 and rows["no-distill"]["lr"] == 1e-3  # the variant's flag wins
+    assert rows["base"]["distill_end"] is not None and rows["base"]["best_until_distill_end"] is not None
+    table = (out / "apt_variants.md").read_text()
+    assert "| no-distill | `--no-distill --lr 1e-3` | 0.001 |" in table and "| base | `(base)` |" in table
