@@ -8,7 +8,8 @@ tabulates the dev score, where it was selected, the size kept, and the dev score
 distillation, which shows whether a variant lost its accuracy while distilling.
 
 Variants are NAME=FLAGS pairs (flags as `aptune train` takes them); --preset names a set:
-  distillation  base, no-distill, post-distill LR factor 1, no layer loss
+  distillation  base, no-distill, one LR decay, post-distill LR factor 1, no distillation loss
+                (mu 0: the LR segments alone), no layer loss
   kurtosis      outlier term off, scaled per block type (default), raw (paper Eq. 5)
   defaults      the library defaults alone against the task's cpu recipe (same steps)
 Accuracy figures do not depend on --jobs; times measured with --jobs > 1 are contended.
@@ -32,9 +33,9 @@ from pathlib import Path
 import yaml
 
 PRESETS = {
-    "distillation": {"base": "", "no-distill": "--no-distill",
+    "distillation": {"base": "", "no-distill": "--no-distill", "single-lr": "--lr-schedule single",
                      "post-distill-lr-1": "--post-distill-lr-factor 1.0",
-                     "no-layer-loss": "--lambda-layer 0"},
+                     "mu-zero": "--distill-weight-max 0", "no-layer-loss": "--lambda-layer 0"},
     "kurtosis": {"kurtosis-off": "--no-use-kurtosis", "kurtosis-scaled": "--use-kurtosis",
                  "kurtosis-raw": "--use-kurtosis --kurtosis-scale raw"},
     "defaults": {"library-defaults": "--no-recipe", "recipe": ""},
