@@ -42,7 +42,7 @@ from .tasks import Task, for_model, get_task, resolve_data_dir, task_options
 from .train.context import RunContext
 from .train.data import EncodedDataset, encode, make_loader
 from .train.checkpoint import read_checkpoint, read_checkpoint_state, restore_trainer, write_checkpoint
-from .train.loop import LoopConfig, RunInterrupted, Trainer, TrainResult, steps_per_epoch
+from .train.loop import LoopConfig, RunInterrupted, Trainer, TrainResult, steps_per_epoch, total_steps
 from .train.run_dir import RunDir, unfinished_folder
 
 
@@ -124,7 +124,7 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     spec = get_spec(model)
     dense_shape, dense_params = spec.shape(model), parameter_summary(model)
     chosen = resolve_learning_rates(cfg, method.paper_learning_rates(), dense_shape.hidden,
-                                    math.ceil(method.loop_epochs(cfg) * per_epoch))
+                                    total_steps(method.loop_epochs(cfg), per_epoch))
     if chosen:
         say(chosen)
 

@@ -226,8 +226,10 @@ class SalienceCollector:
         block type, so that over the alive blocks it sums to `outlier_weight` times the
         activation × gradient salience: it reorders blocks within their type and leaves the
         balance between heads, neurons and hidden dims to S̃. Stays on the device."""
-        if not self.use_kurtosis or self.outlier_scale == "raw":
-            return [k * self.outlier_weight for k in outlier] if self.use_kurtosis else outlier
+        if not self.use_kurtosis:
+            return outlier  # zeros
+        if self.outlier_scale == "raw":
+            return [k * self.outlier_weight for k in outlier]
         p, k = torch.cat([v.float() for v in plain]), torch.cat([v.float() for v in outlier])  # (N,)
         if alive is not None:
             live = alive.to(k.device).float()  # (N,)

@@ -78,7 +78,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(train_loader.dataset), cfg.batch_size,
                                                accelerator.num_processes)
         # 0 epochs is allowed for methods whose work happens before the loop (lora-prune).
-        self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else 0
+        self.total_steps = total_steps(cfg.epochs, self.steps_per_epoch)
         self.control = LoopControl(LinearWarmupDecay.from_ratio(cfg.lr, self.total_steps, cfg.warmup_ratio))
         optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
@@ -394,6 +394,11 @@ class Trainer:
 def steps_per_epoch(rows: int, batch_size: int, processes: int) -> int:
     """Optimizer steps in one pass over `rows` training rows (at least 1)."""
     return max(1, math.ceil(rows / (batch_size * processes)))
+
+
+def total_steps(epochs: float, per_epoch: int) -> int:
+    """Optimizer steps of a loop of `epochs` (fractions allowed; 0: no loop)."""
+    return math.ceil(epochs * per_epoch) if epochs > 0 else 0
 
 
 def evaluate_model(model: nn.Module, loader, task: Task, accelerator=None) -> dict[str, float]:
