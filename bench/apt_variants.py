@@ -15,7 +15,7 @@ Variants are NAME=FLAGS pairs (flags as `aptune train` takes them); --preset nam
 Accuracy figures do not depend on --jobs; times measured with --jobs > 1 are contended.
 
 Usage: python bench/apt_variants.py OUT --task sst2 [--recipe cpu/sst2-apt] [--data-dir D]
-       [--preset distillation | --variant NAME=FLAGS ...] [--jobs 2] [-- common aptune flags]
+       [--preset distillation | --variant NAME=FLAGS ...] [--jobs 2] [--reuse] [-- common aptune flags]
 Writes OUT/apt_variants.{json,md}; each run's folder and log stay in OUT.
 """
 
@@ -51,6 +51,8 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--preset", choices=sorted(PRESETS))
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS")
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at once")
+    parser.add_argument("--reuse", action="store_true",
+                        help="collect a variant whose OUT/NAME run finished earlier instead of retraining it")
     argv = sys.argv[1:]
     common = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -79,13 +81,17 @@ def command(name: str, flags: str, args: argparse.Namespace, common: list[str]) 
     return cmd + [*common, *own, "--output-dir", str(args.out / name), "--overwrite"]
 
 
-def train(name: str, cmd: list[str], out: Path, threads: int) -> dict:
+def train(name: str, cmd: list[str], out: Path, threads: int, reuse: bool = False) -> dict:
     log = out / f"{name}.log"
-    print(f"{name}: {' '.join(cmd[3:])}", flush=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
-    with open(log, "w") as handle:
-        rc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
     metrics_file = out / name / "metrics.json"
+    if reuse and metrics_file.is_file():  # a finished run (aptune writes metrics.json last)
+        print(f"{name}: finished earlier, reused", flush=True)
+        rc = 0
+    else:
+        print(f"{name}: {' '.join(cmd[3:])}", flush=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+        with open(log, "w") as handle:
+            rc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0 or not metrics_file.is_file():
         return {"error": f"exit {rc}; read {log}"}
     print(f"{name}: done", flush=True)
@@ -130,7 +136,7 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     cmds = {name: command(name, flags, args, common) for name, flags in chosen.items()}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = dict(zip(cmds, pool.map(lambda n: train(n, cmds[n], args.out, threads), cmds)))
+        results = dict(zip(cmds, pool.map(lambda n: train(n, cmds[n], args.out, threads, args.reuse), cmds)))
     rows = [row(name, chosen[name], results[name]) for name in chosen]
     record = {"task": args.task, "recipe": args.recipe, "common_flags": common, "jobs": args.jobs,
               "commands": {n: shlex.join(c[1:]) for n, c in cmds.items()}, "rows": rows}

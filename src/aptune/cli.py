@@ -159,7 +159,7 @@ def train(**kwargs) -> None:
 
     Every option is also a recipe key; flags override the recipe, which overrides the defaults.
     """
-    from .pipeline import run_training
+    from .pipeline import fail_on_missed_size, run_training
 
     recipe, quiet, resume = kwargs.pop("recipe", None), kwargs.pop("quiet", False), kwargs.pop("resume", None)
     if kwargs.get("target_modules"):
@@ -169,10 +169,10 @@ def train(**kwargs) -> None:
         from .pipeline import resume_config
 
         cfg = resume_config(resume, {**(load_recipe(recipe) if recipe else {}), **kwargs})
-        run_training(cfg, show_progress=not quiet, resume=True)
+        fail_on_missed_size(cfg, run_training(cfg, show_progress=not quiet, resume=True))
         return
     cfg = build_config(TrainConfig, recipe, kwargs)
-    run_training(cfg, show_progress=not quiet)
+    fail_on_missed_size(cfg, run_training(cfg, show_progress=not quiet))
 
 
 train.__signature__ = _train_signature()
@@ -329,10 +329,16 @@ def bench(
                                        "sparsity and LoRA+Prune at 40/60/80%, Figure 3).")] = "table2",
     scale: Annotated[str, typer.Option(help="smoke (tiny random model, seconds), cpu (MiniLM on "
                                        "subsets, hours on 2 cores) or paper (RoBERTa-base, GPU).")] = "cpu",
-    tasks: Annotated[str, typer.Option(help="Comma-separated tasks: sst2, mnli.")] = "sst2",
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks: sst2, mnli, squad_v2 (encoder "
+                                       "family); sst2, mnli, cnn_dailymail (seq2seq).")] = "sst2",
+    model_family: Annotated[str, typer.Option(help="encoder (BERT/RoBERTa: the paper's RoBERTa rows) "
+                                              "or seq2seq (T5, or the minilm-bert2bert stand-in at "
+                                              "cpu scale: the paper's T5 rows of Table 2, with FT, "
+                                              "LoRA, LoRA+Prune and APT).")] = "encoder",
     run: Annotated[Optional[str], typer.Option(help="Name of the results folder; default "
-                                               "<scale>-<suite>. Suites that share a name share "
-                                               "their FT, LoRA and APT runs.")] = None,
+                                               "<scale>-<suite>, plus -seq2seq for that family. "
+                                               "Suites that share a name share their FT, LoRA and "
+                                               "APT runs.")] = None,
     results_dir: Annotated[str, typer.Option(help="Where result folders go.")] = "results",
     data_dir: Annotated[Optional[str], typer.Option(help=_h("data_dir"))] = None,
     only: Annotated[Optional[str], typer.Option(help="Comma-separated job names to run (plus "
@@ -364,7 +370,8 @@ def bench(
     run_bench(suite, scale, split(tasks), results_dir=results_dir, run=run, data_dir=data_dir,
               only=split(only) or None, rerun=split(rerun), settings=parse_settings(set_),
               report_only=report_only, inference_rounds=inference_rounds,
-              inference_memory_repeats=inference_memory_repeats, say=lambda text: typer.echo(text))
+              inference_memory_repeats=inference_memory_repeats, family=model_family,
+              say=lambda text: typer.echo(text))
 
 
 @app.command(cls=PanelledCommand, short_help="List the shipped recipes.")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import AptuneError
-from .fields import check_positive, option
+from .fields import check_choices, check_positive, option
 from .methods import METHODS, config_sections
 from .tasks.options import OWN_DATA_TASK, OwnDataOptions, QAOptions, SummarizationOptions
 
@@ -76,6 +76,10 @@ class TrainConfig(OwnDataOptions, QAOptions, SummarizationOptions, *SECTIONS):  
     tta_reference: str | None = option(None, "A finished FT run on the same task, data and model: the "
                                        "run's summary adds its time to 97% of that run's best dev "
                                        "score (TTA), beside the FT run's own.")
+    on_size_miss: Literal["error", "warn"] = option(
+        "error", "What a pruning run does when its final model keeps more non-embedding parameters "
+        "than --sparsity asked for: 'error' saves the run, then exits with status 3 and says why; "
+        "'warn' prints a warning and exits 0 (aptune bench uses it, so that its table shows the miss).")
     allow_untrained_prerequisite: bool = option(
         False, "Go on from a prerequisite run (LoRA+Prune's LoRA run, CoFi's FT teacher) that scored no "
         "better than always answering the most frequent label; by default such a run stops, since "
@@ -103,6 +107,7 @@ class TrainConfig(OwnDataOptions, QAOptions, SummarizationOptions, *SECTIONS):  
             raise AptuneError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}",
                               "use a fraction such as 0.06")
         check_positive(self, ("max_train_samples", "max_eval_samples", "max_length"))
+        check_choices(self)  # every Literal option (each section also checks its own)
         OwnDataOptions.validate(self)
         QAOptions.validate(self)
         SummarizationOptions.validate(self)

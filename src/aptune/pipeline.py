@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -531,21 +532,36 @@ def build_metrics(cfg: TrainConfig, method: Method, data: RunData, final, final_
         metrics["structure"] = structure.summary()
     if method.prunes:
         metrics["size_target"] = size_target(cfg.sparsity, metrics["params"].get("kept_ratio", 1.0))
+        metrics["on_size_miss"] = cfg.on_size_miss
     return metrics
 
 
 def missed_size_line(m: dict) -> str | None:
-    """The warning that ends the summary of a pruning run whose model is bigger than asked."""
+    """What ends the summary of a pruning run whose model is bigger than asked, or None."""
     size = m.get("size_target")
     if size is None or size["met"]:
         return None
-    line = (f"warning: {m['method']} kept {size['kept']:.2%} of the non-embedding parameters, not the "
+    line = (f"{m['method']} kept {size['kept']:.2%} of the non-embedding parameters, not the "
             f"{size['kept_target']:.2%} that --sparsity asked for (metrics.json: size_target.met false); "
             "its dev score is that of a bigger model")
     method = METHODS.get(m["method"])
     if method is not None and method.missed_size_hint:
         line += "; " + method.missed_size_hint
     return line
+
+
+def fail_on_missed_size(cfg: TrainConfig, metrics: dict) -> None:
+    """--on-size-miss error: a saved run whose model is bigger than asked still fails the command
+    (exit 3), so that a script or a pipeline cannot take it for the size it asked for."""
+    missed = missed_size_line(metrics)
+    if missed is None or cfg.on_size_miss != "error":
+        return
+    if "output_dir" in metrics:  # the main process: one message
+        print(f"aptune: error: {missed}", file=sys.stderr, flush=True)
+        print(f"  fix: the run is saved in {metrics['output_dir']}; give the pruning more steps, or "
+              "pass --on-size-miss warn to accept a bigger model with exit status 0",
+              file=sys.stderr, flush=True)
+    raise SystemExit(3)
 
 
 def phase_step_seconds(phase_seconds: dict[str, list]) -> dict[str, dict]:
@@ -591,5 +607,5 @@ def _print_summary(m: dict) -> None:
     if found is not None and "test" in found.splits:  # dev selected the checkpoint; test scores it
         print(f"next: aptune eval --model-dir {m['output_dir']} --split test", flush=True)
     missed = missed_size_line(m)
-    if missed:  # last, where it is seen
-        print(missed, flush=True)
+    if missed and m.get("on_size_miss") == "warn":  # last, where it is seen ("error": fail_on_missed_size)
+        print(f"warning: {missed}", flush=True)

@@ -36,3 +36,13 @@ def test_variants_train_and_are_tabulated(tiny_bert_dir, tiny_data_dir, tmp_path
     assert rows["base"]["distill_end"] is not None and rows["base"]["best_until_distill_end"] is not None
     table = (out / "apt_variants.md").read_text()
     assert "| no-distill | `--no-distill --lr 1e-3` | 0.001 |" in table and "| base | `(base)` |" in table
+
+    # --reuse collects the finished runs instead of retraining them (a study stopped part-way)
+    stamp = (out / "base" / "metrics.json").stat().st_mtime_ns
+    again = subprocess.run([*cmd[:2], str(out), *cmd[3:cmd.index("--")], "--reuse", *cmd[cmd.index("--"):]],
+                           capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "",
+                                                                "PYTHONPATH": str(REPO / "src")})
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("finished earlier, reused") == 2
+    assert (out / "base" / "metrics.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "apt_variants.json").read_text())["rows"] == record["rows"]

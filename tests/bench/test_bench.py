@@ -66,6 +66,27 @@ def test_table2_runs_six_methods_with_prerequisites_first():
     assert {j.sparsity for j in jobs if j.method not in ("ft", "lora")} == {0.6}
 
 
+def test_the_seq2seq_family_runs_the_papers_t5_methods_on_its_own_recipes(tmp_path):
+    """Issue 13: the T5 half of Table 2 is FT, LoRA, LoRA+Prune and APT on SST-2 and MNLI as text
+    to text and on CNN/DM, each from its own recipe and its own recipes/bench.yaml entry."""
+    jobs = suite_jobs("table2", "cpu", ["sst2", "mnli", "cnn_dailymail"], "seq2seq")
+    assert [(j.task, j.name) for j in jobs[:4]] == [("sst2", m) for m in ("ft", "lora", "lora-prune", "apt")]
+    recipes = {j.key: j.recipe for j in jobs}
+    assert recipes["sst2/apt"] == "cpu/seq2seq-sst2-apt" and recipes["mnli/ft"] == "cpu/seq2seq-mnli-ft"
+    assert recipes["cnn_dailymail/lora-prune"] == "cpu/cnn_dailymail-lora-prune"
+    assert {j.needs for j in jobs if j.method == "lora-prune"} == {"lora"}
+    configs = {j.key: job_config(j, tmp_path, None, {}) for j in jobs}
+    assert {c["model"] for c in configs.values()} == {"minilm-bert2bert"}
+    # the seq2seq SST-2 entry, not the encoder's 8k subset
+    assert configs["sst2/ft"]["eval_every"] == 50 and configs["sst2/ft"]["max_train_samples"] == 4000
+    with pytest.raises(AptuneError, match="runs on encoders only"):
+        suite_jobs("sweep", "cpu", ["sst2"], "seq2seq")
+    with pytest.raises(AptuneError, match="unknown task.*seq2seq family"):
+        suite_jobs("table2", "cpu", ["squad_v2"], "seq2seq")
+    with pytest.raises(AptuneError, match="unknown model family"):
+        suite_jobs("table2", "cpu", ["sst2"], "decoder")
+
+
 def test_ablations_flip_the_recipes_kurtosis_choice():
     names = {j.name: j for j in suite_jobs("ablations", "cpu", ["sst2"])}
     assert {"ft", "apt", "apt-no-ap", "apt-uniform", "apt-no-at", "apt-no-ds"} <= set(names)
@@ -126,6 +147,8 @@ def test_every_shipped_scale_evaluates_each_task_on_one_interval(tmp_path):
         for suite in ("table2", "ablations", "sweep"):
             jobs = suite_jobs(suite, scale, ["sst2", "mnli", "squad_v2"])
             check_same_eval_interval({j.key: job_config(j, tmp_path, None, {}) for j in jobs})
+        jobs = suite_jobs("table2", scale, ["sst2", "mnli", "cnn_dailymail"], "seq2seq")  # the T5 half
+        check_same_eval_interval({j.key: job_config(j, tmp_path, None, {}) for j in jobs})
     with pytest.raises(AptuneError, match="different intervals"):
         check_same_eval_interval({"sst2/ft": {"eval_every": 125, "batch_size": 32},
                                   "sst2/apt": {"eval_every": 500, "batch_size": 32}})
@@ -408,6 +431,38 @@ def test_bench_measures_squad_models_on_384_token_windows(isolated_cache, learna
     assert "24 dev rows and 384-token inputs, batch 16 and 32" in out
 
 
+def test_bench_reports_the_seq2seq_half_with_generation_speed(isolated_cache, t5_dir, tiny_data_dir,
+                                                             tmp_path):
+    """The harness on two CNN/DM runs of a tiny T5 trained in place: ROUGE-1/2/Lsum beside the
+    paper's T5 rows, and greedy-generation tokens per second against FT's."""
+    run = tmp_path / "results" / "smoke-table2-seq2seq"
+    common = ("--task", "cnn_dailymail", "--model", t5_dir, "--data-dir", tiny_data_dir, "--max-length", "48",
+              "--max-target-length", "16", "--generation-max-tokens", "16", "--max-eval-samples", "8",
+              "--batch-size", "8", "--eval-every", "28", "--lr", "3e-3", "--quiet")
+    invoke("train", "--method", "ft", "--epochs", "1", "--max-train-samples", "32",
+           "--output-dir", run / "cnn_dailymail" / "ft", *common)
+    invoke("train", "--method", "apt", "--epochs", "7", "--max-train-samples", "96", "--sparsity", "0.6",
+           "--output-dir", run / "cnn_dailymail" / "apt", *common)
+    out = invoke("bench", "--suite", "table2", "--scale", "smoke", "--model-family", "seq2seq",
+                 "--tasks", "cnn_dailymail", "--report-only", "--results-dir", tmp_path / "results",
+                 "--data-dir", tiny_data_dir).stdout
+    results = json.loads((run / "results.json").read_text())["table2"]
+    assert results["family"] == "seq2seq"
+    assert set(results["jobs"]) == {"cnn_dailymail/ft", "cnn_dailymail/apt"}
+    apt = results["jobs"]["cnn_dailymail/apt"]
+    assert apt["metric"] == "rouge1" and set(apt["rouge"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    generate = apt["inference"]["generate"]
+    assert generate["tokens"] == 8 * 64 and generate["tokens_per_s"] > 0  # 8 dev rows x 64 new tokens
+    ft_rate = results["jobs"]["cnn_dailymail/ft"]["inference"]["generate"]["tokens_per_s"]
+    relative = apt["relative"]["inf_time_pct_generate"]
+    assert relative == pytest.approx(100 * ft_rate / generate["tokens_per_s"])
+    table = (run / "table.md").read_text()
+    assert "## Table 2 (encoder-decoder)" in table and "| CNN/DM R1 / R2 / RLsum | paper |" in table
+    assert "| APT | — | 95.0 | — | 87.0 |" in table and "38.6 / 17.0 / 35.8" in table
+    assert "| gen (tokens/s) |" in table
+    assert "greedy generation of 64 tokens per row on 8 dev rows" in out
+
+
 def test_bench_reports_a_failed_job_and_skips_what_needs_it(isolated_cache, tmp_path):
     result = RUNNER.invoke(app, ["bench", "--suite", "table2", "--scale", "smoke", "--tasks", "sst2",
                                  "--only", "cofi", "--results-dir", str(tmp_path), "--data-dir",
@@ -439,7 +494,7 @@ def test_a_model_bigger_than_asked_is_marked_in_tables_and_summary():
     missed = size_target(0.6, 0.5551)
     assert missed == {"kept_target": 0.4, "kept": 0.5551, "met": False}
     line = missed_size_line({"method": "cofi", "size_target": missed})
-    assert line.startswith("warning: cofi kept 55.51% of the non-embedding parameters, not the 40.00%")
+    assert line.startswith("cofi kept 55.51% of the non-embedding parameters, not the 40.00%")
     assert "--cofi-pruning-epochs" in line
     assert missed_size_line({"method": "apt", "size_target": size_target(0.6, 0.3999)}) is None
     assert missed_size_line({"method": "ft"}) is None

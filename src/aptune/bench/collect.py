@@ -31,6 +31,8 @@ def job_summary(job: Job, folder: Path) -> dict[str, Any]:
         "recipe": job.recipe, "overrides": job.overrides, "folder": str(folder),
         "sparsity_target": job.sparsity, "metric": metric, "score": metrics["eval"][metric],
         "exact": metrics["eval"].get("exact"),  # SQuAD's exact match, beside its F1
+        "rouge": {k: metrics["eval"][k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")
+                  if k in metrics["eval"]},  # CNN/DM's scores, beside its ROUGE-1
         "selected_step": metrics["selection"]["step"],
         "params_non_embedding": params["non_embedding"],
         "params_dense_non_embedding": params["dense_non_embedding"],
@@ -114,6 +116,9 @@ def add_inference(summaries: dict[str, dict], inference: dict[str, dict[str, dic
                 for bs, f in figures[kind].items():
                     ft_thr = ft[kind][bs]["samples_per_s"]
                     rel[f"inf_time_pct_{kind}_{bs}"] = 100 * ft_thr / f["samples_per_s"]
+            if figures.get("generate") and ft.get("generate"):  # generation tasks: tokens per second
+                rel["inf_time_pct_generate"] = (100 * ft["generate"]["tokens_per_s"]
+                                                / figures["generate"]["tokens_per_s"])
             # The column is the fresh-process figure; the one-process one is kept for reference
             # (on CPU it carries allocator history from the other models: fresh_memory.py).
             if figures.get("peak_memory_bytes") and ft.get("peak_memory_bytes"):

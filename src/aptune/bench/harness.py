@@ -24,7 +24,7 @@ from ..tasks import get_task
 from . import plots, tables
 from .collect import add_inference, collect
 from .runner import check_finished_jobs, check_same_eval_interval, job_config, job_dir, run_jobs
-from .suites import PAPER_SPARSITY, TASKS, Job, select_jobs, suite_jobs
+from .suites import FAMILY_TASKS, PAPER_SPARSITY, Job, select_jobs, suite_jobs
 
 
 def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
@@ -50,22 +50,24 @@ def run_bench(suite: str, scale: str, tasks: list[str], results_dir: str | Path 
               rerun: list[str] | None = None, settings: dict[str, Any] | None = None,
               report_only: bool = False, inference_rounds: int | None = None,
               inference_dev_rows: int = 2048, inference_memory_repeats: int | None = None,
-              say: Callable[[str], None] = print) -> dict[str, Any]:
+              family: str = "encoder", say: Callable[[str], None] = print) -> dict[str, Any]:
     start = time.perf_counter()
     settings = settings or {}
-    run_dir = Path(results_dir).expanduser().resolve() / (run or f"{scale}-{suite}")
-    to_run = select_jobs(suite_jobs(suite, scale, tasks), only)
+    default_run = f"{scale}-{suite}" + ("-seq2seq" if family == "seq2seq" else "")
+    run_dir = Path(results_dir).expanduser().resolve() / (run or default_run)
+    to_run = select_jobs(suite_jobs(suite, scale, tasks, family), only)
     # Reports cover every finished job of the suite in this folder, whichever tasks ran before.
-    tasks = [t for t in TASKS if t in tasks or any(
-        (job_dir(run_dir, j) / "metrics.json").is_file() for j in suite_jobs(suite, scale, [t]))]
-    jobs = suite_jobs(suite, scale, tasks)
+    tasks = [t for t in FAMILY_TASKS[family] if t in tasks or any(
+        (job_dir(run_dir, j) / "metrics.json").is_file()
+        for j in suite_jobs(suite, scale, [t], family))]
+    jobs = suite_jobs(suite, scale, tasks, family)
     if report_only and not run_dir.is_dir():
         raise AptuneError(f"no bench run folder at {run_dir}",
                           "run the bench without --report-only first, or pass the --run and "
                           "--results-dir of an earlier run")
     run_dir.mkdir(parents=True, exist_ok=True)
-    say(f"bench: suite {suite}, scale {scale}, tasks {','.join(tasks)}: {len(to_run)} jobs to check "
-        f"-> {run_dir}")
+    say(f"bench: suite {suite}, scale {scale}, {family} family, tasks {','.join(tasks)}: "
+        f"{len(to_run)} jobs to check -> {run_dir}")
     outcomes = []
     if not report_only:
         rerun_set = set(rerun or [])
@@ -83,9 +85,10 @@ def run_bench(suite: str, scale: str, tasks: list[str], results_dir: str | Path 
                                            inference_dev_rows, memory_repeats, say)
                  for task in tasks if f"{task}/ft" in summaries}
     add_inference(summaries, inference)
-    written = _write_reports(suite, tasks, summaries, run_dir)
+    written = _write_reports(suite, tasks, summaries, run_dir, family)
     results = {
-        "suite": suite, "scale": scale, "tasks": tasks, "run": run_dir.name, "settings": settings,
+        "suite": suite, "scale": scale, "family": family, "tasks": tasks, "run": run_dir.name,
+        "settings": settings,
         "jobs": summaries,
         "outcomes": [{"job": o.job.key, "status": o.status, "seconds": round(o.seconds, 1),
                       "detail": o.detail} for o in outcomes],
@@ -159,7 +162,7 @@ def _throughput_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_di
     memory figure kept for reference."""
     from ..export import load_pruned
     from ..models import load_config, load_tokenizer
-    from ..tasks import resolve_data_dir, task_options
+    from ..tasks import for_model, resolve_data_dir, task_options
     from .inference import dev_batches_for, measure_models
 
     ft_job = next(j for j in jobs if j.task == task_name and j.name == "ft")
@@ -173,20 +176,31 @@ def _throughput_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_di
     ft_model_dir = finished["ft"] / "model"
     tokenizer = load_tokenizer(str(ft_model_dir))
     model_config = load_config(str(ft_model_dir))
+    task = for_model(task, tokenizer, model_config)  # text to text on an encoder-decoder
     batches = dev_batches_for(task, examples, tokenizer, cfg.get("max_length") or task.default_max_length,
                               model_config, batch_sizes)
     say(f"inference ({task_name}): {len(finished)} final models against dense FT, {len(examples):,} "
         f"dev rows and {seq_len}-token inputs, batch {' and '.join(map(str, batch_sizes))}, median of "
         f"{rounds} rounds")
     loaders = {name: (lambda f=folder: load_pruned(f / "model")) for name, folder in finished.items()}
-    return measure_models(loaders, batches, batch_sizes, seq_len, rounds=rounds, say=say), len(examples)
+    generation = None
+    if task.generation_benchmark_tokens:  # one batch of real articles, greedy, fixed length
+        generation = (batches[max(batch_sizes)][:1], task.generation_benchmark_tokens)
+        say(f"inference ({task_name}): also greedy generation of {generation[1]} tokens per row on "
+            f"{generation[0][0]['input_ids'].shape[0]} dev rows, in tokens per second")
+    return measure_models(loaders, batches, batch_sizes, seq_len, rounds=rounds, generation=generation,
+                          say=say), len(examples)
 
 
-def _write_reports(suite: str, tasks: list[str], summaries: dict, run_dir: Path) -> list[str]:
+def _write_reports(suite: str, tasks: list[str], summaries: dict, run_dir: Path,
+                   family: str = "encoder") -> list[str]:
     """The suite's Markdown table first (printed at the end), then the raw table and the plots."""
     written = []
-    header = f"<!-- written by `aptune bench --suite {suite}`; raw figures in results.json -->\n\n"
-    if suite == "table2":
+    flag = " --model-family seq2seq" if family == "seq2seq" else ""
+    header = f"<!-- written by `aptune bench --suite {suite}{flag}`; raw figures in results.json -->\n\n"
+    if suite == "table2" and family == "seq2seq":
+        name, body = "table.md", "## Table 2 (encoder-decoder)\n\n" + tables.table2_seq2seq(summaries, tasks)
+    elif suite == "table2":
         name, body = "table.md", "## Table 2\n\n" + tables.table2(summaries, tasks)
     elif suite == "ablations":
         name, body = "ablations.md", "## Table 4 (ablations)\n\n" + tables.table4(summaries, tasks)

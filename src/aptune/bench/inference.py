@@ -48,21 +48,44 @@ def _dev_pass(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float
     return time.perf_counter() - start
 
 
+@torch.inference_mode()
+def _generation_pass(model: nn.Module, batches: list[dict[str, torch.Tensor]],
+                     new_tokens: int) -> tuple[float, int]:
+    """Seconds and tokens of greedy generation of exactly `new_tokens` per row (the end token is
+    held back until then), so that every model does the same decoding work."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start, tokens = time.perf_counter(), 0
+    for batch in batches:
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1,
+                             do_sample=False)  # (B, 1 + new_tokens): the start token, then the new ones
+        tokens += out.shape[0] * (out.shape[1] - 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, tokens
+
+
 def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dict[int, list[dict]],
                    batch_sizes: tuple[int, ...] = (32, 128), seq_len: int = 128, rounds: int = 5,
                    device: torch.device | None = None, batches_per_round: int | None = None,
+                   generation: tuple[list[dict], int] | None = None,
                    say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Measure each model that `loaders` builds. `dev_batches[bs]` is the real dev set at batch bs.
 
     Every model stays resident while the rounds visit them in turn. A round times
     `batches_per_round` fixed-shape batches per model (GPU default 20, so 5 rounds give the
     paper's 100 timed batches after 10 warm-up ones; CPU default 1: a batch takes seconds there).
+    `generation` = (real dev batches, new tokens per row): each round also times greedy generation
+    on them, reported as tokens per second under "generate".
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     per_round = batches_per_round or (20 if device.type == "cuda" else 1)
     warmup = 10 if device.type == "cuda" else 1
     dev_batches = {bs: [{k: v.to(device) for k, v in b.items()} for b in batches]
                    for bs, batches in dev_batches.items()}
+    gen_batches = [{k: v.to(device) for k, v in b.items()} for b in generation[0]] if generation else []
     models: dict[str, nn.Module] = {}
     out: dict[str, dict[str, Any]] = {}
     # A throwaway pass first: the process's first forward allocates thread pools and kernel
@@ -89,8 +112,18 @@ def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dic
                                           warmup=warmup if r == 0 else 0)
                 timings.setdefault((name, "fixed", bs), []).append(fixed["latency_s"])
                 timings.setdefault((name, "dev", bs), []).append(_dev_pass(model, dev_batches[bs]))
+            if gen_batches:
+                if r == 0:  # warm-up: generation's first call builds its caches and configs
+                    _generation_pass(model, gen_batches[:1], 2)
+                seconds, tokens = _generation_pass(model, gen_batches, generation[1])
+                timings.setdefault((name, "generate", tokens), []).append(seconds)
     for (name, kind, bs), values in timings.items():
         seconds = statistics.median(values)
+        if kind == "generate":  # bs holds the tokens that one pass generates
+            out[name]["generate"] = {"seconds": seconds, "tokens": bs, "tokens_per_s": bs / seconds,
+                                     "rows": sum(b["input_ids"].shape[0] for b in gen_batches),
+                                     "new_tokens_per_row": generation[1]}
+            continue
         samples = bs if kind == "fixed" else sum(b["input_ids"].shape[0] for b in dev_batches[bs])
         out[name][kind][str(bs)] = {"seconds": seconds, "samples": samples,
                                     "samples_per_s": samples / seconds,

@@ -37,17 +37,19 @@ def job_dir(run_dir: Path, job: Job) -> Path:
     return run_dir / job.task / job.name
 
 
-def scale_settings(scale: str, task: str) -> dict[str, Any]:
-    """recipes/bench.yaml: what the benchmark changes in a scale's recipes (e.g. a subset size)."""
+def scale_settings(scale: str, key: str) -> dict[str, Any]:
+    """recipes/bench.yaml: what the benchmark changes in a scale's recipes (e.g. a subset size),
+    under the job's settings_key (the task, or seq2seq-<task> for GLUE as text to text)."""
     data = yaml.safe_load((RECIPES_DIR / "bench.yaml").read_text()) or {}
-    return dict((data.get(scale) or {}).get(task) or {})
+    return dict((data.get(scale) or {}).get(key) or {})
 
 
 def job_config(job: Job, run_dir: Path, data_dir: str | None, settings: dict[str, Any]) -> dict:
     """The full recipe one job trains with: shipped recipe < recipes/bench.yaml < suite
     overrides < --set values."""
-    values = {**load_recipe(job.recipe), **scale_settings(job.scale, job.task), **job.overrides,
-              **settings}
+    # on_size_miss warn: a job that misses its size still finishes, and the table shows the miss
+    values = {"on_size_miss": "warn", **load_recipe(job.recipe),
+              **scale_settings(job.scale, job.settings_key), **job.overrides, **settings}
     if data_dir is not None:
         values["data_dir"] = str(Path(data_dir).expanduser().resolve())
     if job.needs:  # the method's declared prerequisite: the suite's own finished run

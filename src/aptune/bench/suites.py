@@ -19,6 +19,13 @@ from ..methods import METHODS
 SUITES = ("table2", "ablations", "sweep")
 SCALES = ("smoke", "cpu", "paper")
 TASKS = ("sst2", "mnli", "squad_v2")
+# Model families: the encoder half of Table 2 (RoBERTa-base in the paper, MiniLM at cpu scale) and
+# its T5 half (T5-base; the MiniLM BERT2BERT stand-in at cpu scale), with the tasks and the methods
+# that the paper runs on each. Seq2seq recipes are <scale>/seq2seq-<task>-<method> for GLUE as text
+# to text and <scale>/cnn_dailymail-<method> for summarisation.
+FAMILIES = ("encoder", "seq2seq")
+FAMILY_TASKS = {"encoder": TASKS, "seq2seq": ("sst2", "mnli", "cnn_dailymail")}
+SEQ2SEQ_METHODS = ("ft", "lora", "lora-prune", "apt")
 
 # Table 2 rows in the paper's order (the registry's), with the paper's labels.
 TABLE2_METHODS = tuple((name, m.label) for name, m in METHODS.items())
@@ -41,6 +48,13 @@ class Job:
     recipe: str  # shipped recipe name, e.g. cpu/sst2-apt
     overrides: dict[str, Any] = field(default_factory=dict)
     needs: str | None = None  # the job (same task) whose run this one starts from (its prerequisite)
+    family: str = "encoder"  # FAMILIES
+
+    @property
+    def settings_key(self) -> str:
+        """The job's entry in recipes/bench.yaml: the task, or seq2seq-<task> for GLUE as text to text."""
+        glue_as_text = self.family == "seq2seq" and self.task != "cnn_dailymail"
+        return f"seq2seq-{self.task}" if glue_as_text else self.task
 
     @property
     def key(self) -> str:
@@ -55,7 +69,9 @@ class Job:
         return self.overrides.get("sparsity", PAPER_SPARSITY) if METHODS[self.method].prunes else None
 
 
-def _recipe(scale: str, task: str, method: str) -> str:
+def _recipe(scale: str, task: str, method: str, family: str = "encoder") -> str:
+    if family == "seq2seq" and task != "cnn_dailymail":
+        return f"{scale}/seq2seq-{task}-{method}"
     return f"{scale}/{task}-{method}"
 
 
@@ -65,25 +81,34 @@ def _needs(method: str) -> str | None:
     return need.method if need else None
 
 
-def _base_jobs(scale: str, task: str, methods: tuple[str, ...]) -> list[Job]:
-    return [Job(task, m, METHODS[m].label, m, _recipe(scale, task, m),
-                {"sparsity": PAPER_SPARSITY} if METHODS[m].prunes else {}, _needs(m)) for m in methods]
+def _base_jobs(scale: str, task: str, methods: tuple[str, ...], family: str = "encoder") -> list[Job]:
+    return [Job(task, m, METHODS[m].label, m, _recipe(scale, task, m, family),
+                {"sparsity": PAPER_SPARSITY} if METHODS[m].prunes else {}, _needs(m), family)
+            for m in methods]
 
 
 def _sparsity_tag(s: float) -> str:
     return f"s{round(s * 100):02d}"
 
 
-def suite_jobs(suite: str, scale: str, tasks: list[str]) -> list[Job]:
+def suite_jobs(suite: str, scale: str, tasks: list[str], family: str = "encoder") -> list[Job]:
     """Every job of a suite, prerequisites before the jobs that need them."""
     if suite not in SUITES:
         raise AptuneError(f"unknown suite '{suite}'", f"choose one of: {', '.join(SUITES)}")
     if scale not in SCALES:
         raise AptuneError(f"unknown scale '{scale}'", f"choose one of: {', '.join(SCALES)}")
-    bad = [t for t in tasks if t not in TASKS]
+    if family not in FAMILIES:
+        raise AptuneError(f"unknown model family '{family}'", f"choose one of: {', '.join(FAMILIES)}")
+    known = FAMILY_TASKS[family]
+    bad = [t for t in tasks if t not in known]
     if bad or not tasks:
-        raise AptuneError(f"unknown task(s): {', '.join(bad) or '(none given)'}",
-                          f"pass --tasks with some of: {', '.join(TASKS)}")
+        raise AptuneError(f"unknown task(s) for the {family} family: {', '.join(bad) or '(none given)'}",
+                          f"pass --tasks with some of: {', '.join(known)}")
+    if family == "seq2seq":
+        if suite != "table2":
+            raise AptuneError(f"--suite {suite} runs on encoders only so far",
+                              "use --suite table2 with --model-family seq2seq (the T5 half of Table 2)")
+        return [job for task in tasks for job in _base_jobs(scale, task, SEQ2SEQ_METHODS, family)]
     jobs: list[Job] = []
     for task in tasks:
         if suite == "table2":

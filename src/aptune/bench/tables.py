@@ -8,10 +8,10 @@ from ..methods import METHODS
 from ..methods.base import SIZE_TOLERANCE
 from . import paper
 from .collect import relative_accuracy
-from .suites import ABLATIONS, TABLE2_METHODS
+from .suites import ABLATIONS, SEQ2SEQ_METHODS, TABLE2_METHODS
 
 MiB = 2**20
-TASK_TITLES = {"sst2": "SST-2", "mnli": "MNLI", "squad_v2": "SQuAD v2"}
+TASK_TITLES = {"sst2": "SST-2", "mnli": "MNLI", "squad_v2": "SQuAD v2", "cnn_dailymail": "CNN/DM"}
 
 
 def _kept(s: dict | None) -> str:
@@ -111,6 +111,45 @@ def table2(summaries: dict[str, dict], tasks: list[str]) -> str:
     return _render(rows) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
+def _rouge(s: dict | None) -> str:
+    """ROUGE-1 / 2 / Lsum of a CNN/DM run, in points."""
+    r = (s or {}).get("rouge") or {}
+    if not all(k in r for k in ("rouge1", "rouge2", "rougeLsum")):
+        return "—"
+    return " / ".join(f"{100 * r[k]:.1f}" for k in ("rouge1", "rouge2", "rougeLsum"))
+
+
+def table2_seq2seq(summaries: dict[str, dict], tasks: list[str]) -> str:
+    """The T5 half of Table 2: FT, LoRA, LoRA+Prune and APT on an encoder-decoder, beside the
+    paper's T5-base rows (efficiency on SST-2 as the paper measures it)."""
+    eff = efficiency_task(summaries, tasks)
+    head = ["Method", "SST-2", "paper", "MNLI", "paper", "CNN/DM R1 / R2 / RLsum", "paper", "TTA", "paper",
+            "Train mem", "paper", "Inf time", "paper", "Inf mem", "paper", "CNN/DM gen time", "Params kept"]
+    rows = [head, ["---"] * len(head)]
+    for name in SEQ2SEQ_METHODS:
+        p = paper.TABLE2_T5[name]
+        e = summaries.get(f"{eff}/{name}")
+        cnn = summaries.get(f"cnn_dailymail/{name}")
+        rows.append([METHODS[name].label, _score(summaries.get(f"sst2/{name}")), _num(p[0]),
+                     _score(summaries.get(f"mnli/{name}")), _num(p[1]),
+                     _rouge(cnn), " / ".join(f"{x:.1f}" for x in p[2]),
+                     _tta_pct(e), _pct(p[3]), _pct(_rel(e, "train_memory_pct")), _pct(p[4]),
+                     _pct(_inf_time_pct(summaries, e)), _pct(p[5]),
+                     _pct(_rel(e, "inf_memory_pct")), _pct(p[6]),
+                     _pct(_rel(cnn, "inf_time_pct_generate")), _kept(e or cnn)])
+    notes = [f"Efficiency columns are measured on {TASK_TITLES[eff]}, as % of FT in this run (lower is "
+             "better); the paper's are T5-base on an A100.",
+             *_threshold_notes(summaries, tasks),
+             f"Inf time = FT throughput / method throughput on fixed {_inf_shape(summaries, eff)} inputs "
+             "with 2 teacher-forced decoder tokens (the paper's protocol for T5); Inf mem = weights + the "
+             "peak memory rise of one forward pass at the same shape, one fresh process per pass, / FT's.",
+             "CNN/DM gen time = FT's greedy-generation tokens per second / the method's, generating a "
+             "fixed number of tokens per article on real dev articles (no paper counterpart).",
+             "CNN/DM scores are ROUGE with stemming on the run's dev subset; the paper's RL is most likely "
+             "ROUGE-Lsum, shown here (the raw table also has sentence-level ROUGE-L)."]
+    return _render(rows) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
 def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
     """Our Table 11: the raw figures behind the ratios, per task."""
     out = []
@@ -122,6 +161,9 @@ def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
                 "inf mem (MiB)", "one-process (MiB)", "non-emb params", "wall (min)"]
         if task == "squad_v2":
             head.insert(2, "EM")
+        if task == "cnn_dailymail":  # ROUGE-1 is the dev score; then R-2, R-L, R-Lsum, generation
+            head[2:2] = ["R-2", "R-L", "R-Lsum"]
+            head.insert(head.index("inf mem (MiB)"), "gen (tokens/s)")
         rows = [head, ["---"] * len(head)]
         for s in summaries.values():
             if s["task"] != task:
@@ -130,13 +172,17 @@ def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
             tta = s.get("tta", {})
             exact = [f"{100 * s['exact']:.2f}" if s.get("exact") is not None else "—"] \
                 if task == "squad_v2" else []
+            rouge = [f"{100 * s['rouge'][k]:.2f}" if k in s.get("rouge", {}) else "—"
+                     for k in ("rouge2", "rougeL", "rougeLsum")] if task == "cnn_dailymail" else []
+            generate = [f"{inf['generate']['tokens_per_s']:,.1f}" if inf.get("generate") else "—"] \
+                if task == "cnn_dailymail" else []
             rows.append([
-                f"{s['label']} ({s['name']})", _score(s), *exact,
+                f"{s['label']} ({s['name']})", _score(s), *exact, *rouge,
                 f"{tta['seconds']:,.0f}" if tta.get("reached") else "not reached",
                 str(tta.get("step") or "—"), f"{s['total_train_seconds']:,.0f}",
                 f"{s['seconds_per_step']:.3f}",
                 f"{s['peak_train_memory_bytes'] / MiB:,.0f}",
-                *[_thr(inf, kind, bs) for kind, bs in _kinds(sizes)],
+                *[_thr(inf, kind, bs) for kind, bs in _kinds(sizes)], *generate,
                 _mib(inf.get("fresh_memory", {}).get("peak_memory_bytes")),
                 _mib(inf.get("peak_memory_bytes")),
                 f"{s['params_non_embedding']:,} ({100 * s['params_kept']:.2f}%)",

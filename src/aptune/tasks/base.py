@@ -131,6 +131,9 @@ class Task:
     inference_shape: tuple[int, tuple[int, ...]] = (128, (32, 128))
     # At most this many dev rows for the benchmark's real-data inference pass (None: as asked).
     inference_dev_rows: int | None = None
+    # A generation task: the benchmark also times greedy generation of exactly this many new tokens
+    # per row on real dev inputs (tokens per second); None: the task is scored without generation.
+    generation_benchmark_tokens: int | None = None
     label_names: tuple[str, ...] = ()
     # The input of the task's text-to-text form for encoder-decoders, e.g. "sst2 sentence: {0}"
     # ({i}: the i-th text column); None: the task has none (tasks/text_to_text.py).
