@@ -240,7 +240,7 @@ def eval_(
             typer.echo(format_per_class(metrics["per_class"]))
 
 
-@app.command(cls=PanelledCommand, short_help="Classify new text with a saved or exported model.")
+@app.command(cls=PanelledCommand, short_help="Classify, answer questions or summarise with a saved model.")
 @user_errors
 def predict(
     model_dir: ModelDir,
@@ -248,9 +248,15 @@ def predict(
         "--text", help="A text to classify; repeat the flag for several.")] = None,
     text_pair: Annotated[Optional[list[str]], typer.Option(
         "--text-pair", help="The second text of a pair (e.g. an MNLI hypothesis), one per --text.")] = None,
+    question: Annotated[Optional[list[str]], typer.Option(
+        "--question", help="A question for a question-answering (SQuAD v2) model; repeat it, one "
+                           "--context each.")] = None,
+    context: Annotated[Optional[list[str]], typer.Option(
+        "--context", help="The paragraph that answers the --question (or holds no answer).")] = None,
     input_file: Annotated[Optional[str], typer.Option(
         "--input", help="A .csv, .tsv, .jsonl or .parquet file with a header: one prediction per "
-                        "row.")] = None,
+                        "row (question answering: question and context columns; summarisation: "
+                        "an article column).")] = None,
     text_column: Annotated[Optional[str], typer.Option(
         help="The --input column holding the text. Default: the run's text column, else text, "
              "sentence, or premise + hypothesis.")] = None,
@@ -266,12 +272,14 @@ def predict(
              "wrote, or a run folder holding it in onnx/).")] = "torch",
     quiet: Annotated[bool, typer.Option("--quiet", help="Hide the progress bar.")] = False,
 ) -> None:
-    """Classify new text with a saved model: one JSON line per input with the label, its
-    probability and every class's probability, in input order."""
+    """Run a saved model on new inputs: one JSON line per input, in input order. A classifier
+    gives the label, its probability and every class's; a question-answering model the answer
+    (empty when it abstains); a summariser the summary."""
     from .predict import predict_saved, write_jsonl
 
     rows, report = predict_saved(model_dir, text, text_pair, input_file, text_column, text_pair_column,
-                                 batch_size, max_length, show_progress=not quiet, backend=backend)
+                                 batch_size, max_length, show_progress=not quiet, backend=backend,
+                                 questions=question, contexts=context)
     if output:
         path = write_jsonl(rows, output)
         source = report.summary() if report is not None else f"{len(rows)} texts"

@@ -597,10 +597,14 @@ def _print_summary(m: dict) -> None:
     if "tta" in m:
         print(_tta_line(m["tta"], m["selection"]["metric"]), flush=True)
     print(f"saved: {m['output_dir']}", flush=True)
-    # a pruned classifier: what to run next (predict and export take classifiers so far)
-    if "structure" in m and m.get("head", "sequence-classification") == "sequence-classification":
+    # a pruned model: what to run next (export takes classifiers so far; predict takes every head)
+    head = m.get("head", "sequence-classification")
+    if "structure" in m and head == "sequence-classification":
         print(f"next: aptune export --model-dir {m['output_dir']} --format onnx   "
               f"(or aptune predict --model-dir {m['output_dir']} --text ...)", flush=True)
+    elif "structure" in m:
+        inputs = "--question ... --context ..." if head == "question-answering" else "--text ..."
+        print(f"next: aptune predict --model-dir {m['output_dir']} {inputs}", flush=True)
     from .tasks import task_class
 
     found = task_class(m["task"])

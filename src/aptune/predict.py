@@ -185,16 +185,18 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
 def predict_saved(model_dir: str | Path, texts: list[str] | None = None, pairs: list[str] | None = None,
                   input_file: str | Path | None = None, text_column: str | None = None,
                   pair_column: str | None = None, batch_size: int = 128, max_length: int | None = None,
-                  show_progress: bool = False, backend: str = "torch"
-                  ) -> tuple[list[dict[str, Any]], DataReport | None]:
-    """Predictions for `--text` strings or an `--input` file, and the file's data report.
-    `backend` "onnx" (or "onnx-int8") runs an `aptune export --format onnx` folder with ONNX
-    Runtime."""
-    from .export import load_for_inference, require_classifier
-    from .models import load_tokenizer
+                  show_progress: bool = False, backend: str = "torch", questions: list[str] | None = None,
+                  contexts: list[str] | None = None) -> tuple[list[dict[str, Any]], DataReport | None]:
+    """Predictions for `--text` strings (`--question`/`--context` for a QA model) or an `--input`
+    file, and the file's data report. `backend` "onnx" (or "onnx-int8") runs an `aptune export
+    --format onnx` folder with ONNX Runtime. Question-answering and encoder-decoder models answer
+    through predict_heads."""
+    from .export import load_for_inference
+    from .models import head_of, load_tokenizer
 
-    if bool(texts) == bool(input_file):
-        raise AptuneError("give either --text (one or more) or --input FILE",
+    if bool(texts or questions) == bool(input_file):
+        raise AptuneError("give either --text (one or more; --question and --context for a "
+                          "question-answering model) or --input FILE",
                           "e.g. aptune predict --model-dir runs/apt --text 'a warm, funny film'")
     if batch_size <= 0 or (max_length is not None and max_length <= 0):
         raise AptuneError("--batch-size and --max-length must be positive", "pass e.g. --batch-size 128")
@@ -203,10 +205,17 @@ def predict_saved(model_dir: str | Path, texts: list[str] | None = None, pairs: 
         runner, tokenizer = onnx_backend(path, int8=backend == "onnx-int8"), load_tokenizer(str(path))
     elif backend == "torch":
         model, tokenizer, path = load_for_inference(model_dir)
-        require_classifier(model, "aptune predict")
+        head = head_of(model.config)
+        if head != "sequence-classification":
+            return _predict_other_head(model, tokenizer, path, head, texts, pairs, questions, contexts,
+                                       input_file, text_column, pair_column, batch_size, max_length,
+                                       show_progress)
         runner = torch_backend(model)
     else:
         raise AptuneError(f"unknown --backend {backend!r}", "use torch, onnx or onnx-int8")
+    if questions:
+        raise AptuneError("--question and --context are for question-answering models; this one "
+                          "classifies text", "pass the text with --text")
     settings = run_settings(path, max_length)
     report = None
     if input_file:
@@ -214,6 +223,46 @@ def predict_saved(model_dir: str | Path, texts: list[str] | None = None, pairs: 
     else:
         examples = texts_from_flags(list(texts), list(pairs) if pairs else None, settings)
     return predict_examples(runner, tokenizer, examples, settings, batch_size, show_progress), report
+
+
+def _predict_other_head(model, tokenizer, path: Path, head: str, texts, pairs, questions, contexts,
+                        input_file, text_column, pair_column, batch_size: int, max_length: int | None,
+                        show_progress: bool) -> tuple[list[dict[str, Any]], DataReport | None]:
+    """A question-answering model, or an encoder-decoder (text-to-text classifier or summariser)."""
+    from . import predict_heads
+
+    settings = run_settings(path, max_length)
+    if head == "question-answering":
+        if texts:
+            raise AptuneError("a question-answering model takes --question and --context, not --text",
+                              "e.g. aptune predict --model-dir RUN --question 'Who won?' "
+                              "--context 'Ann won.'")
+        rows, report = predict_heads.question_rows(questions, contexts, input_file, text_column, pair_column)
+        return predict_heads.answer_questions(model, tokenizer, rows, settings, batch_size), report
+    if questions:
+        raise AptuneError("--question and --context are for question-answering models; this one is an "
+                          "encoder-decoder", "pass the text with --text")
+    if settings.task is None:
+        raise AptuneError(f"{path} is an encoder-decoder without the config.yaml of the run that "
+                          "trained it, so its task (labels or summaries) is unknown",
+                          "pass the run folder that `aptune train` wrote")
+    if settings.task.name == "cnn_dailymail":
+        if input_file:
+            rows, report = predict_heads.rows_from_file(input_file, [text_column or "article"])
+            articles = [r[0] for r in rows]
+        else:
+            if pairs or any(not t.strip() for t in texts):
+                raise AptuneError("a summariser takes one non-empty --text per article, no --text-pair",
+                                  "pass each article with --text")
+            articles, report = list(texts), None
+        summaries = predict_heads.summarise(model, tokenizer, articles, settings, batch_size, show_progress)
+        return summaries, report
+    report = None
+    if input_file:
+        examples, report = read_texts(input_file, settings, text_column, pair_column)
+    else:
+        examples = texts_from_flags(list(texts), list(pairs) if pairs else None, settings)
+    return predict_heads.classify_as_text(model, tokenizer, examples, settings, batch_size), report
 
 
 def onnx_folder(model_dir: str | Path) -> Path:

@@ -132,6 +132,16 @@ def test_ft_learns_to_copy_the_lead_and_eval_scores_dev_and_test(t5_dir, tiny_da
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert len(rows) == 24 and set(rows[0]) == {"prediction", "reference"}
     assert "no 'train' split to score" in fails("eval", "--model-dir", out, "--split", "train")
+    # `aptune predict` summarises the dev articles as eval did (the run's normalisation and settings)
+    invoke("eval", "--model-dir", out, "--save-predictions", tmp_path / "dev.jsonl")
+    invoke("predict", "--model-dir", out, "--input", tiny_data_dir / "cnn_dailymail" / "validation_500.csv",
+           "--output", tmp_path / "summaries.jsonl")
+    evaluated = [json.loads(line) for line in (tmp_path / "dev.jsonl").read_text().splitlines()]
+    summaries = [json.loads(line) for line in (tmp_path / "summaries.jsonl").read_text().splitlines()]
+    assert len(summaries) == len(evaluated) == 24
+    assert [normalise(s["summary"]) for s in summaries] == [r["prediction"] for r in evaluated]
+    assert "a summariser takes one non-empty --text per article" in fails(
+        "predict", "--model-dir", out, "--text", "an article", "--text-pair", "x")
 
 
 def test_lora_lora_prune_and_apt_finish_and_prune_to_their_budget(bert2bert_dir, tiny_data_dir, tmp_path,

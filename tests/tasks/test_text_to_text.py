@@ -12,6 +12,7 @@ from aptune.errors import AptuneError
 from aptune.models import load_tokenizer
 from aptune.tasks import TextToTextClassification, for_model, get_task
 from aptune.tasks.base import Example
+from aptune.tasks.text_to_text import NO_LABEL
 from tests.helpers import build_tiny_model, fails, invoke
 
 
@@ -59,8 +60,20 @@ def test_ft_learns_sst2_as_text_to_text_on_tiny_t5_and_eval_agrees(t5_dir, tiny_
     assert "text to text: input 'sst2 sentence: {0}'" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval"]["accuracy"] >= 0.8, metrics["history"]  # measured: 0.91 at 10 epochs
-    scored = invoke("eval", "--model-dir", out, "--data-dir", tiny_data_dir, "--json")
+    scored = invoke("eval", "--model-dir", out, "--data-dir", tiny_data_dir, "--json",
+                    "--save-predictions", tmp_path / "eval.jsonl")
     assert json.loads(scored.stdout)["eval"]["accuracy"] == pytest.approx(metrics["eval"]["accuracy"])
+    # `aptune predict` labels the dev file as eval did (greedy 2 tokens, exact match), with the
+    # label words' first-step probabilities beside
+    invoke("predict", "--model-dir", out, "--input", tiny_data_dir / "sst2" / "dev.tsv",
+           "--output", tmp_path / "predict.jsonl")
+    evaluated = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    predicted = [json.loads(line) for line in (tmp_path / "predict.jsonl").read_text().splitlines()]
+    assert [p["label"] or NO_LABEL for p in predicted] == [r["label"] for r in evaluated]
+    assert all(set(p["probabilities"]) == {"negative", "positive"} for p in predicted)
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predicted)
+    one = json.loads(invoke("predict", "--model-dir", out, "--text", "a good film").stdout)
+    assert one["label"] in ("negative", "positive", None)
 
 
 @pytest.mark.parametrize("task", ["sst2", "mnli"])

@@ -163,6 +163,8 @@ def teacher_forced_collator(tokenizer, decoder_start_token_id: int):
 
     def collate(rows: list[dict]) -> dict:
         batch = pad(rows)
+        if batch.get("labels", 0) is None:  # rows without targets (aptune predict): no decoder inputs
+            del batch["labels"]
         if "labels" in batch:
             labels = batch["labels"]  # (B, T_tgt)
             shifted = labels.new_full(labels.shape, start)  # (B, T_tgt)
