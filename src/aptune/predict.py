@@ -20,7 +20,6 @@ import yaml
 
 from .errors import AptuneError
 from .tasks import DataReport, Example, files, get_task, task_options
-from .tasks.base import text_problem
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -71,24 +70,12 @@ def run_settings(model_path: Path, max_length: int | None) -> RunSettings:
 def read_texts(path: str | Path, settings: RunSettings, text_column: str | None = None,
                pair_column: str | None = None) -> tuple[list[Example], DataReport]:
     """The input rows as examples (label -1), empty or garbled rows skipped and counted."""
-    path = Path(path).expanduser()
-    found, rows = files.read_table(path, "--input file")
     own = settings.task.text_columns if settings.task is not None else ()
-    columns = files.text_columns(found, text_column, pair_column, settings.pairs, str(path), preferred=own)
-    report, examples = DataReport(source=str(path)), []
-    for row in rows:
-        report.rows_read += 1
-        problem = "garbled" if row is None else text_problem([row.get(c) for c in columns])
-        if problem:
-            report.dropped[problem] += 1
-            continue
-        texts = [row[c] for c in columns]
-        examples.append(Example(tuple(settings.clean(t) for t in texts), -1))
-    if not examples:
-        raise AptuneError(f"{path} has no rows with text ({report.summary()})",
-                          "check the file's columns and that it is not empty")
-    report.rows_kept = len(examples)
-    return examples, report
+
+    def columns(found: list[str]) -> list[str]:
+        return files.text_columns(found, text_column, pair_column, settings.pairs, str(path), preferred=own)
+    rows, report = files.text_rows(path, columns)
+    return [Example(tuple(settings.clean(t) for t in row), -1) for row in rows], report
 
 
 def texts_from_flags(texts: list[str], pairs: list[str] | None, settings: RunSettings) -> list[Example]:

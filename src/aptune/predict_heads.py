@@ -22,32 +22,19 @@ import numpy as np
 
 from .errors import AptuneError
 from .tasks import DataReport, Example, files, get_task
-from .tasks.base import text_problem
 
 
 
 # -- inputs ------------------------------------------------------------------------------------
 def rows_from_file(path: str | Path, wanted: list[str]) -> tuple[list[list[str]], DataReport]:
     """The `wanted` columns of every row with text in all of them; the others are counted."""
-    path = Path(path).expanduser()
-    columns, rows = files.read_table(path, "--input file")
-    missing = [c for c in wanted if c not in columns]
-    if missing:
-        raise AptuneError(f"{path} has no column(s) {', '.join(missing)} (columns: {', '.join(columns)})",
-                          "name them with --text-column / --text-pair-column")
-    report, kept = DataReport(source=str(path)), []
-    for row in rows:
-        report.rows_read += 1
-        problem = "garbled" if row is None else text_problem([row.get(c) for c in wanted])
-        if problem:
-            report.dropped[problem] += 1
-            continue
-        kept.append([row[c] for c in wanted])
-    if not kept:
-        raise AptuneError(f"{path} has no rows with text in {', '.join(wanted)} ({report.summary()})",
-                          "check the file's columns and that it is not empty")
-    report.rows_kept = len(kept)
-    return kept, report
+    def columns(found: list[str]) -> list[str]:
+        missing = [c for c in wanted if c not in found]
+        if missing:
+            raise AptuneError(f"{path} has no column(s) {', '.join(missing)} (columns: {', '.join(found)})",
+                              "name them with --text-column / --text-pair-column")
+        return wanted
+    return files.text_rows(path, columns)
 
 
 def question_rows(questions: list[str] | None, contexts: list[str] | None, input_file, question_column,

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread", "no_env_data_dir")
 
 STAGES = ["--cofi-pruning-epochs", "4", "--cofi-ft-epochs", "1", "--cofi-prepruning-steps", "3",
           "--lagrangian-warmup-epochs", "1", "--reg-lr", "0.2", "--eval-every", "4",
-          "--batch-size", "16", "--allow-untrained-prerequisite"]
+          "--batch-size", "16", "--allow-untrained-prerequisite", "--on-size-miss", "warn"]
 
 
 @pytest.fixture(scope="module")

@@ -141,8 +141,9 @@ def test_every_method_trains_on_own_data(tmp_path, tiny_bert_dir, method):
     dev = write_delimited(tmp_path / "dev.tsv", rows[96:], "\t")
     run = tmp_path / "run"
     extra = {"lora-prune": ("--mt-num-samples", "32"),
-             "cofi": ("--cofi-teacher-epochs", "1", "--cofi-prepruning-steps", "2"),
-             "cofi-lora": ("--cofi-teacher-epochs", "1", "--cofi-prepruning-steps", "2")}.get(method, ())
+             "cofi": ("--cofi-teacher-epochs", "1", "--cofi-prepruning-steps", "2", "--on-size-miss", "warn"),
+             "cofi-lora": ("--cofi-teacher-epochs", "1", "--cofi-prepruning-steps", "2",
+                           "--on-size-miss", "warn")}.get(method, ())
     stdout = invoke("train", "--task", "text-classification", "--train-file", train, "--validation-file", dev,
                     "--method", method, "--model", tiny_bert_dir, "--output-dir", run, "--epochs", "2",
                     "--batch-size", "16", "--eval-every", "6", "--metric", "macro_f1", "--quiet",

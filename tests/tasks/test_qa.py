@@ -241,10 +241,10 @@ METHOD_FLAGS = {
                    "--mt-num-samples", "16", "--mt-batch-size", "8"],
     "cofi": ["--lr", "1e-3", "--sparsity", "0.6", "--cofi-teacher-epochs", "1", "--cofi-pruning-epochs", "4",
              "--cofi-ft-epochs", "1", "--cofi-prepruning-steps", "2", "--lagrangian-warmup-epochs", "1",
-             "--reg-lr", "0.1"],
+             "--reg-lr", "0.1", "--on-size-miss", "warn"],
     "cofi-lora": ["--lr", "1e-3", "--sparsity", "0.6", "--cofi-teacher-epochs", "1",
                   "--cofi-pruning-epochs", "4", "--cofi-ft-epochs", "1", "--cofi-prepruning-steps", "2",
-                  "--lagrangian-warmup-epochs", "1", "--reg-lr", "0.1"],
+                  "--lagrangian-warmup-epochs", "1", "--reg-lr", "0.1", "--on-size-miss", "warn"],
 }
 
 

@@ -196,7 +196,8 @@ def test_apt_without_distillation_resumes_after_a_compaction(tmp_path, tiny_bert
 
 COFI_STAGES = ("--cofi-pruning-epochs", "4", "--cofi-ft-epochs", "1", "--cofi-prepruning-steps", "3",
                "--lagrangian-warmup-epochs", "1", "--reg-lr", "0.2", "--eval-every", "4",
-               "--cofi-teacher-epochs", "1", "--checkpoint-every", "1", "--allow-untrained-prerequisite")
+               "--cofi-teacher-epochs", "1", "--checkpoint-every", "1", "--allow-untrained-prerequisite",
+               "--on-size-miss", "warn")
 
 
 def test_cofi_killed_at_every_stage_boundary_resumes_exactly(tmp_path, tiny_bert_dir,

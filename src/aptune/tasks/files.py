@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Callable
 from ..errors import AptuneError
+from .base import DataReport, text_problem
 
 csv.field_size_limit(1 << 24)
 
@@ -171,3 +173,25 @@ def label_column(found: list[str], named: str | None, source: str) -> str:
             return column
     raise AptuneError(f"{source}: cannot tell which column holds the label (columns: {listed})",
                       f"name it with --label-column (tried: {', '.join(LABEL_COLUMNS)})")
+
+
+def text_rows(path: str | Path, columns_of: Callable[[list[str]], list[str]]
+              ) -> tuple[list[list[str]], DataReport]:
+    """The texts of every row of an --input file in the columns that `columns_of` picks from its
+    header; empty or garbled rows are skipped and counted."""
+    path = Path(path).expanduser()
+    found, rows = read_table(path, "--input file")
+    columns = columns_of(found)
+    report, kept = DataReport(source=str(path)), []
+    for row in rows:
+        report.rows_read += 1
+        problem = "garbled" if row is None else text_problem([row.get(c) for c in columns])
+        if problem:
+            report.dropped[problem] += 1
+            continue
+        kept.append([row[c] for c in columns])
+    if not kept:
+        raise AptuneError(f"{path} has no rows with text ({report.summary()})",
+                          "check the file's columns and that it is not empty")
+    report.rows_kept = len(kept)
+    return kept, report
