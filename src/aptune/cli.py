@@ -245,7 +245,8 @@ def eval_(
 def predict(
     model_dir: ModelDir,
     text: Annotated[Optional[list[str]], typer.Option(
-        "--text", help="A text to classify; repeat the flag for several.")] = None,
+        "--text", help="A text to classify (an article, for a summariser); repeat the flag "
+                        "for several.")] = None,
     text_pair: Annotated[Optional[list[str]], typer.Option(
         "--text-pair", help="The second text of a pair (e.g. an MNLI hypothesis), one per --text.")] = None,
     question: Annotated[Optional[list[str]], typer.Option(
