@@ -48,3 +48,14 @@ def test_the_bench_accepts_a_missed_size_so_its_table_shows_it(tmp_path):
     job = Job(task="sst2", name="cofi", label="Prune+Distill", method="cofi", recipe="smoke/sst2-cofi")
     assert job_config(job, tmp_path, None, {})["on_size_miss"] == "warn"
     assert job_config(job, tmp_path, None, {"on_size_miss": "error"})["on_size_miss"] == "error"
+
+
+def test_only_a_parameter_budget_is_a_size_promise():
+    """LoRA+Prune with a MAC budget keeps whatever parameters meet it: no size_target to miss."""
+    from aptune.config import TrainConfig
+    from aptune.methods import get_method
+
+    def promises(method, **kw):
+        return get_method(method).promises_parameter_count(TrainConfig(method=method, **kw))
+    assert promises("apt") and promises("cofi") and promises("lora-prune", mt_constraint="params")
+    assert not promises("lora-prune", mt_constraint="mac") and not promises("ft")

@@ -530,7 +530,7 @@ def build_metrics(cfg: TrainConfig, method: Method, data: RunData, final, final_
     if structure is not None:
         metrics["params"]["kept_ratio"] = metrics["params"]["non_embedding"] / dense_params["non_embedding"]
         metrics["structure"] = structure.summary()
-    if method.prunes:
+    if method.promises_parameter_count(cfg):
         metrics["size_target"] = size_target(cfg.sparsity, metrics["params"].get("kept_ratio", 1.0))
         metrics["on_size_miss"] = cfg.on_size_miss
     return metrics

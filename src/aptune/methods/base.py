@@ -112,6 +112,12 @@ class Method:
     missed_size_hint: ClassVar[str] = ""
 
     @classmethod
+    def promises_parameter_count(cls, cfg: Any) -> bool:
+        """Whether --sparsity is a promise about the final non-embedding parameter count (the
+        size_target check); a budget on something else (LoRA+Prune's MACs) is not."""
+        return cls.prunes
+
+    @classmethod
     def uses_option(cls, name: str, adapter_options: frozenset[str]) -> bool:
         """Whether a method-section option (a field of APTConfig or of a baseline's section)
         changes this method's runs: its own section's fields, the adapter options if it trains

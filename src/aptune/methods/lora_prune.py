@@ -33,6 +33,10 @@ class LoRAPrune(LoRA):
     resumable = True
     STAGE = "mask-tuning"
 
+    @classmethod
+    def promises_parameter_count(cls, cfg) -> bool:
+        return cfg.mt_constraint == "params"  # a MAC budget keeps whatever parameters it keeps
+
     def __init__(self) -> None:
         self.base: dict[str, Any] = {}
         self.mask_tuning: dict[str, Any] = {}
