@@ -87,6 +87,9 @@ def train(name: str, cmd: list[str], out: Path, threads: int, reuse: bool = Fals
     if reuse and metrics_file.is_file():  # a finished run (aptune writes metrics.json last)
         print(f"{name}: finished earlier, reused", flush=True)
         rc = 0
+    elif reuse and (out / f".{name}.partial-run").is_dir():  # unfinished: running, or interrupted
+        return {"error": f"{out / name} is not finished (its .partial-run folder is there); rerun when "
+                         "it ends, or without --reuse to start it again"}
     else:
         print(f"{name}: {' '.join(cmd[3:])}", flush=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
