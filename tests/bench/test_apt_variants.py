@@ -46,3 +46,12 @@ def test_variants_train_and_are_tabulated(tiny_bert_dir, tiny_data_dir, tmp_path
     assert again.stdout.count("finished earlier, reused") == 2
     assert (out / "base" / "metrics.json").stat().st_mtime_ns == stamp
     assert json.loads((out / "apt_variants.json").read_text())["rows"] == record["rows"]
+
+    # ... and leaves a run that is still being written alone: no new run, its log untouched
+    (out / ".ghost.partial-run").mkdir()
+    (out / "ghost.log").write_text("the running job's log\n")
+    busy = subprocess.run([*cmd[:2], str(out), "--task", "sst2", "--reuse", "--variant", "ghost="],
+                          capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "",
+                                                               "PYTHONPATH": str(REPO / "src")})
+    assert busy.returncode != 0 and "is not finished" in (out / "apt_variants.md").read_text()
+    assert (out / "ghost.log").read_text() == "the running job's log\n" and not (out / "ghost").exists()
