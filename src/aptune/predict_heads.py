@@ -76,7 +76,7 @@ def answer_questions(model, tokenizer, rows: list[list[str]], settings, batch_si
 def classify_as_text(model, tokenizer, examples: list[Example], settings, batch_size: int) -> list[dict]:
     import torch
 
-    from .tasks.text_to_text import TARGET_TOKENS, TextToTextClassification
+    from .tasks.text_to_text import TextToTextClassification
     from .train.data import encode, make_loader
 
     task = TextToTextClassification(settings.task, tokenizer, model.config)
@@ -88,13 +88,8 @@ def classify_as_text(model, tokenizer, examples: list[Example], settings, batch_
     with torch.no_grad():
         for batch in loader:
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            tokens = model.generate(**inputs, max_new_tokens=TARGET_TOKENS, do_sample=False, num_beams=1)
-            tokens = tokens[:, 1:1 + TARGET_TOKENS]  # (B, ≤2): the start token dropped
-            if tokens.shape[1] < TARGET_TOKENS:
-                tokens = torch.nn.functional.pad(tokens, (0, TARGET_TOKENS - tokens.shape[1]),
-                                                 value=task.pad_token_id)
-            labels = task._label_of(tokens).tolist()  # (B,) -1: no label word
-            start = torch.full((tokens.shape[0], 1), task.decoder_start_token_id)  # (B, 1)
+            labels = task.generated_labels(model, inputs).tolist()  # (B,) -1: no label word
+            start = torch.full((len(labels), 1), task.decoder_start_token_id)  # (B, 1)
             first = model(**inputs, decoder_input_ids=start).logits[:, 0, firsts]  # (B, n_labels)
             probs = torch.softmax(first.float(), dim=-1).tolist()
             for label, row in zip(labels, probs):

@@ -97,27 +97,31 @@ class TextToTextClassification(Task):
             return self._predict(model, loader, accelerator)
 
     def _predict(self, model, loader, accelerator) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
         from ..train.memory import release_freed_memory
 
         model.eval()
         preds, golds = [], []
         for batch in loader:
-            out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 max_new_tokens=TARGET_TOKENS, do_sample=False, num_beams=1)
-            tokens = out[:, 1:1 + TARGET_TOKENS]  # (B, ≤2): the decoder start token dropped
-            if tokens.shape[1] < TARGET_TOKENS:  # every row ended early
-                tokens = torch.nn.functional.pad(tokens, (0, TARGET_TOKENS - tokens.shape[1]),
-                                                 value=self.pad_token_id)
-            pred, gold = self._label_of(tokens), self._label_of(batch["labels"])  # (B,) each
+            pred, gold = self.generated_labels(model, batch), self._label_of(batch["labels"])  # (B,) each
             if accelerator is not None:
                 pred, gold = accelerator.gather_for_metrics((pred, gold))
             preds.append(pred.cpu().numpy())
             golds.append(gold.cpu().numpy())
-            if out.device.type == "cpu":
+            if pred.device.type == "cpu":
                 release_freed_memory()
         return np.concatenate(preds), np.concatenate(golds)
+
+    def generated_labels(self, model, batch: dict) -> torch.Tensor:
+        """(B,) the label that greedy generation of TARGET_TOKENS spells for each row, else -1."""
+        import torch
+
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             max_new_tokens=TARGET_TOKENS, do_sample=False, num_beams=1)
+        tokens = out[:, 1:1 + TARGET_TOKENS]  # (B, ≤2): the decoder start token dropped
+        if tokens.shape[1] < TARGET_TOKENS:  # every row ended early
+            tokens = torch.nn.functional.pad(tokens, (0, TARGET_TOKENS - tokens.shape[1]),
+                                             value=self.pad_token_id)
+        return self._label_of(tokens)
 
     def _label_of(self, tokens: torch.Tensor) -> torch.Tensor:
         """The label whose target equals each row of `tokens` (B, 2), else -1."""
