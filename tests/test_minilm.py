@@ -45,13 +45,14 @@ def test_minilm_ft_learns_sst2_slice(tmp_path):
     from aptune.pipeline import run_training
 
     cfg = TrainConfig(task="sst2", method="ft", model="minilm", data_dir=str(SHARED_DATA),
-                      output_dir=str(tmp_path / "run"), max_train_samples=1280, max_eval_samples=256,
+                      output_dir=str(tmp_path / "run"), max_train_samples=640, max_eval_samples=256,
                       epochs=1, lr=2e-4, eval_every=20, batch_size=32)
     metrics = run_training(cfg, show_progress=False)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["params"]["non_embedding"] == 10_646_784  # 6 x (attention + FFN + 2 LayerNorms)
-    assert saved["data"]["train_rows"] == 1280 and saved["data"]["dev_rows"] == 256
-    # 40 steps of FT move MiniLM well above chance (measured: 0.78) (the dev slice is balanced to ~50%).
+    assert saved["data"]["train_rows"] == 640 and saved["data"]["dev_rows"] == 256
+    # 20 steps of FT move MiniLM well above chance (measured: 0.75; 0.78 after 40 steps) (the dev
+    # slice is balanced to ~50%).
     assert metrics["eval"]["accuracy"] >= 0.70, metrics["eval"]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,18 +15,36 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from tests.helpers import read_log
+from tests.helpers import RUNNER, fails, invoke, read_log
 
 pytestmark = pytest.mark.usefixtures("no_env_data_dir")
 
 
-def aptune(*args, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    env.pop("APTUNE_FAULT_AT_STEP", None)
-    if fault:
-        env["APTUNE_FAULT_AT_STEP"] = fault
+def aptune(*args, fault: str | None = None):
+    """`aptune ARGS`: in a subprocess when a fault is to kill it (a kill must be a real kill),
+    otherwise in this process on one thread, as the subprocesses run (a fresh interpreter spends
+    seconds on its imports). Either way a CompletedProcess-like result."""
+    if fault is None:
+        return in_process(*args)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "APTUNE_FAULT_AT_STEP": fault}
     return subprocess.run([sys.executable, "-m", "aptune", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=600)
+
+
+def in_process(*args) -> subprocess.CompletedProcess:
+    import torch
+
+    from aptune.cli import app
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = RUNNER.invoke(app, [str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+    stderr = result.stderr + (f"\n{result.exception!r}" if result.exit_code not in (0, 2) else "")
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
 
 
 def train(out: Path, model: Path, data: Path, method: str, *extra, fault: str | None = None):
@@ -92,26 +111,28 @@ def test_a_stopped_run_resumes_exactly(tmp_path, tiny_bert_dir, tiny_data_dir, r
 
 
 def test_resume_guards(tmp_path, tiny_bert_dir, tiny_data_dir):
+    """Only the kill needs a real process; the refusals and the overwrite run in this one (each
+    fresh interpreter costs seconds of imports)."""
     out = tmp_path / "run"
     assert train(out, tiny_bert_dir, tiny_data_dir, "ft", fault="12:KILL").returncode != 0
+    out2 = tmp_path / "run2"  # the same checkpoint, damaged below
+    shutil.copytree(unfinished(out), unfinished(out2))
     # the same run, other settings: refused, naming them
-    changed = aptune("train", "--resume", out, "--lr", "0.5", "--quiet")
-    assert changed.returncode == 2 and "these settings differ: lr (0.002 in the checkpoint, 0.5 now)" \
-        in changed.stderr
+    assert "these settings differ: lr (0.002 in the checkpoint, 0.5 now)" in fails(
+        "train", "--resume", out, "--lr", "0.5", "--quiet")
     # a new run into the same folder does not silently throw the checkpoint away
-    fresh = train(out, tiny_bert_dir, tiny_data_dir, "ft")
-    assert fresh.returncode == 2 and "has an unfinished run (checkpoint at step 10)" in fresh.stderr
-    assert f"aptune train --resume {out}" in fresh.stderr
-    assert train(out, tiny_bert_dir, tiny_data_dir, "ft", "--overwrite").returncode == 0
-    nothing = aptune("train", "--resume", tmp_path / "never-ran", "--quiet")
-    assert nothing.returncode == 2 and "holds no checkpoint" in nothing.stderr
+    common = ("train", "--task", "sst2", "--method", "ft", "--model", tiny_bert_dir, "--data-dir",
+              tiny_data_dir, "--output-dir", out, "--epochs", "1", "--batch-size", "16", "--quiet")
+    fresh = fails(*common)
+    assert "has an unfinished run (checkpoint at step 10)" in fresh
+    assert f"aptune train --resume {out}" in " ".join(fresh.split())
+    invoke(*common, "--overwrite")
+    assert (out / "metrics.json").is_file() and not unfinished(out).exists()
+    assert "holds no checkpoint" in fails("train", "--resume", tmp_path / "never-ran", "--quiet")
     # a damaged checkpoint is one clear error
-    out2 = tmp_path / "run2"
-    assert train(out2, tiny_bert_dir, tiny_data_dir, "ft", fault="12:KILL").returncode != 0
     tensors = unfinished(out2) / "checkpoint" / "tensors.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:1000])
-    damaged = aptune("train", "--resume", out2, "--quiet")
-    assert damaged.returncode == 2 and "is damaged" in damaged.stderr and "Traceback" not in damaged.stderr
+    assert "is damaged" in fails("train", "--resume", out2, "--quiet")
 
 
 def apt_run(out: Path, model: Path, data: Path, *extra, fault: str | None = None):
