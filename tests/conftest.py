@@ -20,22 +20,6 @@ from tests.helpers import (build_learnable_bert, build_tiny_model, write_cnn_dai
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-# The files that take longest (they start fresh interpreters: ~10 s of imports each) run first.
-# With `--dist loadfile` the workers take whole files in collection order, so a long file
-# collected last (train/ sorts after everything) kept one worker busy for minutes after the
-# other had finished: longest first is the classic fix for that tail.
-LONGEST_FIRST = ("bench/test_bench.py", "train/test_resume.py", "train/test_distributed.py",
-                 "test_minilm.py", "bench/test_apt_variants.py", "bench/test_bench_seq2seq.py",
-                 "export/test_onnx.py", "tasks/test_summarization.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        path = item.path.as_posix()
-        return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith("tests/" + name)),
-                    len(LONGEST_FIRST))
-    items.sort(key=rank)  # stable: each file's tests keep their order
-
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
