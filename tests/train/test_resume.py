@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from tests.helpers import RUNNER, fails, invoke, read_log
+from tests.helpers import RUNNER, read_log
 
-pytestmark = pytest.mark.usefixtures("no_env_data_dir")
+pytestmark = pytest.mark.usefixtures("one_thread", "no_env_data_dir")
 
 
 def aptune(*args, fault: str | None = None):
     """`aptune ARGS`: in a subprocess when a fault is to kill it (a kill must be a real kill),
-    otherwise in this process on one thread, as the subprocesses run (a fresh interpreter spends
+    otherwise in this process, on one thread as the subprocesses run (a fresh interpreter spends
     seconds on its imports). Either way a CompletedProcess-like result."""
     if fault is None:
         return in_process(*args)
@@ -33,16 +33,9 @@ def aptune(*args, fault: str | None = None):
 
 
 def in_process(*args) -> subprocess.CompletedProcess:
-    import torch
-
     from aptune.cli import app
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = RUNNER.invoke(app, [str(a) for a in args])
-    finally:
-        torch.set_num_threads(threads)
+    result = RUNNER.invoke(app, [str(a) for a in args])  # one thread: the module's one_thread fixture
     stderr = result.stderr + (f"\n{result.exception!r}" if result.exit_code not in (0, 2) else "")
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
 
@@ -111,28 +104,27 @@ def test_a_stopped_run_resumes_exactly(tmp_path, tiny_bert_dir, tiny_data_dir, r
 
 
 def test_resume_guards(tmp_path, tiny_bert_dir, tiny_data_dir):
-    """Only the kill needs a real process; the refusals and the overwrite run in this one (each
-    fresh interpreter costs seconds of imports)."""
+    """Only the kill needs a real process; the rest runs in this one (`aptune` without a fault)."""
     out = tmp_path / "run"
     assert train(out, tiny_bert_dir, tiny_data_dir, "ft", fault="12:KILL").returncode != 0
     out2 = tmp_path / "run2"  # the same checkpoint, damaged below
     shutil.copytree(unfinished(out), unfinished(out2))
     # the same run, other settings: refused, naming them
-    assert "these settings differ: lr (0.002 in the checkpoint, 0.5 now)" in fails(
-        "train", "--resume", out, "--lr", "0.5", "--quiet")
+    changed = aptune("train", "--resume", out, "--lr", "0.5", "--quiet")
+    assert changed.returncode == 2 and "these settings differ: lr (0.002 in the checkpoint, 0.5 now)" \
+        in changed.stderr
     # a new run into the same folder does not silently throw the checkpoint away
-    common = ("train", "--task", "sst2", "--method", "ft", "--model", tiny_bert_dir, "--data-dir",
-              tiny_data_dir, "--output-dir", out, "--epochs", "1", "--batch-size", "16", "--quiet")
-    fresh = fails(*common)
-    assert "has an unfinished run (checkpoint at step 10)" in fresh
-    assert f"aptune train --resume {out}" in " ".join(fresh.split())
-    invoke(*common, "--overwrite")
-    assert (out / "metrics.json").is_file() and not unfinished(out).exists()
-    assert "holds no checkpoint" in fails("train", "--resume", tmp_path / "never-ran", "--quiet")
+    fresh = train(out, tiny_bert_dir, tiny_data_dir, "ft")
+    assert fresh.returncode == 2 and "has an unfinished run (checkpoint at step 10)" in fresh.stderr
+    assert f"aptune train --resume {out}" in " ".join(fresh.stderr.split())
+    assert train(out, tiny_bert_dir, tiny_data_dir, "ft", "--overwrite").returncode == 0
+    nothing = aptune("train", "--resume", tmp_path / "never-ran", "--quiet")
+    assert nothing.returncode == 2 and "holds no checkpoint" in nothing.stderr
     # a damaged checkpoint is one clear error
     tensors = unfinished(out2) / "checkpoint" / "tensors.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:1000])
-    assert "is damaged" in fails("train", "--resume", out2, "--quiet")
+    damaged = aptune("train", "--resume", out2, "--quiet")
+    assert damaged.returncode == 2 and "is damaged" in damaged.stderr and "Traceback" not in damaged.stderr
 
 
 def apt_run(out: Path, model: Path, data: Path, *extra, fault: str | None = None):
