@@ -26,13 +26,14 @@ ENV = "APTUNE_CPU_HEAP"
 state = "glibc default (dynamic mmap threshold)"
 
 
-def fix_mmap_threshold() -> str:
-    """Fix glibc's mmap threshold at 64 KiB unless the user chose otherwise; returns `state`."""
+def fix_mmap_threshold(force: bool = False) -> str:
+    """Fix glibc's mmap threshold at 64 KiB unless the user chose otherwise (or `force`, for the
+    bench's inference-memory passes, which fix it whatever the user chose); returns `state`."""
     global state
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") and not force:
         state = f"glibc mmap threshold {os.environ['MALLOC_MMAP_THRESHOLD_']} bytes (MALLOC_MMAP_THRESHOLD_)"
         return state
-    if os.environ.get(ENV, "").lower() == "default":
+    if os.environ.get(ENV, "").lower() == "default" and not force:
         return state
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
