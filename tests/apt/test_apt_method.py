@@ -60,8 +60,8 @@ def test_schedule_and_structure_are_reported(full_run):
     assert sched["total_steps"] == 130
     assert 3 <= len(sched["points"]) <= 10
     assert sched["kept"][-1] == pytest.approx(0.4)
-    assert sched["end"] == sched["points"][-1] == 39  # 30 % of T
-    assert sched["distill_start"] is not None and sched["distill_end"] == 65  # 50 % of T
+    assert sched["end"] == sched["points"][-1] == 91  # 70 % of T
+    assert sched["distill_start"] is not None and sched["distill_end"] == 123  # 95 % of T
     assert len(sched["budgets"]) == len(sched["points"])
     # TTA counts only evaluations at the final structure: after the last pruning point
     final = [r["step"] for r in metrics["history"] if r["at_final_size"]]
@@ -227,7 +227,7 @@ def test_learning_rate_schedule_over_distillation(ablation, lr_schedule):
 def test_too_short_run_raises(tiny_bert_dir, tiny_data_dir, tmp_path):
     with pytest.raises(AptuneError, match="too short") as err:
         train(tiny_bert_dir, tiny_data_dir, tmp_path / "run", epochs=2)  # 26 steps
-    assert err.value.fix and "84" in err.value.fix
+    assert err.value.fix and "35" in err.value.fix
     assert not (tmp_path / "run").exists()  # no half-written run folder
 
 

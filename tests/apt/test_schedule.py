@@ -126,16 +126,16 @@ def test_mu_ceiling_scales_the_ramp_and_keeps_the_task_loss():
 def test_relative_mode_T5000():
     s = ScheduleSettings(total_steps=5000, steps_per_epoch=100, target_kept=0.4, mode="relative")
     sched = build_schedule(s)
-    assert (sched.start, sched.end) == (100, 1500)  # 2 % and 30 % of T
-    assert sched.warmup_end == 100 + math.floor(1400 / 3)
+    assert (sched.start, sched.end) == (100, 3500)  # 2 % and 70 % of T
+    assert sched.warmup_end == 100 + math.floor(3400 / 3)
     assert len(sched.points) == 10
-    assert sched.points == [math.floor(100 + 1400 * k / 10) for k in range(1, 11)]
+    assert sched.points == [math.floor(100 + 3400 * k / 10) for k in range(1, 11)]
     gaps = [b - a for a, b in zip([sched.start, *sched.points[:-1]], sched.points)]
-    assert sched.windows == [min(200, g // 2) for g in gaps] == [70] * 10
+    assert sched.windows == [min(200, g // 2) for g in gaps] == [170] * 10
     assert sched.mask_steps == pytest.approx([2 / w for w in sched.windows])
     assert sched.kept[-1] == pytest.approx(0.4)
     assert sched.kept[:3] == [1.0, 1.0, 1.0]  # points inside the sparsity warm-up
-    assert sched.distill_end == 2500  # 50 % of T
+    assert sched.distill_end == 4750  # 95 % of T
     assert sched.distill_start == sched.points[3] + 1  # after the first ρ < 1 point
 
 
@@ -147,7 +147,7 @@ def test_relative_window_is_capped_at_200():
 
 
 def test_short_run_uses_fewer_points():
-    s = ScheduleSettings(total_steps=126, steps_per_epoch=13, target_kept=0.4, mode="relative")
+    s = ScheduleSettings(total_steps=60, steps_per_epoch=13, target_kept=0.4, mode="relative")
     sched = build_schedule(s)
     assert 3 <= len(sched.points) < 10
     assert sched.kept[-1] == pytest.approx(0.4)
@@ -159,7 +159,7 @@ def test_short_run_uses_fewer_points():
 
 
 def test_too_short_run_names_the_minimum():
-    s = ScheduleSettings(total_steps=40, steps_per_epoch=13, target_kept=0.4, mode="relative")
+    s = ScheduleSettings(total_steps=20, steps_per_epoch=13, target_kept=0.4, mode="relative")
     with pytest.raises(AptuneError) as err:
         build_schedule(s)
     fix = err.value.fix or ""

@@ -49,7 +49,8 @@ def test_two_process_apt_run_killed_and_resumed_matches(tiny_roberta_dir, tiny_d
                               capture_output=True, text=True, timeout=300)
 
     settings = ("--task", "sst2", "--method", "apt", "--model", tiny_roberta_dir, "--epochs", "7",
-                "--batch-size", "8", "--eval-every", "10", "--lr", "2e-3", "--checkpoint-every", "5")
+                "--batch-size", "8", "--eval-every", "10", "--lr", "2e-3", "--checkpoint-every", "5",
+                "--pruning-end-frac", "0.3", "--distill-end-frac", "0.5")  # the steps named above
     reference, out = tmp_path / "reference", tmp_path / "run"
     assert torchrun(*settings, "--output-dir", reference).returncode == 0
     assert torchrun(*settings, "--output-dir", out, fault="20:KILL").returncode != 0

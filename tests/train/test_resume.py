@@ -127,13 +127,18 @@ def test_resume_guards(tmp_path, tiny_bert_dir, tiny_data_dir):
     assert damaged.returncode == 2 and "is damaged" in damaged.stderr and "Traceback" not in damaged.stderr
 
 
+# The phases below are named by step: the schedule of aptune 0.1 (prune until 30 % of the run,
+# distil until 50 %) puts all of them, a compaction after distillation included, into 91 steps.
+SHORT_SCHEDULE = ("--pruning-end-frac", "0.3", "--distill-end-frac", "0.5")
+
+
 def apt_run(out: Path, model: Path, data: Path, *extra, fault: str | None = None):
     """7 epochs of 13 steps: pruning points at 9, 18 (kept 0.475, ranks grow) and 27 (0.40);
     teacher snapshots at the window starts 5, 14 and 23 (each compacts the student); distillation
     over [19, 45); then fine-tuning at 0.1x the learning rate."""
     return aptune("train", "--task", "sst2", "--method", "apt", "--model", model, "--data-dir", data,
                   "--output-dir", out, "--epochs", "7", "--batch-size", "16", "--eval-every", "5",
-                  "--lr", "2e-3", "--checkpoint-every", "1", "--quiet", *extra, fault=fault)
+                  "--lr", "2e-3", "--checkpoint-every", "1", "--quiet", *SHORT_SCHEDULE, *extra, fault=fault)
 
 
 def test_apt_killed_in_every_phase_resumes_exactly(tmp_path, tiny_bert_dir, tiny_data_dir):

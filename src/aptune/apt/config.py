@@ -39,11 +39,11 @@ class APTConfig:
         "auto", "APT: relative (fractions of the run), absolute (paper's step constants), or auto "
         "(absolute only for runs of paper length).")
     pruning_start_frac: float = option(0.02, "APT relative schedule: salience starts at this fraction of T.")
-    pruning_end_frac: float = option(0.30, "APT relative schedule: the last pruning point, as a "
+    pruning_end_frac: float = option(0.70, "APT relative schedule: the last pruning point, as a "
                                      "fraction of T.")
     sparsity_warmup_frac: float = option(1 / 3, "APT relative schedule: part of the pruning window "
                                          "where the kept ratio stays 1.")
-    distill_end_frac: float = option(0.50, "APT relative schedule: distillation ends at this fraction of T.")
+    distill_end_frac: float = option(0.95, "APT relative schedule: distillation ends at this fraction of T.")
     pruning_start_step: int = option(200, "APT absolute schedule: first salience step.")
     pruning_end_epoch: float = option(3.0, "APT absolute schedule: last pruning point, in epochs.")
     sparsity_warmup_epochs: float = option(1.0, "APT absolute schedule: epochs with kept ratio 1.")

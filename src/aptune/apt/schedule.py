@@ -29,9 +29,9 @@ class ScheduleSettings:
     distill_epochs: float = 20.0
     # relative mode (docs/method.md#short-runs): fractions of T
     pruning_start_frac: float = 0.02
-    pruning_end_frac: float = 0.30
+    pruning_end_frac: float = 0.70
     sparsity_warmup_frac: float = 1 / 3  # of the pruning window
-    distill_end_frac: float = 0.50
+    distill_end_frac: float = 0.95
     max_decay_window: int = 200
     distill: bool = True
     prune: bool = True
