@@ -155,7 +155,7 @@ def test_every_shipped_scale_evaluates_each_task_on_one_interval(tmp_path):
 
 
 # -- collect() on fake run folders, and what resume reruns ----------------------------------------
-def _fake_run(run_dir, task, name, method, curve, mem, kept=1.0, before=0.0, config=None):
+def _fake_run(run_dir, task, name, method, curve, mem, kept=1.0, before=0.0, config=None, phases=None):
     """A finished job folder: metrics.json, log.jsonl and config.yaml as `aptune train` writes them."""
     folder = run_dir / task / name
     folder.mkdir(parents=True)
@@ -168,7 +168,9 @@ def _fake_run(run_dir, task, name, method, curve, mem, kept=1.0, before=0.0, con
                "params": {"non_embedding": int(1000 * kept), "dense_non_embedding": 1000},
                "steps": curve[-1][0], "train_seconds": curve[-1][1], "seconds_before_training": before,
                "total_train_seconds": before + curve[-1][1], "seconds_per_step": 0.5,
-               "peak_train_memory_bytes": mem, "history": log}
+               "peak_train_memory_bytes": mem, "history": log,
+               "seconds_per_step_by_phase": {k: {"steps": n, "seconds": sec, "seconds_per_step": sec / n}
+                                             for k, (n, sec) in (phases or {}).items()}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "config.yaml").write_text(yaml.safe_dump(config or {}))
     return folder
@@ -181,7 +183,9 @@ def test_collect_computes_tta_and_memory_against_ft(tmp_path):
     _fake_run(tmp_path, "sst2", "ft", "ft", [(10, 50.0, 0.80, True), (20, 100.0, 0.90, True)], mem=1000)
     # APT passes 0.873 (97% of 0.90) at step 10, but its structure is final only from step 20
     _fake_run(tmp_path, "sst2", "apt", "apt", [(10, 40.0, 0.95, False), (20, 80.0, 0.86, True),
-                                               (30, 120.0, 0.88, True)], mem=700, kept=0.4)
+                                               (30, 120.0, 0.88, True)], mem=700, kept=0.4,
+              phases={"before_pruning": (10, 10.0), "pruning": (10, 8.0), "distilling_pruned": (5, 1.0),
+                      "tuning_pruned": (5, 0.5)})
     # LoRA+Prune: its loop reaches it at once, but carries 500 s of LoRA and Mask Tuning
     _fake_run(tmp_path, "sst2", "lora-prune", "lora-prune", [(10, 30.0, 0.89, True)], mem=600,
               kept=0.4, before=500.0)
@@ -196,6 +200,12 @@ def test_collect_computes_tta_and_memory_against_ft(tmp_path):
     assert s["sst2/cofi"]["tta"]["reached"] is False and s["sst2/cofi"]["relative"]["tta_pct"] is None
     assert s["sst2/cofi"]["relative"]["train_memory_pct"] == pytest.approx(150.0)
     assert "not reached (best 70.00)" in tables.table2(s, ["sst2"])
+    # the steps after the last pruning point: 1.5 s over 10 steps, against FT's 0.5 s/step
+    assert s["sst2/apt"]["seconds_per_step_after_pruning"] == pytest.approx(0.15)
+    assert s["sst2/apt"]["relative"]["step_after_pruning_vs_ft"] == pytest.approx(0.3)
+    assert s["sst2/ft"]["seconds_per_step_after_pruning"] is None
+    raw = tables.raw_table(s, ["sst2"])
+    assert "| 0.150 (0.30×) |" in raw and "s/step after p_K (× FT)" in raw
 
 
 def test_resume_reruns_what_a_retrained_prerequisite_feeds(tmp_path):

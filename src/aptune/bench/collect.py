@@ -12,6 +12,10 @@ from .runner import job_dir
 from .suites import Job
 from .tta import TTA_FRACTION, threshold_from, time_to_accuracy
 
+# APT's phases once the model has its final size (apt/callback.py, `_phase`): the steps that
+# issue 15 asks to cost at most 0.6x FT's.
+PHASES_AFTER_PRUNING = ("distilling_pruned", "tuning_pruned")
+
 
 def read_log(folder: Path) -> list[dict[str, Any]]:
     path = folder / "log.jsonl"
@@ -41,6 +45,8 @@ def job_summary(job: Job, folder: Path) -> dict[str, Any]:
         "seconds_before_training": metrics.get("seconds_before_training", 0.0),
         "total_train_seconds": metrics.get("total_train_seconds", metrics["train_seconds"]),
         "seconds_per_step": metrics["seconds_per_step"], "wall_seconds": metrics.get("wall_seconds"),
+        "seconds_per_step_by_phase": metrics.get("seconds_per_step_by_phase") or {},
+        "seconds_per_step_after_pruning": _seconds_per_step_after_pruning(metrics),
         "peak_train_memory_bytes": metrics["peak_train_memory_bytes"],
         "peak_train_memory_method": metrics.get("peak_train_memory_method"),
         "curve": [{"step": r["step"], "seconds": r.get("total_train_seconds", r["train_seconds"]),
@@ -50,6 +56,14 @@ def job_summary(job: Job, folder: Path) -> dict[str, Any]:
     if job.method == "apt":
         summary["apt_trace"] = _apt_trace(metrics.get("method_settings", {}), summary)
     return summary
+
+
+def _seconds_per_step_after_pruning(metrics: dict) -> float | None:
+    """Seconds per step over every step after the last pruning point (None for runs without one)."""
+    phases = metrics.get("seconds_per_step_by_phase") or {}
+    after = [phases[name] for name in PHASES_AFTER_PRUNING if name in phases]
+    steps = sum(p["steps"] for p in after)
+    return sum(p["seconds"] for p in after) / steps if steps else None
 
 
 def _apt_trace(settings: dict, summary: dict) -> dict[str, list]:
@@ -96,6 +110,8 @@ def collect(jobs: list[Job], run_dir: Path) -> dict[str, dict[str, Any]]:
                 "train_memory_pct": 100 * s["peak_train_memory_bytes"] / ft["peak_train_memory_bytes"]
                 if ft["peak_train_memory_bytes"] else None,
                 "score_vs_ft": s["score"] / ft["score"] if ft["score"] else None,
+                "step_after_pruning_vs_ft": s["seconds_per_step_after_pruning"] / ft["seconds_per_step"]
+                if s.get("seconds_per_step_after_pruning") and ft["seconds_per_step"] else None,
             }
     return out
 

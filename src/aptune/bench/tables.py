@@ -156,6 +156,7 @@ def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
     for task in tasks:
         sizes = _batches(summaries, task) or ["32", "128"]
         head = ["Method", "dev score", "TTA (s)", "TTA step", "train s (total)", "s/step",
+                "s/step after p_K (× FT)",
                 "train mem (MiB)", *[f"inf {kind}@{bs}" + (" (samples/s)" if i == 0 else "")
                                      for i, (kind, bs) in enumerate(_kinds(sizes))],
                 "inf mem (MiB)", "one-process (MiB)", "non-emb params", "wall (min)"]
@@ -180,7 +181,7 @@ def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
                 f"{s['label']} ({s['name']})", _score(s), *exact, *rouge,
                 f"{tta['seconds']:,.0f}" if tta.get("reached") else "not reached",
                 str(tta.get("step") or "—"), f"{s['total_train_seconds']:,.0f}",
-                f"{s['seconds_per_step']:.3f}",
+                f"{s['seconds_per_step']:.3f}", _after_pruning(s),
                 f"{s['peak_train_memory_bytes'] / MiB:,.0f}",
                 *[_thr(inf, kind, bs) for kind, bs in _kinds(sizes)], *generate,
                 _mib(inf.get("fresh_memory", {}).get("peak_memory_bytes")),
@@ -198,6 +199,15 @@ def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
                 if dev_rows else "")
         out.append(f"### {TASK_TITLES[task]}\n\n" + _render(rows) + note)
     return "\n".join(out)
+
+
+def _after_pruning(s: dict) -> str:
+    """APT's s/step after its last pruning point, and its ratio to FT's whole-run s/step."""
+    sec = s.get("seconds_per_step_after_pruning")
+    ratio = s.get("relative", {}).get("step_after_pruning_vs_ft")
+    if sec is None:
+        return "—"
+    return f"{sec:.3f} ({ratio:.2f}×)" if ratio is not None else f"{sec:.3f}"
 
 
 def _kinds(sizes: list[str]) -> list[tuple[str, str]]:
