@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..tasks import Task
 from .control import LoopControl
 from .events import Callback
-from .memory import PeakMemoryMeter, release_freed_memory
+from .memory import PeakMemoryMeter, release_freed_memory, trims_each_step
 from .optim import LinearWarmupDecay, Survivors, build_optimizer, rebuild_optimizer, set_lr
 
 
@@ -95,7 +95,7 @@ class Trainer:
         self._untimed = 0.0
         self._extra_params: list = []
         self.memory = PeakMemoryMeter(accelerator.device)
-        self._trim_each_step = accelerator.device.type == "cpu"
+        self._trim_each_step = trims_each_step(accelerator.device)  # the default heap only
         # Where the data stream stands, and the running loss, so that a checkpoint can resume it.
         self.epoch = 0
         self.batches_in_epoch = 0
