@@ -166,8 +166,11 @@ class APTCallback(Callback):
         survivors = self._compact(model, survivors)
         if before is not None:
             after = sum(p.numel() for p in model.parameters())
-            trainer.say(f"step {trainer.step}: the student is compacted to its masks ({after:,} of "
-                        f"{before:,} parameters); the teacher keeps its own copy")
+            # The copy is the student as the last teacher refresh compacted it: its size is what
+            # each remaining distillation step's teacher forward costs.
+            trainer.say(f"step {trainer.step}: the student is compacted to its masks ({before:,} -> "
+                        f"{after:,} parameters); the teacher keeps its own copy ({teacher.numel():,}, "
+                        "its size at the last refresh)")
         return survivors
 
     def _compact(self, model: nn.Module, survivors: Survivors) -> Survivors:
