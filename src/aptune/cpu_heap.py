@@ -10,7 +10,7 @@ block of 64 KiB or more its own mapping, returned to the OS when freed, for ever
 Each new mapping is faulted in and zeroed page by page, which costs step time. torch's CPU
 allocator backs blocks of 2 MiB or more with transparent huge pages when THP_MEM_ALLOC_ENABLE=1
 (one fault per 2 MiB instead of per 4 KiB), so that is set too. Measured on MiniLM FT, 2,000 SST-2
-sentences, 63 steps, two runs each (README#how-it-measures): default heap 1.114 / 1.162 s/step at
+sentences, 63 steps, two runs each (README#what-a-run-writes): default heap 1.114 / 1.162 s/step at
 a 970 / 959 MiB peak; threshold fixed 1.403 / 1.315 s/step at 686 MiB; fixed with huge pages
 1.289 / 1.230 s/step at 686 MiB.
 
