@@ -16,12 +16,13 @@ import torch
 import aptune
 import aptune.apt.callback as apt_callback
 from aptune.apt.salience import SalienceCollector
-from aptune.apt.teacher import layer_loss, map_layers, mapped_layer_loss
+from aptune.apt.teacher import apply_transform, layer_loss, map_layers, mapped_layer_loss
 from aptune.arch import get_spec
 from aptune.config import TrainConfig
 from aptune.losses import lora_layer_transform
 from aptune.models import load_classifier
 from aptune.pipeline import run_training
+from aptune.surgery import prune_linear_in
 
 torch.set_num_threads(1)
 
@@ -147,10 +148,10 @@ def test_salience_components_are_read_when_asked(component, tmp_path):
 
 
 @pytest.mark.parametrize("near", [True, False], ids=["one-to-one", "shared-student-layer"])
-def test_layer_loss_with_the_mapping_on_the_device_is_bit_identical(near, monkeypatch):
-    """L_layer with φ kept on the device equals L_layer under the host's φ, loss and gradients bit
-    for bit, also when several teacher layers map onto one student layer (`near` False: random
-    teachers, which all land on one layer)."""
+def test_layer_loss_with_the_mapping_on_the_device_matches_the_host_mapping(near, monkeypatch):
+    """L_layer with φ kept on the device equals L_layer under the host's φ, the loss bit for bit
+    and the gradients to rounding, also when several teacher layers map onto one student layer
+    (`near` False: random teachers, which all land on one layer)."""
     g = torch.Generator().manual_seed(11)
     d, alive, picks = 16, [True, False, True, True, True], [0, 2, 3, 4]
     weights = [torch.randn(d, d, generator=g) * 0.3 for _ in alive]
@@ -188,5 +189,33 @@ def test_layer_loss_with_the_mapping_on_the_device_is_bit_identical(near, monkey
     with torch.no_grad():
         chosen = list(map_layers(teacher, layers(x), picks, alive, tr).values())
     assert (len(set(chosen)) == len(picks)) == near  # the case the test means to cover
-    for host, device in zip(run(False), run(True)):
-        assert torch.equal(host, device)
+    host, device = run(False), run(True)
+    assert torch.equal(host[0], device[0])  # the same φ: the same loss
+    # The gradients add the same terms; the two graphs may add them in another order.
+    for a, b in zip(host[1:], device[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_tr_without_its_identity_product_is_bit_identical(narrow):
+    """`apply_transform` skips Tr's frozen identity product (a placement instead of a d × d
+    matmul): output and gradients equal LoRALinear.forward's bit for bit, for the square Tr that
+    shares the backbone and for the one that reads a narrower student's dims (after p_K)."""
+    g = torch.Generator().manual_seed(5)
+    d_t = 12
+    tr = lora_layer_transform(d_t)
+    with torch.no_grad():
+        tr.lora_B.copy_(torch.randn(d_t, tr.r, generator=g) * 0.1)
+    if narrow:
+        prune_linear_in(tr, torch.tensor([0, 2, 3, 7, 8, 11]))  # (d_t, d_t) -> (d_t, 6)
+    x = torch.randn(3, 4, tr.in_features, generator=g)
+
+    def run(fn):
+        leaf = x.clone().requires_grad_(True)
+        tr.zero_grad()
+        out = fn(leaf)
+        (out * torch.linspace(-1, 1, d_t)).pow(2).sum().backward()
+        return [out.detach(), leaf.grad, tr.lora_A.grad, tr.lora_B.grad]
+
+    for plain, placed in zip(run(tr), run(lambda h: apply_transform(tr, h))):
+        assert torch.equal(plain, placed)

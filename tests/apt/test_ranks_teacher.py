@@ -361,8 +361,9 @@ def test_map_layers_uses_the_transform():
     student = [2 * teacher[1], teacher[1] + 0.5]
     tr = make_layer_transform(8)
     assert map_layers(teacher, student, [1], [True, True], tr) == {1: 1}
-    with torch.no_grad():
-        tr.weight.mul_(0.5)
+    with torch.no_grad():  # W stays the frozen identity; the adapter makes Tr halve: I + 2 · (-0.25 I)
+        tr.lora_A.copy_(torch.eye(8))
+        tr.lora_B.copy_(-0.25 * torch.eye(8))
     assert map_layers(teacher, student, [1], [True, True], tr) == {1: 0}
 
 

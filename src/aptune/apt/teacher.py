@@ -44,16 +44,22 @@ def choose_layers(teacher_hidden: list[torch.Tensor], student_hidden: list[torch
                   teacher_layers: list[int], candidates: list[int], transform: nn.Module
                   ) -> list[torch.Tensor]:
     """φ(i) = argmin over the candidate j of MSE(Tr(H_s^j), H_t^i), ties to the nearest index, then
-    the lower: for each i, its position in `candidates` as a (1,) tensor on the device. Nothing is
-    read back: a read per step would make every GPU step wait for the device."""
+    the lower (exact ties, as between equal candidates, stay ties: equal m give equal sums): for
+    each i, its position in `candidates` as a (1,) tensor on the device. Nothing is read back: a
+    read per step would make every GPU step wait for the device."""
     with torch.no_grad():
-        mapped = [transform(student_hidden[j]) for j in candidates]  # C × (B, T, d)
+        mapped = [apply_transform(transform, student_hidden[j]).flatten() for j in candidates]  # C × (N,)
+        # N · MSE(m, t) = |m|² − 2 m·t + |t|²; the last term is the same for every candidate, so the
+        # argmin needs only the first two: dot products over each tensor, no (B, T, d) temporaries
+        # (C · |𝒯| MSEs were most of this function's time).
+        squares = [m.dot(m) for m in mapped]  # C × ()
         positions = torch.arange(len(candidates), device=mapped[0].device)  # (C,)
         choices = []
         for i in teacher_layers:
+            target = teacher_hidden[i].flatten()  # (N,)
             # Candidates nearest first: argmin returns the first minimum, so ties go to the nearest.
             order = sorted(range(len(candidates)), key=lambda c: (abs(candidates[c] - i), candidates[c]))
-            errors = torch.stack([F.mse_loss(mapped[c], teacher_hidden[i]) for c in order])  # (C,)
+            errors = torch.stack([squares[c] - 2 * mapped[c].dot(target) for c in order])  # (C,)
             by_order = torch.stack([positions[c] for c in order])  # (C,), built on the device
             choices.append(by_order.index_select(0, errors.argmin().view(1)))  # (1,)
     return choices
@@ -86,21 +92,33 @@ def mapped_layer_loss(teacher_hidden: list[torch.Tensor], student_hidden: list[t
         return teacher_hidden[0].new_zeros(()) if teacher_hidden else torch.zeros(())
     choices = choose_layers(teacher_hidden, student_hidden, picks, candidates, transform)
     stacked = torch.stack([student_hidden[j] for j in candidates])  # (C, B, T, d)
-    terms = [F.mse_loss(_transform_gathered(transform, stacked, k), teacher_hidden[i])
-             for i, k in zip(picks, choices)]
+    # Tr(H_s^φ(i)), each gathered from the stack by its device-side index
+    terms = [F.mse_loss(apply_transform(transform, stacked.index_select(0, k).squeeze(0)), teacher_hidden[i])
+             for i, k in zip(picks, choices)]  # each (B, T, d) against (B, T, d)
     return torch.stack(terms).sum()
 
 
-def _transform_gathered(transform: LoRALinear, stacked: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Tr(stacked[k]) as LoRALinear.forward computes it, each of its two reads of the input gathered
-    on its own. The gradients then reach H_s one by one, summed in the order they were when Tr read
-    H_s^φ(i) itself: bit for bit the same, also where two teacher layers map to one student layer
-    (one gather for both reads would add each pair first)."""
-    def x() -> torch.Tensor:
-        return stacked.index_select(0, k).squeeze(0)  # (B, T, d)
-    base = F.linear(x(), transform.weight, transform.bias)  # (B, T, d)
-    low_rank = F.linear(F.linear(x(), transform.lora_A), transform.lora_B)  # (B, T, r) -> (B, T, d)
-    return base + transform.scaling * low_rank
+def place(transform: LoRALinear, x: torch.Tensor) -> torch.Tensor:
+    """Tr's frozen base W·x + b without the d_t × d_s product. W is built as the identity (bias 0,
+    both frozen) and only ever loses rows and columns: both axes alike while Tr follows the
+    student's hidden dims (square: W·x is x), the input columns alone once it reads a narrower
+    student (`SelfDistillation.start`): x_j then lands on the teacher dim of its column's 1, zeros
+    elsewhere. That is what F.linear gives (each output adds one x_j · 1 to zeros), without a
+    matmul; Tr runs C + 4 times per distillation step (docs/method.md#distillation-losses)."""
+    w = transform.weight  # (d_t, d_s), frozen 0/1
+    if w.shape[0] == w.shape[1]:
+        return x  # (B, T, d)
+    cached = getattr(transform, "_placement", None)
+    if cached is None or cached[0] is not w or cached[1] != w._version:  # cut (a new tensor) or loaded
+        cached = transform._placement = (w, w._version, w.argmax(0))  # each student dim's teacher dim
+    return x.new_zeros(*x.shape[:-1], w.shape[0]).index_copy(-1, cached[2], x)  # (B, T, d_t)
+
+
+def apply_transform(transform: LoRALinear, x: torch.Tensor) -> torch.Tensor:
+    """Tr(x) = W·x + b + s · W_B W_A x, as LoRALinear.forward computes it, with the frozen base
+    by `place`."""
+    low_rank = F.linear(F.linear(x, transform.lora_A), transform.lora_B)  # (B, T, r) -> (B, T, d_t)
+    return place(transform, x) + transform.scaling * low_rank
 
 
 class TeacherSnapshot:
@@ -181,6 +199,9 @@ class SelfDistillation:
         a student narrower than a teacher with its own backbone maps its dims into the teacher's."""
         self.transform = lora_layer_transform(d_model, self.cfg.r, self.cfg.lora_alpha, device, dtype)
         if reads is not None:
+            # Sorted reads keep W the identity when no dim was cut (`place` counts on it).
+            if not bool((reads[1:] > reads[:-1]).all()):
+                raise ValueError("Tr's reads must be in increasing order")
             prune_linear_in(self.transform, reads)  # (d_t, d_t) -> (d_t, d_s), W_A (r, d_s)
         return self.transform
 
