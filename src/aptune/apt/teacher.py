@@ -48,20 +48,23 @@ def choose_layers(teacher_hidden: list[torch.Tensor], student_hidden: list[torch
     each i, its position in `candidates` as a (1,) tensor on the device. Nothing is read back: a
     read per step would make every GPU step wait for the device."""
     with torch.no_grad():
-        mapped = [apply_transform(transform, student_hidden[j]).flatten() for j in candidates]  # C × (N,)
         # N · MSE(m, t) = |m|² − 2 m·t + |t|²; the last term is the same for every candidate, so the
-        # argmin needs only the first two: dot products over each tensor, no (B, T, d) temporaries
-        # (C · |𝒯| MSEs were most of this function's time).
-        squares = [m.dot(m) for m in mapped]  # C × ()
-        positions = torch.arange(len(candidates), device=mapped[0].device)  # (C,)
+        # argmin needs only the first two: dot products, one candidate at a time, so that neither
+        # C mapped copies nor C · |𝒯| (B, T, d) differences are alive at once.
+        targets = [teacher_hidden[i].flatten() for i in teacher_layers]  # |𝒯| × (N,), views
+        errors = []  # C × (|𝒯|,)
+        for j in candidates:
+            m = apply_transform(transform, student_hidden[j]).flatten()  # (N,)
+            errors.append(m.dot(m) - 2 * torch.stack([m.dot(t) for t in targets]))
+        errors = torch.stack(errors)  # (C, |𝒯|)
+        positions = torch.arange(len(candidates), device=errors.device)  # (C,)
         choices = []
-        for i in teacher_layers:
-            target = teacher_hidden[i].flatten()  # (N,)
+        for p, i in enumerate(teacher_layers):
             # Candidates nearest first: argmin returns the first minimum, so ties go to the nearest.
             order = sorted(range(len(candidates)), key=lambda c: (abs(candidates[c] - i), candidates[c]))
-            errors = torch.stack([squares[c] - 2 * mapped[c].dot(target) for c in order])  # (C,)
             by_order = torch.stack([positions[c] for c in order])  # (C,), built on the device
-            choices.append(by_order.index_select(0, errors.argmin().view(1)))  # (1,)
+            choice = errors[:, p].index_select(0, by_order).argmin().view(1)  # (1,), a place in by_order
+            choices.append(by_order.index_select(0, choice))  # (1,)
     return choices
 
 
@@ -92,9 +95,11 @@ def mapped_layer_loss(teacher_hidden: list[torch.Tensor], student_hidden: list[t
         return teacher_hidden[0].new_zeros(()) if teacher_hidden else torch.zeros(())
     choices = choose_layers(teacher_hidden, student_hidden, picks, candidates, transform)
     stacked = torch.stack([student_hidden[j] for j in candidates])  # (C, B, T, d)
-    # Tr(H_s^φ(i)), each gathered from the stack by its device-side index
-    terms = [F.mse_loss(apply_transform(transform, stacked.index_select(0, k).squeeze(0)), teacher_hidden[i])
-             for i, k in zip(picks, choices)]  # each (B, T, d) against (B, T, d)
+    # H_s^φ(i) for every i in one gather (one backward scatter for all), by device-side indices
+    gathered = stacked.index_select(0, torch.cat(choices))  # (|𝒯|, B, T, d)
+    del stacked  # the gather keeps only its indices for the backward
+    terms = [F.mse_loss(apply_transform(transform, gathered[p]), teacher_hidden[i])
+             for p, i in enumerate(picks)]  # each (B, T, d_t) against (B, T, d_t)
     return torch.stack(terms).sum()
 
 
