@@ -98,8 +98,10 @@ def mapped_layer_loss(teacher_hidden: list[torch.Tensor], student_hidden: list[t
     # H_s^φ(i) for every i in one gather (one backward scatter for all), by device-side indices
     gathered = stacked.index_select(0, torch.cat(choices))  # (|𝒯|, B, T, d)
     del stacked  # the gather keeps only its indices for the backward
-    terms = [F.mse_loss(apply_transform(transform, gathered[p]), teacher_hidden[i])
-             for p, i in enumerate(picks)]  # each (B, T, d_t) against (B, T, d_t)
+    # unbind, not gathered[p]: the backward of each index would zero a whole (|𝒯|, B, T, d)
+    # buffer; unbind's stacks the |𝒯| gradients once.
+    terms = [F.mse_loss(apply_transform(transform, h), teacher_hidden[i])
+             for h, i in zip(gathered.unbind(0), picks)]  # each (B, T, d_t) against (B, T, d_t)
     return torch.stack(terms).sum()
 
 
