@@ -79,6 +79,7 @@ class OwnDataOptions:
 
 
 QA_PANEL = "Question answering (--task squad_v2)"
+UnanswerableSource = Literal["other-paragraph", "answer-removed", "mixed"]
 
 
 @dataclass
@@ -98,9 +99,14 @@ class QAOptions:
                                               "answers). Default: 0.5 when under 5% of the training "
                                               "questions are unanswerable (the local file), else 0.",
                                               QA_PANEL)
+    unanswerable_source: UnanswerableSource = option(
+        "other-paragraph", "QA: how a synthetic unanswerable question loses its answer: "
+        "'other-paragraph' (another paragraph of its article), 'answer-removed' (its own paragraph "
+        "without the sentences holding an answer) or 'mixed' (half each).", QA_PANEL)
 
     def validate(self) -> None:
         _refuse_for_other_tasks(self, QAOptions, "squad_v2")
+        check_choices(self, QAOptions)
         _require_positive(self, ("doc_stride", "n_best", "max_answer_length"))
         if self.unanswerable_ratio is not None and self.unanswerable_ratio < 0:
             raise AptuneError(f"--unanswerable-ratio must be >= 0, got {self.unanswerable_ratio}",

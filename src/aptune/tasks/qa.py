@@ -35,7 +35,7 @@ class SquadV2(Task):
 
     def __init__(self) -> None:
         self.options = dict(doc_stride=128, n_best=20, max_answer_length=30, null_score_threshold=0.0,
-                            unanswerable_ratio=None)
+                            unanswerable_ratio=None, unanswerable_source="other-paragraph")
 
     def configure(self, options: dict) -> None:
         self.options.update({k: options[k] for k in self.options if options.get(k) is not None})
@@ -70,11 +70,12 @@ class SquadV2(Task):
             if ratio is None:  # the local file's skew: top it up to the official file's share
                 share = sum(not e.answerable for e in examples) / len(examples)
                 ratio = self.options["unanswerable_ratio"] = AUTO_RATIO if share < AUTO_BELOW else 0.0
-            kept = add_unanswerable(kept, examples, ratio, seed)
+            kept = add_unanswerable(kept, examples, ratio, seed, self.options["unanswerable_source"])
         report.rows_kept = len(kept)
         synthetic = sum(e.synthetic for e in kept)
         report.detail = f"{sum(not e.answerable for e in kept):,} of them unanswerable" + (
-            f", {synthetic:,} synthetic (--unanswerable-ratio {ratio:g})" if synthetic else "")
+            f", {synthetic:,} synthetic (--unanswerable-ratio {ratio:g}, "
+            f"{self.options['unanswerable_source']})" if synthetic else "")
         return Split(kept, report)
 
     # -- windows and scoring -------------------------------------------------------------------
