@@ -9,6 +9,7 @@ from typing import Any, Literal, Mapping
 
 from ..errors import AptuneError
 from ..fields import check_choices, option
+from .squad_data import UnanswerableSource
 
 OWN_DATA_TASK = "text-classification"
 PANEL = f"Your own data (--task {OWN_DATA_TASK})"
@@ -79,7 +80,6 @@ class OwnDataOptions:
 
 
 QA_PANEL = "Question answering (--task squad_v2)"
-UnanswerableSource = Literal["other-paragraph", "answer-removed", "mixed"]
 
 
 @dataclass

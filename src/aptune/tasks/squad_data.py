@@ -8,7 +8,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Literal, get_args
 
 import numpy as np
 
@@ -127,7 +127,8 @@ def hub_examples(split: str, report: DataReport) -> list[QAExample]:
     return out
 
 
-UNANSWERABLE_SOURCES = ("other-paragraph", "answer-removed", "mixed")
+UnanswerableSource = Literal["other-paragraph", "answer-removed", "mixed"]  # --unanswerable-source
+UNANSWERABLE_SOURCES = get_args(UnanswerableSource)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")  # a sentence ends at . ! or ? followed by space
 
 
@@ -157,7 +158,7 @@ def add_unanswerable(examples: list[QAExample], pool: list[QAExample], ratio: fl
         chosen = answerable[int(i)]
         removed = source == "answer-removed" or (source == "mixed" and k % 2 == 1)
         context = without_answer_sentences(chosen) if removed else \
-            _other_paragraph(chosen, list(paragraphs[chosen.article]), rng)
+            _other_paragraph(chosen, paragraphs[chosen.article], rng)
         if context is None:
             continue
         made.append(QAExample(f"{chosen.id}-unanswerable-{k}", chosen.question, context, (), (),
@@ -165,7 +166,7 @@ def add_unanswerable(examples: list[QAExample], pool: list[QAExample], ratio: fl
     return examples + made
 
 
-def _other_paragraph(example: QAExample, contexts: list[str], rng: np.random.Generator) -> str | None:
+def _other_paragraph(example: QAExample, contexts: Iterable[str], rng: np.random.Generator) -> str | None:
     answers = [a.lower() for a in example.answers]
     others = [c for c in contexts if c != example.context and not any(a in c.lower() for a in answers)]
     return others[int(rng.integers(len(others)))] if others else None
