@@ -161,3 +161,44 @@ def test_the_teachers_copy_never_runs_the_student(tiny_bert_dir):
             m.lora_B.add_(1.0)  # the student moves; the copy must not
         assert torch.equal(twin(input_ids=ids).logits, before)
         assert not torch.allclose(model(input_ids=ids).logits, before)
+
+
+@pytest.mark.parametrize("build", [_bert, _t5], ids=["bert", "t5-gated"])
+def test_teacher_targets_taken_before_the_student_give_the_same_loss(build, tiny_bert_dir):
+    """APT's step runs the teacher before the student's forward (a lower peak memory) and keeps
+    only its logits and the sampled layers: the loss and its gradients are those of the teacher
+    run inside the loss, layer draws included."""
+    torch.manual_seed(0)
+    model, batch = build(tiny_bert_dir)
+    spec = get_spec(model)
+    cfg = APTConfig(sparsity=0.6, use_kurtosis=False)
+    cfg.validate()
+    cb = attach_apt(model, spec, cfg)
+    model.eval()
+    _perturb([m.lora_B for _, m in lora_modules(model)], 1)
+    cb.distillation.snapshot(model, 0.5)
+    cb._new_transform(model)
+    _perturb([m.lora_B for _, m in lora_modules(model)], 3)
+    masks, salience = cb.pruner.masks, cb.pruner.salience
+    alive = masks.alive_layers(spec.stacks(model))
+    trainable = [p for p in model.parameters() if p.requires_grad] + cb.distillation.trainable()
+
+    def loss_and_grads(early: bool):
+        cb.distillation.generator.manual_seed(11)
+        targets = cb.distillation.targets(model, batch, masks, salience, spec) if early else None
+        if early:
+            stacks = len(spec.stacks(model))
+            assert len(targets.hidden) == stacks and len(targets.picks) == stacks
+            for hidden, picks in zip(targets.hidden, targets.picks):
+                assert set(hidden) == set(picks)  # only the sampled layers are kept
+            assert not hasattr(targets.prediction, "hidden_states")
+        out = model(**batch, output_hidden_states=True)
+        loss = cb.distillation.loss(model, batch, out, masks, salience, alive, spec, targets)
+        grads = torch.autograd.grad(loss, trainable, allow_unused=True)
+        return loss.detach(), grads
+
+    late_loss, late_grads = loss_and_grads(early=False)
+    early_loss, early_grads = loss_and_grads(early=True)
+    assert late_loss > 0 and torch.equal(early_loss, late_loss)
+    for a, b in zip(early_grads, late_grads):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b))

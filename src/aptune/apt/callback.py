@@ -45,6 +45,7 @@ class APTCallback(Callback):
         self.schedule: PruningSchedule | None = None
         self.consistency: list[dict] = []
         self.resumed_selection_open: bool | None = None  # set when a checkpoint was restored
+        self._teacher_targets = None  # this step's TeacherTargets, from on_step_begin to compute_loss
 
     # -- events --------------------------------------------------------------------------------
     def on_train_begin(self, trainer) -> None:
@@ -74,6 +75,12 @@ class APTCallback(Callback):
         trainer.control.phase = self._phase(t)
         self.pruner.salience.active = self.cfg.prune and in_window
         self.ranks.collecting = self.cfg.grow_ranks and in_window
+        # The teacher runs before the student's forward, not inside compute_loss: its activations
+        # then never coexist with the student's, and only its logits and sampled layers wait.
+        self._teacher_targets = None
+        if self.schedule.in_distillation(t) and self.distillation.teacher is not None:
+            self._teacher_targets = self.distillation.targets(
+                trainer.unwrapped_model, batch, self.pruner.masks, self.pruner.salience, self.spec)
 
     def _phase(self, t: int) -> str:
         """Where step t stands, for the seconds per step that the run reports by phase."""
@@ -95,8 +102,9 @@ class APTCallback(Callback):
             return loss
         masks = self.pruner.masks  # its alive layers are read from the device only when masks change
         model = trainer.unwrapped_model
+        targets, self._teacher_targets = self._teacher_targets, None
         distill = self.distillation.loss(model, batch, outputs, masks, self.pruner.salience,
-                                         masks.alive_layers(self.spec.stacks(model)), self.spec)
+                                         masks.alive_layers(self.spec.stacks(model)), self.spec, targets)
         # μ·L_distill + (1 − μ)·L_ft (docs/method.md#distillation-weight), as L_ft + μ·(L_distill − L_ft).
         return loss + self.schedule.mu(t) * (distill - loss)
 

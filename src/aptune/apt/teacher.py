@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,10 @@ def rms_normalise(h: torch.Tensor, eps: float = 1e-6, width: torch.Tensor | None
     return h * torch.rsqrt(h.pow(2).sum(-1, keepdim=True) / width + eps)  # (B, T, d)
 
 
+# Hidden states by layer index: every layer's (a list) or the sampled layers' only (a dict).
+LayerStates = Sequence[torch.Tensor] | Mapping[int, torch.Tensor]
+
+
 def sample_teacher_layers(n_layers: int, generator: torch.Generator, groups: int = 4) -> list[int]:
     """One layer drawn uniformly from each of `groups` contiguous, nearly equal blocks (RAIL-KD)."""
     bounds = [round(i * n_layers / groups) for i in range(groups + 1)]
@@ -40,7 +46,7 @@ def sample_teacher_layers(n_layers: int, generator: torch.Generator, groups: int
     return picks
 
 
-def choose_layers(teacher_hidden: list[torch.Tensor], student_hidden: list[torch.Tensor],
+def choose_layers(teacher_hidden: LayerStates, student_hidden: list[torch.Tensor],
                   teacher_layers: list[int], candidates: list[int], transform: nn.Module
                   ) -> list[torch.Tensor]:
     """φ(i) = argmin over the candidate j of MSE(Tr(H_s^j), H_t^i), ties to the nearest index, then
@@ -85,14 +91,14 @@ def layer_loss(teacher_hidden: list[torch.Tensor], student_hidden: list[torch.Te
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def mapped_layer_loss(teacher_hidden: list[torch.Tensor], student_hidden: list[torch.Tensor],
+def mapped_layer_loss(teacher_hidden: LayerStates, student_hidden: list[torch.Tensor],
                       teacher_layers: list[int], alive: list[bool], transform: LoRALinear) -> torch.Tensor:
     """`layer_loss` under `map_layers`'s φ, with φ left on the device: each H_s^φ(i) is gathered
     from the stacked candidates by its device-side index instead of by a host-side list index."""
     candidates = [j for j, ok in enumerate(alive) if ok]
     picks = list(dict.fromkeys(teacher_layers))  # each i once, as φ's dict holds it
     if not candidates or not picks:
-        return teacher_hidden[0].new_zeros(()) if teacher_hidden else torch.zeros(())
+        return student_hidden[0].new_zeros(()) if student_hidden else torch.zeros(())
     choices = choose_layers(teacher_hidden, student_hidden, picks, candidates, transform)
     stacked = torch.stack([student_hidden[j] for j in candidates])  # (C, B, T, d)
     # H_s^φ(i) for every i in one gather (one backward scatter for all), by device-side indices
@@ -126,6 +132,23 @@ def apply_transform(transform: LoRALinear, x: torch.Tensor) -> torch.Tensor:
     by `place`."""
     low_rank = F.linear(F.linear(x, transform.lora_A), transform.lora_B)  # (B, T, r) -> (B, T, d_t)
     return place(transform, x) + transform.scaling * low_rank
+
+
+@dataclass
+class TeacherTargets:
+    """What one step's distillation loss needs from the teacher, and nothing more: its prediction
+    logits, and per stack the hidden states of the sampled layers only (RMS-normalised for an
+    RMS-normed family). The other layers' hidden states are dropped as soon as the teacher's forward
+    returns, so they are not alive while the student runs (docs/method.md#distillation-losses)."""
+
+    prediction: Any  # .logits, or .start_logits and .end_logits
+    hidden: list[dict[int, torch.Tensor]]  # per stack: sampled layer i -> H_t^i (B, T, d_t)
+    picks: list[list[int]]  # per stack: the sampled layers, in draw order
+
+
+def _prediction_only(outputs: Any) -> Any:
+    names = ("logits", "start_logits", "end_logits")
+    return SimpleNamespace(**{n: getattr(outputs, n) for n in names if getattr(outputs, n, None) is not None})
 
 
 class TeacherSnapshot:
@@ -232,25 +255,39 @@ class SelfDistillation:
         position = {dim: i for i, dim in enumerate(teacher.structure.hidden)}
         return torch.as_tensor([position[d] for d in student_hidden], dtype=torch.long)
 
+    def targets(self, model: nn.Module, batch: dict, masks: Any, salience: Any, spec: Any) -> TeacherTargets:
+        """The teacher's forward on this step's batch, reduced to `TeacherTargets`. The training
+        loop asks for it before the student's forward (APTCallback.on_step_begin): then the
+        teacher's activations come and go while the student's are not yet alive, and only the
+        targets stay, which lowers the step's peak memory."""
+        teacher = self.teacher.forward(model, batch, masks, salience)
+        rms = spec.norm_kind == "rms"
+        hidden, picks = [], []
+        for t_hidden in spec.stack_hidden_states(teacher):
+            drawn = sample_teacher_layers(len(t_hidden), self.generator)
+            hidden.append({i: rms_normalise(t_hidden[i]) if rms else t_hidden[i] for i in drawn})
+            picks.append(drawn)
+        return TeacherTargets(_prediction_only(teacher), hidden, picks)
+
     def loss(self, model: nn.Module, batch: dict, outputs: Any, masks: Any, salience: Any,
-             alive: list[list[bool]], spec: Any) -> torch.Tensor:
+             alive: list[list[bool]], spec: Any, targets: TeacherTargets | None = None) -> torch.Tensor:
         """λ_pred · L_pred + λ_layer · L_layer against the teacher, for this step's student outputs.
         L_layer is averaged over the stacks (an encoder-decoder's encoder and decoder, each with
         its own sampled layers); an RMS-normed family compares RMS-normalised hidden states
-        (docs/method.md#distillation-losses)."""
+        (docs/method.md#distillation-losses). `targets` is this step's `targets(...)`, computed
+        earlier; without it the teacher runs now (the same figures, a higher peak memory)."""
         cfg = self.cfg
-        teacher = self.teacher.forward(model, batch, masks, salience)
-        l_pred = output_prediction_loss(teacher, outputs, cfg.distill_temperature)
+        if targets is None:
+            targets = self.targets(model, batch, masks, salience, spec)
+        l_pred = output_prediction_loss(targets.prediction, outputs, cfg.distill_temperature)
         rms = spec.norm_kind == "rms"
         # the student's kept width, on the device (no host read): its masked dims hold zeros
         width = (masks.hidden != 0).sum().to(outputs.logits.dtype) if rms and masks is not None else None
         terms = []
-        for t_hidden, s_hidden, alive_here in zip(spec.stack_hidden_states(teacher),
-                                                  spec.stack_hidden_states(outputs), alive):
+        for t_hidden, picks, s_hidden, alive_here in zip(targets.hidden, targets.picks,
+                                                         spec.stack_hidden_states(outputs), alive):
             if rms:
-                t_hidden = [rms_normalise(h) for h in t_hidden]
                 s_hidden = [rms_normalise(h, width=width) for h in s_hidden]
-            picks = sample_teacher_layers(len(t_hidden), self.generator)
             terms.append(mapped_layer_loss(t_hidden, s_hidden, picks, alive_here, self.transform))
         l_layer = torch.stack(terms).mean()
         return cfg.lambda_pred * l_pred + cfg.lambda_layer * l_layer
