@@ -248,6 +248,53 @@ def test_masked_qa_model_equals_compacted_and_reloads(tmp_path, tiny_model_dir):
     assert torch.equal(again.start_logits, pruned.start_logits)
 
 
+def test_apt_with_adapters_on_every_linear_layer_compacts_exactly(tiny_model_dir):
+    """`--target-modules query key value attention.output.dense intermediate.dense output.dense`:
+    adapters on layers whose inputs are heads (attention output), neurons (FFN down) or hidden
+    dims; grown, then masked == compacted == merged, for the start and end logits."""
+    from aptune.apt.callback import attach_apt
+    from aptune.apt.config import APTConfig
+    from aptune.arch import get_spec
+    from aptune.lora import lora_modules
+    from aptune.models import load_classifier
+
+    torch.set_num_threads(1)
+    model = randomize_biases_and_norms(load_classifier(str(tiny_model_dir), 2,
+                                                       head="question-answering").eval())
+    spec = get_spec(model)
+    targets = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+    cfg = APTConfig(sparsity=0.6, use_kurtosis=False, target_modules=targets)
+    cfg.validate()
+    cb = attach_apt(model, spec, cfg)
+    adapted = [name for name, _ in lora_modules(model)]
+    assert len(adapted) == 6 * len(spec.layers(model))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.add_(0.3 * torch.randn(m.lora_B.shape, generator=g))
+    ids = torch.randint(5, model.config.vocab_size, (3, 16), generator=g)
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    x["attention_mask"][1, 10:] = 0
+    drawn = random_binary_masks(model, spec, 0.6, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
+            mask.copy_(value)
+    cb.pruner.masks.read_facts()
+    assert 0 < int(cb.pruner.masks.hidden.sum()) < cb.pruner.masks.hidden.numel()
+    with torch.no_grad():
+        masked = model(**x)
+        for _, m in lora_modules(model):
+            m.grow_rank(m.r + 4, generator=g)
+        grown = model(**x)
+        cb.pruner.compact(model)
+        compacted = model(**x)
+        merged = cb.finalize(model)(**x)
+    for name in ("start_logits", "end_logits"):
+        reference = getattr(masked, name)
+        for other in (grown, compacted, merged):
+            assert (getattr(other, name) - reference).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("method", ["lora", "apt"])
 def test_adapter_methods_train_the_qa_head(tiny_bert_dir, method):
     from aptune.arch import get_spec
