@@ -48,6 +48,21 @@ def _perturb(tensors, seed: int, scale: float = 0.3) -> None:
             t.add_(scale * torch.randn(t.shape, generator=g))
 
 
+def _student_with_teacher(build, tiny_bert_dir):
+    """An APT student with moved adapters and a teacher snapshot of that state, in eval mode
+    (dropout off: two forwards must see the same computation)."""
+    torch.manual_seed(0)
+    model, batch = build(tiny_bert_dir)
+    spec = get_spec(model)
+    cfg = APTConfig(sparsity=0.6, use_kurtosis=False)
+    cfg.validate()
+    cb = attach_apt(model, spec, cfg)
+    model.eval()
+    _perturb([m.lora_B for _, m in lora_modules(model)], 1)
+    cb.distillation.snapshot(model, 0.5)  # the teacher: this state, on the full backbone
+    return model, batch, spec, cb
+
+
 def _losses(cb, model, spec, batch, seed: int):
     """The student's forward and APT's distillation loss on it, with the layer draws seeded."""
     masks = cb.pruner.masks
@@ -61,15 +76,7 @@ def _losses(cb, model, spec, batch, seed: int):
 
 @pytest.mark.parametrize("build", [_bert, _t5], ids=["bert", "t5-gated"])
 def test_compacted_student_and_own_teacher_equal_the_masked_run(build, tiny_bert_dir):
-    torch.manual_seed(0)
-    model, batch = build(tiny_bert_dir)
-    spec = get_spec(model)
-    cfg = APTConfig(sparsity=0.6, use_kurtosis=False)
-    cfg.validate()
-    cb = attach_apt(model, spec, cfg)
-    model.eval()  # dropout off: the two forwards must see the same computation
-    _perturb([m.lora_B for _, m in lora_modules(model)], 1)
-    cb.distillation.snapshot(model, 0.5)  # the teacher: this state, on the full backbone
+    model, batch, spec, cb = _student_with_teacher(build, tiny_bert_dir)
     tr = cb._new_transform(model)
     _perturb([tr.lora_B], 2, 0.05)
     _perturb([m.lora_B for _, m in lora_modules(model)], 3)  # the student moves on
@@ -168,15 +175,7 @@ def test_teacher_targets_taken_before_the_student_give_the_same_loss(build, tiny
     """APT's step runs the teacher before the student's forward (a lower peak memory) and keeps
     only its logits and the sampled layers: the loss and its gradients are those of the teacher
     run inside the loss, layer draws included."""
-    torch.manual_seed(0)
-    model, batch = build(tiny_bert_dir)
-    spec = get_spec(model)
-    cfg = APTConfig(sparsity=0.6, use_kurtosis=False)
-    cfg.validate()
-    cb = attach_apt(model, spec, cfg)
-    model.eval()
-    _perturb([m.lora_B for _, m in lora_modules(model)], 1)
-    cb.distillation.snapshot(model, 0.5)
+    model, batch, spec, cb = _student_with_teacher(build, tiny_bert_dir)
     cb._new_transform(model)
     _perturb([m.lora_B for _, m in lora_modules(model)], 3)
     masks, salience = cb.pruner.masks, cb.pruner.salience
