@@ -82,6 +82,22 @@ def test_kurtosis_along_a_dimension():
     assert float(rows[3]) == -3.0
 
 
+def test_weighted_kurtosis_is_the_kurtosis_of_the_kept_entries():
+    g = torch.Generator().manual_seed(6)
+    m = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    keep = torch.rand(4, 9, generator=g) > 0.4
+    keep[2] = False
+    keep[2, 5] = True  # a row with one kept entry: no spread, so z = 0 as for a constant
+    got = excess_kurtosis(m, dim=1, weight=keep.double())
+    for i in range(4):
+        kept = m[i][keep[i]].numpy()
+        expected = -3.0 if kept.size < 2 else numpy_kurtosis(kept)
+        assert float(got[i]) == pytest.approx(expected)
+    # all ones is the plain kurtosis
+    ones = torch.ones(1, 9, dtype=torch.float64)
+    torch.testing.assert_close(excess_kurtosis(m, 0, ones), excess_kurtosis(m, 0))
+
+
 # -- block salience on a tiny BERT ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
@@ -253,14 +269,21 @@ def test_scaled_scores_follow_the_loss_scale_and_raw_scores_do_not(tiny_dir):
 def test_dead_blocks_neither_get_nor_set_the_outlier_scale(tiny_dir):
     """Blocks outside `alive` (mask 0) get no outlier term, and the factor is set by the others."""
     alive = {"head": torch.tensor([False, True]), "neuron": torch.ones(FFN, dtype=torch.bool),
-             "hidden": torch.tensor([False, False] + [True] * (HIDDEN - 2))}
+             "hidden": torch.ones(HIDDEN, dtype=torch.bool)}
     plain = one_step_scores(tiny_dir, mask_head0=True, use_kurtosis=False)
     scaled = one_step_scores(tiny_dir, alive=alive, mask_head0=True, use_kurtosis=True)
     added = {t: scaled[t] - plain[t] for t in plain}
     assert float(added["head"][0]) == 0.0 and float(plain["head"][0]) == 0.0
     assert float(added["head"][1]) == pytest.approx(float(plain["head"][1]), rel=1e-4)
-    assert added["hidden"][:2].tolist() == [0.0, 0.0]
-    assert float(added["hidden"][2:].sum()) == pytest.approx(float(plain["hidden"][2:].sum()), rel=1e-4)
+    # hidden dims: two dead ones (the planted outliers' row 0 stays alive); every head alive, so
+    # each row's kurtosis reads all n_h·d_h = 8 of its attention-output entries
+    alive = {"head": torch.ones(HEADS, dtype=torch.bool), "neuron": torch.ones(FFN, dtype=torch.bool),
+             "hidden": torch.tensor([True] * (HIDDEN - 2) + [False, False])}
+    plain = one_step_scores(tiny_dir, use_kurtosis=False)
+    scaled = one_step_scores(tiny_dir, alive=alive, use_kurtosis=True)
+    added = scaled["hidden"] - plain["hidden"]
+    assert added[-2:].tolist() == [0.0, 0.0]
+    assert float(added[:-2].sum()) == pytest.approx(float(plain["hidden"][:-2].sum()), rel=1e-4)
 
 
 @pytest.mark.parametrize("use_kurtosis", [False, True])
@@ -471,3 +494,53 @@ def test_per_stream_mean_divides_each_tap_by_its_stream_length(tiny_dir, tmp_pat
 
     t5 = AutoModelForSeq2SeqLM.from_pretrained(build_tiny_model(tmp_path / "t5", "t5"))
     assert SalienceCollector(t5, get_spec(t5)).per_stream_mean
+
+
+@pytest.mark.parametrize("prune_hidden", [False, True], ids=["heads-neurons", "and-hidden"])
+def test_masked_and_compacted_models_score_alike_with_the_outlier_term(tiny_bert_dir, prune_hidden):
+    """The outlier term reads alive entries only: a masked unit's column, or a masked dim's row,
+    would otherwise enter the kurtosis as zeros in the masked model and not at all once it is
+    compacted, and the pruning decisions would depend on when the student was compacted."""
+    from aptune.apt.callback import attach_apt
+    from aptune.apt.config import APTConfig
+    from aptune.lora import lora_modules
+    from tests.helpers import random_binary_masks
+
+    torch.manual_seed(0)
+    model = load_classifier(str(tiny_bert_dir), 2).eval()
+    spec = get_spec(model)
+    cfg = APTConfig(sparsity=0.6, use_kurtosis=True)
+    cfg.validate()
+    cb = attach_apt(model, spec, cfg)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
+    drawn = random_binary_masks(model, spec, 0.6, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
+            mask.copy_(value)
+        if not prune_hidden:
+            cb.pruner.masks.hidden.fill_(1)
+    cb.pruner.masks.read_facts()
+    inputs = batch(model, seed=1)
+
+    def scores():
+        collector = cb.pruner.salience
+        collector.active = True
+        model.zero_grad()
+        model(**inputs).loss.backward()
+        collector.active = False
+        return collector.step_scores(alive=cb.pruner.masks.alive())
+
+    masked = scores()
+    kept = cb.pruner.masks.kept()
+    cb._compact(model, {})
+    compacted = scores()
+    pairs = [*zip(masked["head"], compacted["head"], kept.heads),
+             *zip(masked["neuron"], compacted["neuron"], kept.neurons),
+             (masked["hidden"][0], compacted["hidden"][0], kept.hidden)]
+    for full, small, units in pairs:
+        kept_scores = full[torch.as_tensor(units, dtype=torch.long)]
+        torch.testing.assert_close(kept_scores, small, atol=1e-6, rtol=1e-5)
+    assert sum(float(v.sum()) for v in compacted["hidden"]) > 0
+

@@ -1,4 +1,4 @@
-"""A student as small as its masks (issue 15, item 1): at the last pruning point APT compacts the
+"""A student as small as its masks (issue 15, item 1): at every pruning point APT compacts the
 student while the teacher keeps a frozen copy of the backbone it was snapshotted on. The compacted
 student computes what the masked one computed, the teacher what it computed before, and the
 distillation loss is the same number: only the step gets cheaper."""
@@ -122,10 +122,65 @@ def test_compacted_student_and_own_teacher_equal_the_masked_run(build, tiny_bert
     assert loss_masked > 0
 
 
-def test_apt_run_shrinks_the_student_and_reports_step_times_by_phase(tiny_bert_dir, tiny_data_dir, tmp_path):
-    """A real run: the student is smaller from the last pruning point on; metrics.json reports the
-    seconds per step of every phase; with --no-shrink-student nothing is compacted until
-    distillation ends, and the selected model is the same size."""
+def test_a_refresh_shares_the_backbone_again_and_the_next_point_copies_it_again(tiny_bert_dir):
+    """Between pruning points the teacher may be refreshed from the (already compacted) student:
+    the new teacher shares the student's backbone, the old copy goes, and Tr writes the student's
+    dims again (its output cut to them: the identity, same values). The next point copies anew."""
+    from aptune.apt.teacher import apply_transform
+
+    model, batch, spec, cb = _student_with_teacher(_bert, tiny_bert_dir)
+    tr = cb._new_transform(model)
+    _perturb([tr.lora_B], 2, 0.05)
+
+    def prune_to(keep: float, seed: int) -> None:
+        drawn = random_binary_masks(model, spec, keep, torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
+                mask.copy_(value)
+        cb.pruner.masks.read_facts()
+
+    quiet = SimpleNamespace(unwrapped_model=model, step=30, say=lambda line: None)
+    prune_to(0.6, 4)
+    cb._shrink_student(quiet, {})
+    assert cb.distillation.teacher.backbone is not None and tr in cb.pruner.hidden_readers
+    d_s, d_t = tr.in_features, tr.out_features
+    assert d_s < d_t
+    h = torch.randn(2, 5, d_s, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        before = apply_transform(tr, h)  # (2, 5, d_t)
+    rows = cb.distillation.student_dims_in_teacher(cb.pruner.structure.hidden)
+    old_b = tr.lora_B
+
+    survivors = cb._transform_follows_student({})
+    cb.distillation.snapshot(model, 0.7)
+    assert cb.distillation.teacher.backbone is None
+    assert tr in cb.pruner.hidden_followers and tr not in cb.pruner.hidden_readers
+    assert torch.equal(tr.weight, torch.eye(d_s))
+    root, select = survivors[tr.lora_B]
+    assert root is old_b and torch.equal(select(old_b.detach()), tr.lora_B.detach())
+    with torch.no_grad():
+        torch.testing.assert_close(apply_transform(tr, h), before.index_select(-1, rows), atol=0, rtol=0)
+        # the new teacher is the student as it stands
+        out, loss, teacher = _losses(cb, model, spec, batch, seed=3)
+    torch.testing.assert_close(teacher.logits, out.logits, atol=1e-5, rtol=1e-5)
+
+    _perturb([m.lora_B for _, m in lora_modules(model)], 9)  # the student moves on
+    prune_to(0.7, 6)
+    with torch.no_grad():
+        _, loss_masked, teacher_masked = _losses(cb, model, spec, batch, seed=3)
+    cb._shrink_student(quiet, {})
+    assert cb.distillation.teacher.backbone is not None and tr in cb.pruner.hidden_readers
+    with torch.no_grad():
+        _, loss_compacted, teacher_own = _losses(cb, model, spec, batch, seed=3)
+    torch.testing.assert_close(teacher_own.logits, teacher_masked.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss_compacted, loss_masked, atol=1e-5, rtol=1e-5)
+
+
+def test_apt_run_shrinks_the_student_and_reports_step_times_by_phase(tiny_bert_dir, tiny_data_dir, tmp_path,
+                                                                     capsys):
+    """A real run: the student is compacted at every pruning point; metrics.json reports the
+    seconds per step of every phase; with --no-shrink-student nothing is compacted until a
+    teacher refresh or the end of distillation."""
     from aptune.config import TrainConfig
     from aptune.pipeline import run_training
 
@@ -142,10 +197,17 @@ def test_apt_run_shrinks_the_student_and_reports_step_times_by_phase(tiny_bert_d
     assert all(p["seconds_per_step"] > 0 for p in phases.values())
     assert shrunk["method_settings"]["shrink_student"] is True
     assert shrunk["size_target"]["met"] and shrunk["size_target"]["kept"] <= 0.4 + 1e-9
+    said = capsys.readouterr().out
+    # compacted at every pruning point that cut something, not only at the last
+    points = [e["point"] for e in shrunk["method_settings"]["pruning_log"]]
+    assert said.count("the student is compacted to its masks") >= 2 and len(points) >= 2
     masked = run("masked", shrink_student=False)
     assert masked["method_settings"]["shrink_student"] is False
-    assert masked["params"]["non_embedding"] == shrunk["params"]["non_embedding"]
-    assert masked["method_settings"]["structure"] == shrunk["method_settings"]["structure"]
+    assert "the student is compacted" not in capsys.readouterr().out
+    # Both reach the size. Their later pruning decisions may differ: the masked and the compacted
+    # student agree only to rounding (sums over different terms), which AdamW's first steps on
+    # fresh state can amplify, so the two runs' salience drifts apart after the first compaction.
+    assert masked["size_target"]["met"] and masked["size_target"]["kept"] <= 0.4 + 1e-9
 
 
 def test_the_teachers_copy_never_runs_the_student(tiny_bert_dir):

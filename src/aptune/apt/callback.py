@@ -142,9 +142,8 @@ class APTCallback(Callback):
             survivors.update(self.distillation.grow_transform(growth_factor(prev, sched.budgets[k])))
         self.ranks.importance.reset()
         last = k == len(sched.points) - 1
-        if sched.distill_start is None and cfg.prune:  # without a teacher, compact at every point
-            survivors = self._compact(trainer.unwrapped_model, survivors)
-        elif last and cfg.prune and cfg.shrink_student:
+        if cfg.prune and (sched.distill_start is None or cfg.shrink_student):
+            # the student runs at its kept size from every point on (without a teacher, always)
             survivors = self._shrink_student(trainer, survivors)
         self._rebuild_optimizer(trainer, survivors)
         self.ranks.history.append({"step": trainer.step, "ranks": self.ranks.table(),
@@ -158,27 +157,27 @@ class APTCallback(Callback):
                         f"{self.pruner.kept_ratio():.4f} (target {1 - cfg.sparsity:.4f})")
 
     def _shrink_student(self, trainer, survivors: Survivors) -> Survivors:
-        """After the last pruning point: the student is compacted to its masks for the rest of
-        distillation, and the teacher, which must stay what it was, keeps a frozen copy of the
-        backbone as it stood (docs/method.md#a-student-as-small-as-its-masks). Tr then reads the
-        student's dims and writes the teacher's."""
+        """At a pruning point: the student is compacted to its masks, and a teacher that shares
+        its backbone, which must stay what it was, first gets a frozen copy of the backbone as it
+        stood (docs/method.md#a-student-as-small-as-its-masks). Tr then reads the student's dims
+        and writes the teacher's. With nothing to cut, nothing is copied."""
         model, teacher, tr = trainer.unwrapped_model, self.distillation.teacher, self.distillation.transform
-        if teacher is not None and teacher.backbone is None:
-            before = sum(p.numel() for p in model.parameters())
+        if self.pruner.masks.all_kept():
+            return survivors
+        before = sum(p.numel() for p in model.parameters())
+        copied = teacher is not None and teacher.backbone is None
+        if copied:
             teacher.own_backbone(self.pruner.frozen_copy(model), self.pruner.structure)
             if tr is not None:
                 self.pruner.hidden_followers.remove(tr)
                 self.pruner.hidden_readers.append(tr)
-        else:
-            before = None
         survivors = self._compact(model, survivors)
-        if before is not None:
-            after = sum(p.numel() for p in model.parameters())
-            # The copy is the student as the last teacher refresh compacted it: its size is what
-            # each remaining distillation step's teacher forward costs.
-            trainer.say(f"step {trainer.step}: the student is compacted to its masks ({before:,} -> "
-                        f"{after:,} parameters); the teacher keeps its own copy ({teacher.numel():,}, "
-                        "its size at the last refresh)")
+        after = sum(p.numel() for p in model.parameters())
+        # The copy is the student as the last teacher refresh compacted it: its size is what
+        # each distillation step's teacher forward costs until the next refresh.
+        trainer.say(f"step {trainer.step}: the student is compacted to its masks ({before:,} -> {after:,} "
+                    "parameters)" + (f"; the teacher keeps its own copy ({teacher.numel():,}, its size "
+                                     "at the last refresh)" if copied else ""))
         return survivors
 
     def _compact(self, model: nn.Module, survivors: Survivors) -> Survivors:
@@ -216,9 +215,23 @@ class APTCallback(Callback):
         value = trainer.evaluate_untimed()[trainer.task.metric]
         if self.distillation.improves(value):
             survivors = self._compact(trainer.unwrapped_model, {})
+            survivors = self._transform_follows_student(survivors)
             self.distillation.snapshot(trainer.unwrapped_model, value)
             self._rebuild_optimizer(trainer, survivors)
             trainer.say(f"step {trainer.step}: teacher snapshot (dev {trainer.task.metric} {value:.4f})")
+
+    def _transform_follows_student(self, survivors: Survivors) -> Survivors:
+        """Before a new snapshot replaces a teacher that had its own backbone: the new teacher
+        shares the student's, so Tr writes the student's dims again. Its output rows are cut to
+        them (its frozen 0/1 W becomes the identity) and it follows both axes from then on."""
+        tr, teacher = self.distillation.transform, self.distillation.teacher
+        if tr is None or teacher is None or teacher.backbone is None:
+            return survivors
+        rows = self.distillation.student_dims_in_teacher(self.pruner.structure.hidden)
+        survivors = self.pruner.cut_outputs_keeping_state(tr, rows.to(tr.weight.device), survivors)
+        self.pruner.hidden_readers.remove(tr)
+        self.pruner.hidden_followers.append(tr)
+        return survivors
 
     def _start_distillation(self, trainer) -> None:
         self._new_transform(trainer.unwrapped_model)

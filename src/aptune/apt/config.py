@@ -90,10 +90,10 @@ class APTConfig:
         "over distillation, then over the rest at --post-distill-lr-factor) or single (one warm-up "
         "and linear decay over the whole run, as for the other methods).")
     shrink_student: bool = option(
-        True, "APT: after the last pruning point, compact the student to its masks for the rest of "
-        "distillation while the teacher keeps its own frozen copy (the paper's virtual pruning, "
-        "done by compaction: the same numbers, faster steps). Off: the student stays masked at "
-        "full size until distillation ends.")
+        True, "APT: at every pruning point, compact the student to its masks while the teacher "
+        "keeps its own frozen copy (the paper's virtual pruning after the last point, done by "
+        "compaction: the same numbers up to rounding, faster steps, less memory). Off: the "
+        "student stays masked at its size of the last teacher refresh until distillation ends.")
 
     def validate(self) -> None:
         if not 0 < self.sparsity < 1:

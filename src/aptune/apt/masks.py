@@ -74,6 +74,10 @@ class Masks:
     def ones_like(cls, model: nn.Module, spec: ArchSpec) -> "Masks":
         return cls.ones(spec.shape(model), next(model.parameters()).device)
 
+    def all_kept(self) -> bool:
+        """Whether no unit is masked at all (a host read: for pruning points, not per step)."""
+        return all(bool((m > 0).all()) for m in self.all())
+
     def is_binary(self) -> bool:
         return all(bool(((t == 0) | (t == 1)).all()) for t in self.all())
 

@@ -107,7 +107,7 @@ class Pruner:
         """
         if not self.masks.is_binary():
             raise AptuneError("masks are not binary at compaction", "this is a bug; please report it")
-        if all(bool((m > 0).all()) for m in self.masks.all()):
+        if self.masks.all_kept():
             return None
         kept = self.masks.kept()
         self.masks.remove_hooks()
@@ -129,14 +129,15 @@ class Pruner:
         e.g. adapters that just grew). Returns whether anything changed, and the survivors."""
         with ParamRemap() as remap:
             changed = self.compact(model) is not None
-        merged = dict(survivors)
-        for new, (old, select) in remap.links.items():
-            if old in merged:  # grown then sliced: pad first, then cut
-                root, first = merged.pop(old)
-                merged[new] = (root, (lambda t, f=first, g=select: g(f(t))) if first else select)
-            else:
-                merged[new] = (old, select)
-        return changed, merged
+        return changed, _chain(survivors, remap)
+
+    @staticmethod
+    def cut_outputs_keeping_state(linear: nn.Linear, rows: torch.Tensor, survivors: Survivors) -> Survivors:
+        """Keep the output features `rows` of a linear map outside the model (Tr), carrying the
+        optimizer state of its sliced tensors on top of `survivors`."""
+        with ParamRemap() as remap:
+            prune_linear_out(linear, rows)
+        return _chain(survivors, remap)
 
     def frozen_copy(self, model: nn.Module) -> nn.Module:
         """A copy of `model` as it stands, without the masks and salience taps, every tensor
@@ -177,3 +178,16 @@ class Pruner:
         weights = torch.arange(1, values.numel() + 1, dtype=torch.float64)
         kept = float(sum(len(h) for h in self.structure.heads) * 1e6 + len(self.structure.hidden))
         return torch.tensor([float((values * weights).sum()) + kept, float(values.numel())])
+
+
+def _chain(survivors: Survivors, remap: ParamRemap) -> Survivors:
+    """`survivors` followed by the slices that `remap` recorded: a tensor grown then sliced is
+    padded first, then cut."""
+    merged = dict(survivors)
+    for new, (old, select) in remap.links.items():
+        if old in merged:
+            root, first = merged.pop(old)
+            merged[new] = (root, (lambda t, f=first, g=select: g(f(t))) if first else select)
+        else:
+            merged[new] = (old, select)
+    return merged

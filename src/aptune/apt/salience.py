@@ -23,10 +23,20 @@ from ..lora import LoRALinear
 from ..structure import Structure
 
 
-def excess_kurtosis(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Fisher kurtosis mean(z⁴) - 3 along `dim`, z standardised with the unbiased std; z = 0 if std = 0."""
+def excess_kurtosis(v: torch.Tensor, dim: int = -1, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Fisher kurtosis mean(z⁴) - 3 along `dim`, z standardised with the unbiased std; z = 0 if std = 0.
+    `weight` (0/1, broadcastable to v) keeps only its 1 entries: the kurtosis of the kept entries
+    alone, computed without selecting them (no data-dependent shape, so no wait for the device)."""
     dtype = v.dtype
     v = v.double()  # float32 rounding makes a constant vector look non-constant
+    if weight is not None:
+        w = weight.to(v.dtype).expand_as(v)
+        n = w.sum(dim, keepdim=True)  # kept entries per slice
+        mean = (v * w).sum(dim, keepdim=True) / n.clamp_min(1)
+        std = (((v - mean).pow(2) * w).sum(dim, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
+        tiny = 1e-12 * (v.abs() * w).amax(dim, keepdim=True).clamp_min(1e-300)
+        z = torch.where(std > tiny, (v - mean) / std.clamp_min(1e-300), torch.zeros_like(v)) * w
+        return (z.pow(4).sum(dim) / n.squeeze(dim).clamp_min(1) - 3.0).to(dtype)
     mean = v.mean(dim, keepdim=True)
     std = v.std(dim, keepdim=True, unbiased=True)
     tiny = 1e-12 * v.abs().amax(dim, keepdim=True).clamp_min(1e-300)
@@ -174,32 +184,43 @@ class SalienceCollector:
         plain: dict[str, list[torch.Tensor]] = {"head": [], "neuron": [], "hidden": []}
         outlier: dict[str, list[torch.Tensor]] = {"head": [], "neuron": [], "hidden": []}
         hidden_outlier = None  # (d_m,) Σ over output projections of √max(Kurt(O_P[i, :]), 0)
+        # The outlier term reads only alive entries of O: a masked unit's column or a masked dim's
+        # row would enter the kurtosis as present-but-zero in a masked model and not at all in its
+        # compacted self, and the two must score alike.
+        live = _LiveUnits(alive)
         for layer, htap, ntap in zip(self.spec.layers(self.model), self.head_taps, self.neuron_taps):
             if htap is None:
                 plain["head"].append(torch.zeros(0))
                 outlier["head"].append(torch.zeros(0))
             else:
                 head_dim = self.spec.layer_head_dim(layer)
+                proj = self.spec.attention(layer).output
+                live_heads = live.take("head", proj.in_features // head_dim)  # (n_h,) or None
                 s = _product(htap).view(-1, head_dim).sum(-1)  # (n_h,)
                 plain["head"].append(s)
                 k = torch.zeros_like(s)
                 if self.use_kurtosis and htap.rows:
-                    o = _outlier_matrix(self.spec.attention(layer).output, htap)  # (d_m, n_h·d_h)
-                    k = _root_kurtosis(o.view(o.shape[0], -1, head_dim).transpose(0, 1).reshape(
-                        -1, o.shape[0] * head_dim))  # (n_h,) over each head's column block
-                    hidden_outlier = _add(hidden_outlier, _root_kurtosis(o, dim=1))
+                    o = _outlier_matrix(proj, htap)  # (d_m, n_h·d_h)
+                    rows = live.hidden_rows(o.shape[0], o.shape[1])  # (d_m, n_h·d_h) or None
+                    k = _root_kurtosis(_by_head(o, head_dim),  # (n_h,) over each head's column block
+                                       weight=None if rows is None else _by_head(rows, head_dim))
+                    cols = None if live_heads is None else live_heads.repeat_interleave(head_dim)[None, :]
+                    hidden_outlier = _add(hidden_outlier, _root_kurtosis(o, dim=1, weight=cols))
                 outlier["head"].append(k)
             if ntap is None:
                 plain["neuron"].append(torch.zeros(0))
                 outlier["neuron"].append(torch.zeros(0))
             else:
+                proj = self.spec.ffn(layer).down
+                live_neurons = live.take("neuron", proj.in_features)  # (n_f,) or None
                 s = _product(ntap)  # (n_f,)
                 plain["neuron"].append(s)
                 k = torch.zeros_like(s)
                 if self.use_kurtosis and ntap.rows:
-                    o = _outlier_matrix(self.spec.ffn(layer).down, ntap)  # (d_m, n_f)
-                    k = _root_kurtosis(o, dim=0)  # (n_f,)
-                    hidden_outlier = _add(hidden_outlier, _root_kurtosis(o, dim=1))
+                    o = _outlier_matrix(proj, ntap)  # (d_m, n_f)
+                    k = _root_kurtosis(o, dim=0, weight=live.hidden_rows(o.shape[0], 1))  # (n_f,)
+                    cols = None if live_neurons is None else live_neurons[None, :]  # (1, n_f)
+                    hidden_outlier = _add(hidden_outlier, _root_kurtosis(o, dim=1, weight=cols))
                 outlier["neuron"].append(k)
         plain_hidden = sum(_product(t) for t in self.hidden_taps)  # (d_m,)
         plain["hidden"].append(plain_hidden)
@@ -264,8 +285,32 @@ class SalienceCollector:
                 old.mul_(self.beta).add_(new.to(old.device), alpha=1 - self.beta)
 
 
-def _root_kurtosis(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    return excess_kurtosis(v, dim).clamp_min(0).sqrt()  # √max(Kurt, 0)
+def _root_kurtosis(v: torch.Tensor, dim: int = -1, weight: torch.Tensor | None = None) -> torch.Tensor:
+    return excess_kurtosis(v, dim, weight).clamp_min(0).sqrt()  # √max(Kurt, 0)
+
+
+def _by_head(o: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(d_m, n_h·d_h) -> (n_h, d_m·d_h): each head's column block as one row."""
+    d_m, n_h = o.shape[0], o.shape[1] // head_dim
+    return o.reshape(d_m, n_h, head_dim).transpose(0, 1).reshape(n_h, d_m * head_dim)
+
+
+class _LiveUnits:
+    """`Masks.alive`'s flat vectors, handed out layer by layer as 0/1 floats (None: all alive).
+    Slices by host-side counts, so nothing is read from the device."""
+
+    def __init__(self, alive: dict[str, torch.Tensor] | None) -> None:
+        self.alive, self.offsets = alive, {"head": 0, "neuron": 0}
+
+    def take(self, kind: str, count: int) -> torch.Tensor | None:
+        start = self.offsets[kind]
+        self.offsets[kind] = start + count
+        return None if self.alive is None else self.alive[kind][start:start + count].float()  # (count,)
+
+    def hidden_rows(self, d_m: int, width: int) -> torch.Tensor | None:
+        if self.alive is None:
+            return None
+        return self.alive["hidden"].float()[:, None].expand(d_m, width)  # (d_m, width)
 
 
 def _total(v: torch.Tensor) -> torch.Tensor:
