@@ -142,8 +142,8 @@ class APTCallback(Callback):
             survivors.update(self.distillation.grow_transform(growth_factor(prev, sched.budgets[k])))
         self.ranks.importance.reset()
         last = k == len(sched.points) - 1
-        if cfg.prune and (sched.distill_start is None or cfg.shrink_student):
-            # the student runs at its kept size from every point on (without a teacher, always)
+        shrink = cfg.shrink_student and (last or cfg.compact_every_point)
+        if cfg.prune and (sched.distill_start is None or shrink):  # without a teacher, at every point
             survivors = self._shrink_student(trainer, survivors)
         self._rebuild_optimizer(trainer, survivors)
         self.ranks.history.append({"step": trainer.step, "ranks": self.ranks.table(),
@@ -295,4 +295,5 @@ class APTCallback(Callback):
                 "optimizer_reset": self.cfg.optimizer_reset, "use_kurtosis": self.cfg.use_kurtosis,
                 "kurtosis_scale": self.cfg.kurtosis_scale, "kurtosis_weight": self.cfg.kurtosis_weight,
                 "shrink_student": self.cfg.shrink_student,
+                "compact_every_point": self.cfg.compact_every_point,
                 "process_consistency": self.consistency}
