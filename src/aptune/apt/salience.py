@@ -187,7 +187,7 @@ class SalienceCollector:
         # The outlier term reads only alive entries of O: a masked unit's column or a masked dim's
         # row would enter the kurtosis as present-but-zero in a masked model and not at all in its
         # compacted self, and the two must score alike.
-        live = _LiveUnits(alive)
+        live = _LiveUnits(alive if self.use_kurtosis else None)  # only the outlier term reads it
         for layer, htap, ntap in zip(self.spec.layers(self.model), self.head_taps, self.neuron_taps):
             if htap is None:
                 plain["head"].append(torch.zeros(0))
@@ -301,6 +301,7 @@ class _LiveUnits:
 
     def __init__(self, alive: dict[str, torch.Tensor] | None) -> None:
         self.alive, self.offsets = alive, {"head": 0, "neuron": 0}
+        self.hidden = None if alive is None else alive["hidden"].float()  # (d_m,)
 
     def take(self, kind: str, count: int) -> torch.Tensor | None:
         start = self.offsets[kind]
@@ -308,9 +309,7 @@ class _LiveUnits:
         return None if self.alive is None else self.alive[kind][start:start + count].float()  # (count,)
 
     def hidden_rows(self, d_m: int, width: int) -> torch.Tensor | None:
-        if self.alive is None:
-            return None
-        return self.alive["hidden"].float()[:, None].expand(d_m, width)  # (d_m, width)
+        return None if self.hidden is None else self.hidden[:, None].expand(d_m, width)  # (d_m, width)
 
 
 def _total(v: torch.Tensor) -> torch.Tensor:
