@@ -265,3 +265,45 @@ def test_teacher_targets_taken_before_the_student_give_the_same_loss(build, tiny
     assert late_loss > 0 and torch.equal(early_loss, late_loss)
     for a, b in zip(early_grads, late_grads):
         assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+
+
+
+@pytest.mark.parametrize("shrink", [False, True], ids=["shared-backbone", "own-copy"])
+def test_a_bfloat16_teacher_gives_model_dtype_targets_close_to_the_exact_ones(tiny_bert_dir, shrink):
+    """teacher_precision: bfloat16 runs the teacher's forward under autocast, on the shared
+    backbone as on its own copy; no weight changes dtype, its targets come back in the model's
+    dtype within bfloat16 rounding of the exact teacher's, and the loss with them stays close."""
+    def targets_and_loss(precision: str):
+        model, batch, spec, cb = _student_with_teacher(_bert, tiny_bert_dir)
+        cb.cfg.teacher_precision = precision
+        cb._new_transform(model)
+        drawn = random_binary_masks(model, spec, 0.5, torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
+                mask.copy_(value)
+        cb.pruner.masks.read_facts()
+        if shrink:
+            cb._shrink_student(SimpleNamespace(unwrapped_model=model, step=30, say=lambda _: None), {})
+        masks = cb.pruner.masks
+        cb.distillation.generator.manual_seed(3)
+        targets = cb.distillation.targets(model, batch, masks, cb.pruner.salience, spec)
+        with torch.no_grad():
+            out = model(**batch, output_hidden_states=True)
+            loss = cb.distillation.loss(model, batch, out, masks, cb.pruner.salience,
+                                        masks.alive_layers(spec.stacks(model)), spec, targets)
+        teacher = cb.distillation.teacher
+        weights = teacher.backbone.parameters() if shrink else teacher.state.values()
+        assert {p.dtype for p in [*weights, *model.parameters()]} == {torch.float32}
+        return targets, loss
+
+    exact, exact_loss = targets_and_loss("model")
+    half, half_loss = targets_and_loss("bfloat16")
+    assert half.prediction.logits.dtype == torch.float32
+    torch.testing.assert_close(half.prediction.logits, exact.prediction.logits, atol=5e-2, rtol=5e-2)
+    assert not torch.equal(half.prediction.logits, exact.prediction.logits)  # it did run in bfloat16
+    for h_half, h_exact in zip(half.hidden, exact.hidden):
+        assert h_half.keys() == h_exact.keys()
+        for i in h_half:
+            assert h_half[i].dtype == torch.float32
+            torch.testing.assert_close(h_half[i], h_exact[i], atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(half_loss, exact_loss, atol=0, rtol=5e-2)

@@ -146,9 +146,10 @@ class TeacherTargets:
     picks: list[list[int]]  # per stack: the sampled layers, in draw order
 
 
-def _prediction_only(outputs: Any) -> Any:
+def _prediction_only(outputs: Any, dtype: torch.dtype) -> Any:
     names = ("logits", "start_logits", "end_logits")
-    return SimpleNamespace(**{n: getattr(outputs, n) for n in names if getattr(outputs, n, None) is not None})
+    return SimpleNamespace(**{n: getattr(outputs, n).to(dtype) for n in names
+                              if getattr(outputs, n, None) is not None})
 
 
 class TeacherSnapshot:
@@ -260,14 +261,27 @@ class SelfDistillation:
         loop asks for it before the student's forward (APTCallback.on_step_begin): then the
         teacher's activations come and go while the student's are not yet alive, and only the
         targets stay, which lowers the step's peak memory."""
-        teacher = self.teacher.forward(model, batch, masks, salience)
+        dtype = next(model.parameters()).dtype
+        with self._precision(dtype, next(model.parameters()).device):
+            teacher = self.teacher.forward(model, batch, masks, salience)
         rms = spec.norm_kind == "rms"
         hidden, picks = [], []
         for t_hidden in spec.stack_hidden_states(teacher):
             drawn = sample_teacher_layers(len(t_hidden), self.generator)
-            hidden.append({i: rms_normalise(t_hidden[i]) if rms else t_hidden[i] for i in drawn})
+            # .to(dtype): under autocast some outputs are half precision; the losses run in the
+            # model's dtype (a no-op otherwise)
+            hidden.append({i: rms_normalise(t_hidden[i].to(dtype)) if rms else t_hidden[i].to(dtype)
+                           for i in drawn})  # each (B, T, d_t)
             picks.append(drawn)
-        return TeacherTargets(_prediction_only(teacher), hidden, picks)
+        return TeacherTargets(_prediction_only(teacher, dtype), hidden, picks)
+
+    def _precision(self, dtype: torch.dtype, device: torch.device):
+        """The teacher's forward under autocast when teacher_precision asks for half precision
+        (and the model is not already in it); otherwise exact."""
+        half = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.cfg.teacher_precision)
+        if half is None or half == dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=half)
 
     def loss(self, model: nn.Module, batch: dict, outputs: Any, masks: Any, salience: Any,
              alive: list[list[bool]], spec: Any, targets: TeacherTargets | None = None) -> torch.Tensor:
