@@ -307,3 +307,26 @@ def test_a_bfloat16_teacher_gives_model_dtype_targets_close_to_the_exact_ones(ti
             assert h_half[i].dtype == torch.float32
             torch.testing.assert_close(h_half[i], h_exact[i], atol=5e-2, rtol=5e-2)
     torch.testing.assert_close(half_loss, exact_loss, atol=0, rtol=5e-2)
+
+
+def test_the_half_precision_teachers_bucket_padding_leaves_the_real_positions_as_they_were(tiny_bert_dir):
+    """padded_to_bucket right-pads an encoder batch to a multiple of 16 with masked tokens: the
+    real positions' hidden states and the logits are those of the unpadded batch (exact
+    arithmetic here); encoder-decoder batches and lengths on a multiple are left alone."""
+    from aptune.apt.teacher import BUCKET, padded_to_bucket
+
+    model, batch = _bert(tiny_bert_dir)
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    padded, length = padded_to_bucket(batch)
+    assert length == 12 and padded["input_ids"].shape[1] == BUCKET
+    assert padded["attention_mask"][:, 12:].sum() == 0 and torch.equal(padded["labels"], batch["labels"])
+    with torch.no_grad():
+        plain = model(**inputs, output_hidden_states=True)
+        bucketed = model(**{k: v for k, v in padded.items() if k != "labels"}, output_hidden_states=True)
+    torch.testing.assert_close(bucketed.logits, plain.logits, atol=1e-5, rtol=1e-5)
+    for h_b, h_p in zip(bucketed.hidden_states, plain.hidden_states):
+        torch.testing.assert_close(h_b[:, :length], h_p, atol=1e-5, rtol=1e-5)
+    assert padded_to_bucket({**batch, "decoder_input_ids": batch["input_ids"]})[1] is None
+    full = {k: v[:, :8].repeat(1, 2) if v.ndim > 1 else v for k, v in batch.items()}  # 16 tokens
+    assert padded_to_bucket(full)[1] is None
