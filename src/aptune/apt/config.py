@@ -95,17 +95,11 @@ class APTConfig:
         "done by compaction: the same numbers up to rounding, faster steps). Off: the student "
         "stays masked at its size of the last teacher refresh until distillation ends.")
     teacher_precision: Literal["model", "bfloat16", "float16"] = option(
-        "model", "APT: dtype of the teacher's own frozen copy once the student is compacted (from "
-        "the last pruning point, or every point with --compact-every-point): model (the model's "
-        "dtype, exact), or bfloat16 / float16 (a half-size copy whose forward runs about 2x faster "
-        "on CPUs with AVX512-BF16 or AMX, and on GPUs; its targets are cast back to the model's "
-        "dtype, so only the teacher's own rounding changes). The teacher that shares the student's "
-        "backbone before then always runs in the model's dtype.")
-    teacher_precision: Literal["model", "bfloat16", "float16"] = option(
         "model", "APT: precision of the teacher's forward: model (the model's dtype, exact), or "
-        "bfloat16 / float16 autocast (its matrix products in half precision, about 1.7x faster on "
-        "CPUs with AVX512-BF16 or AMX and on GPUs; no copy of any weight; its targets are cast "
-        "back to the model's dtype, so only the teacher's rounding changes).")
+        "bfloat16 / float16 autocast (its matrix products in half precision, with encoder inputs "
+        "padded to multiples of 16 tokens; no copy of any weight; its targets are cast back to the "
+        "model's dtype, so only the teacher's rounding changes). Pays where half-precision "
+        "products are fast: GPUs, CPUs with AVX512-BF16 or AMX.")
     compact_every_point: bool = option(
         False, "APT, with shrink_student: compact the student at every pruning point that cuts "
         "something, not only the last; a teacher sharing the backbone keeps its own copy until "
