@@ -330,3 +330,28 @@ def test_the_half_precision_teachers_bucket_padding_leaves_the_real_positions_as
     assert padded_to_bucket({**batch, "decoder_input_ids": batch["input_ids"]})[1] is None
     full = {k: v[:, :8].repeat(1, 2) if v.ndim > 1 else v for k, v in batch.items()}  # 16 tokens
     assert padded_to_bucket(full)[1] is None
+
+
+def test_a_bfloat16_teachers_start_and_end_logits_come_back_at_the_batch_length(tiny_bert_dir):
+    """On QA the per-token start and end logits of the padded teacher are cut to the batch's
+    length (13 tokens, run as 16), in the model's dtype, near the exact teacher's."""
+    torch.manual_seed(0)
+    model = load_classifier(str(tiny_bert_dir), 2, head="question-answering").eval()
+    spec = get_spec(model)
+    cfg = APTConfig(sparsity=0.6, use_kurtosis=False, lambda_pred=0.1)
+    cfg.validate()
+    cb = attach_apt(model, spec, cfg)
+    cb.distillation.snapshot(model, 0.5)
+    ids = torch.randint(5, model.config.vocab_size, (3, 13), generator=torch.Generator().manual_seed(2))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "start_positions": torch.tensor([0, 3, 5]), "end_positions": torch.tensor([0, 4, 7])}
+    found = {}
+    for precision in ("model", "bfloat16"):
+        cb.cfg.teacher_precision = precision
+        cb.distillation.generator.manual_seed(3)
+        found[precision] = cb.distillation.targets(model, batch, cb.pruner.masks, cb.pruner.salience, spec)
+    for name in ("start_logits", "end_logits"):
+        exact, half = (getattr(found[p].prediction, name) for p in ("model", "bfloat16"))
+        assert half.shape == exact.shape == (3, 13) and half.dtype == torch.float32
+        torch.testing.assert_close(half, exact, atol=5e-2, rtol=5e-2)
+    assert all(h.shape[1] == 13 for h in found["bfloat16"].hidden[0].values())
