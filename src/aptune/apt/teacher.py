@@ -285,12 +285,11 @@ class SelfDistillation:
         loop asks for it before the student's forward (APTCallback.on_step_begin): then the
         teacher's activations come and go while the student's are not yet alive, and only the
         targets stay, which lowers the step's peak memory."""
-        dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
-        half = self._half_precision(dtype)
-        length = None
+        weight = next(model.parameters())
+        dtype, half, length = weight.dtype, self._half_precision(weight.dtype), None
         if half is not None:
             batch, length = padded_to_bucket(batch)
-        with torch.autocast(device_type=device.type, dtype=half) if half else contextlib.nullcontext():
+        with torch.autocast(device_type=weight.device.type, dtype=half) if half else contextlib.nullcontext():
             teacher = self.teacher.forward(model, batch, masks, salience)
         rms = spec.norm_kind == "rms"
         hidden, picks = [], []
