@@ -12,7 +12,8 @@ runs every job on glibc's default heap instead (APTUNE_CPU_HEAP=default), to mea
 fixed threshold costs in s/step and what it changes in peak memory.
 
 Usage: python bench/step_time_by_phase.py OUT [--data-dir D] [--train-samples 4000]
-       [--apt-epochs 3] [--ft-epochs 1] [--model minilm] [--runs ft,apt,apt-no-shrink,apt-bf16-teacher]
+       [--apt-epochs 3] [--ft-epochs 1] [--model minilm]
+       [--runs ft,apt,apt-no-shrink,apt-bf16-teacher,apt-kept8,...]
        [--heap fixed|default]
 Writes OUT/step_time_by_phase.{json,md}; each run's folder and log stay in OUT.
 """
@@ -32,6 +33,8 @@ RUNS = {  # name -> (recipe, extra flags)
     "apt": ("cpu/sst2-apt", []),
     "apt-no-shrink": ("cpu/sst2-apt", ["--no-shrink-student"]),
     "apt-bf16-teacher": ("cpu/sst2-apt", ["--teacher-precision", "bfloat16"]),
+    "apt-kept8": ("cpu/sst2-apt", ["--kept-multiple", "8"]),
+    "apt-kept8-bf16-teacher": ("cpu/sst2-apt", ["--kept-multiple", "8", "--teacher-precision", "bfloat16"]),
 }
 
 

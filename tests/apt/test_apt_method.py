@@ -207,6 +207,21 @@ def test_without_kurtosis_budget_holds_on_reported_count(ablation):
     assert m["params"]["non_embedding"] <= 0.40 * m["params"]["dense_non_embedding"]
 
 
+def test_kept_widths_rounded_to_a_multiple(ablation):
+    """--kept-multiple 4: every layer's kept FFN neurons and the kept hidden dims are a multiple
+    of 4 in the saved structure, and the budget still holds (rounding only ever removes)."""
+    m = ablation(kept_multiple=4)
+    structure = m["method_settings"]["structure"]
+    assert len(structure["hidden"]) % 4 == 0
+    assert all(len(neurons) % 4 == 0 for neurons in structure["neurons"])
+    assert any(neurons for neurons in structure["neurons"])
+    assert m["method_settings"]["pruning_log"][-1]["neurons"] % 4 == 0
+    assert m["params"]["non_embedding"] <= 0.40 * m["params"]["dense_non_embedding"]
+    plain = ablation()["method_settings"]["structure"]  # the switch really switches
+    widths = [len(plain["hidden"])] + [len(neurons) for neurons in plain["neurons"]]
+    assert any(w % 4 for w in widths)
+
+
 @pytest.mark.parametrize("lr_schedule", ["segmented", "single"])
 def test_learning_rate_schedule_over_distillation(ablation, lr_schedule):
     """segmented restarts the learning rate at distillation's start and end (the last segment at

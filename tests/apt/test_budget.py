@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aptune.apt.budget import BLOCK_TYPES, Counts, select_keep_set
+from aptune.apt.budget import BLOCK_TYPES, Counts, round_down_keep_set, select_keep_set
 
 torch.set_num_threads(1)
 
@@ -233,3 +233,34 @@ def test_target_zero_keeps_nothing_and_huge_keeps_all_alive(seed):
         assert everything.keep[t].tolist() == torch.nonzero(alive[t]).flatten().tolist()
         assert everything.prune[t].numel() == 0
     assert everything.size == counts.size
+
+
+# -- kept widths rounded to a multiple -----------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("multiple", [2, 4, 8])
+def test_rounding_cuts_each_segment_to_a_multiple_dropping_its_lowest(seed, multiple):
+    """Each layer's kept neurons and the kept hidden dims end on a multiple; what goes is the
+    lowest-scoring kept blocks of that segment, checked by hand-rolled selection; heads untouched."""
+    salience, alive, counts = toy(seed, n_heads=6, n_neurons=60, n_hidden=24, alive_p=0.9)
+    keep = select_keep_set(salience, alive, counts, 0.5 * counts.size)
+    layers = [25, 15, 20]  # three layers' neurons, flattened in order
+    rounded = round_down_keep_set(keep, salience, {"neuron": layers, "hidden": [24]}, multiple, counts)
+    assert rounded.keep["head"].tolist() == keep.keep["head"].tolist()
+    for t, sizes in (("neuron", layers), ("hidden", [24])):
+        lo, expected = 0, []
+        for size in sizes:
+            mine = [i for i in keep.keep[t].tolist() if lo <= i < lo + size]
+            by_score = sorted(mine, key=lambda i: (float(salience[t][i]), i))
+            expected += by_score[len(mine) % multiple:]
+            assert len(by_score[len(mine) % multiple:]) % multiple == 0
+            lo += size
+        assert rounded.keep[t].tolist() == sorted(expected)
+        everything = sorted(rounded.keep[t].tolist() + rounded.prune[t].tolist())
+        assert everything == sorted(keep.keep[t].tolist() + keep.prune[t].tolist())
+    assert rounded.size == counts.formula(*(rounded.keep[t].numel() for t in BLOCK_TYPES)) <= keep.size
+
+
+def test_rounding_by_one_changes_nothing():
+    salience, alive, counts = toy(0)
+    keep = select_keep_set(salience, alive, counts, 0.5 * counts.size)
+    assert round_down_keep_set(keep, salience, {"neuron": [20], "hidden": [8]}, 1, counts) is keep

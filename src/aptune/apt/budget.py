@@ -100,3 +100,30 @@ def _largest_prefix_below(sizes: torch.Tensor, target: float) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def round_down_keep_set(keep: KeepSet, scores: dict[str, torch.Tensor], segments: dict[str, list[int]],
+                        multiple: int, counts: Counts) -> KeepSet:
+    """`keep` with each segment's kept blocks of the listed types (a layer's FFN neurons, the
+    hidden dims) cut down to a multiple of `multiple`: the lowest-scoring kept blocks of a segment
+    go (ties: the lower index first). Only ever removes, so the size stays under the target.
+    Why: matrix kernels run faster on widths that are multiples of 8 (CPU vector units, GPU tensor
+    cores; docs/method.md#kept-widths)."""
+    if multiple <= 1:
+        return keep
+    kept, pruned = dict(keep.keep), dict(keep.prune)
+    for t, sizes in segments.items():
+        moved, lo = [], 0
+        for size in sizes:
+            idx = kept[t][(kept[t] >= lo) & (kept[t] < lo + size)]  # (k,) this segment's kept blocks
+            excess = idx.numel() % multiple
+            if excess:
+                order = torch.argsort(scores[t][idx], stable=True)  # ascending; ties by index
+                moved.append(idx[order[:excess]])
+            lo += size
+        if moved:
+            gone = torch.cat(moved)  # (m,)
+            kept[t] = kept[t][~torch.isin(kept[t], gone)]
+            pruned[t] = torch.sort(torch.cat([pruned[t], gone])).values
+    size = counts.formula(kept["head"].numel(), kept["neuron"].numel(), kept["hidden"].numel())
+    return KeepSet(kept, pruned, int(size))

@@ -100,6 +100,11 @@ class APTConfig:
         "padded to multiples of 16 tokens; no copy of any weight; its targets are cast back to the "
         "model's dtype, so only the teacher's rounding changes). Pays where half-precision "
         "products are fast: GPUs, CPUs with AVX512-BF16 or AMX.")
+    kept_multiple: int = option(
+        1, "APT: round each layer's kept FFN neurons, and the kept hidden dims, down to a multiple "
+        "of this at every pruning point (8 suits CPU vector units and GPU tensor cores: a compacted "
+        "model with widths such as 1215 runs slower than one a few neurons narrower). The kept "
+        "share then ends slightly under the target. 1: the exact keep-set of the budget (the paper).")
     compact_every_point: bool = option(
         False, "APT, with shrink_student: compact the student at every pruning point that cuts "
         "something, not only the last; a teacher sharing the backbone keeps its own copy until "
@@ -120,6 +125,9 @@ class APTConfig:
         if not self.kurtosis_weight >= 0:
             raise AptuneError(f"--kurtosis-weight must be >= 0, got {self.kurtosis_weight}",
                               "pass e.g. --kurtosis-weight 1, or --no-use-kurtosis to drop the term")
+        if self.kept_multiple < 1:
+            raise AptuneError(f"--kept-multiple must be at least 1, got {self.kept_multiple}",
+                              "pass --kept-multiple 8 to round kept widths to multiples of 8, or 1 for none")
         if self.r <= 0:
             raise AptuneError(f"LoRA rank r must be positive, got {self.r}", "pass --r 8")
         if self.max_rank < self.r:

@@ -19,7 +19,7 @@ from ..errors import AptuneError
 from ..structure import Structure
 from ..surgery import ParamRemap, compact_and_record, model_structure, prune_linear_in, prune_linear_out
 from ..train.optim import Survivors
-from .budget import Counts, select_keep_set
+from .budget import Counts, round_down_keep_set, select_keep_set
 from .masks import Masks, apply_masks
 from .salience import SalienceCollector
 
@@ -64,8 +64,11 @@ class Pruner:
             return
         alive = {"head": torch.cat(self.masks.head) > 0, "neuron": torch.cat(self.masks.neuron) > 0,
                  "hidden": self.masks.hidden > 0}
-        keep = select_keep_set(self._protected(self.salience.flat_ema()), alive, self.counts(),
-                               kept_ratio * self.dense_size)
+        scores, counts = self._protected(self.salience.flat_ema()), self.counts()
+        keep = select_keep_set(scores, alive, counts, kept_ratio * self.dense_size)
+        keep = round_down_keep_set(keep, scores, {"neuron": [m.numel() for m in self.masks.neuron],
+                                                  "hidden": [self.masks.hidden.numel()]},
+                                   self.cfg.kept_multiple, counts)
         flat = self.masks.flat()
         for t, vec in flat.items():
             up, down = keep.keep[t], keep.prune[t]
