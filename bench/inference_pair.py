@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from aptune.arch import get_spec
 from aptune.counting import non_embedding_parameters
 from aptune.efficiency import measure_inference
 from aptune.export import load_pruned
@@ -38,10 +39,9 @@ def load(path: str) -> torch.nn.Module:
 
 
 def widths(model: torch.nn.Module) -> str:
-    """Each layer's FFN width, e.g. '1208/1176/...': what the kernels see."""
-    ffn = [m.out_features for n, m in model.named_modules()
-           if isinstance(m, torch.nn.Linear) and n.endswith(("intermediate.dense", "wi", "wi_0"))]
-    return "/".join(map(str, ffn))
+    """Each layer's FFN width, e.g. '1208/1176/...': what the kernels see (read through the
+    family's architecture spec)."""
+    return "/".join(map(str, get_spec(model).shape(model).neurons))
 
 
 def main() -> None:
