@@ -35,7 +35,8 @@ RUNS = {  # name -> (recipe, extra flags)
     "apt-bf16-teacher": ("cpu/sst2-apt", ["--teacher-precision", "bfloat16"]),
     "apt-kept8": ("cpu/sst2-apt", ["--kept-multiple", "8"]),
     "apt-kept8-bf16-teacher": ("cpu/sst2-apt", ["--kept-multiple", "8", "--teacher-precision", "bfloat16"]),
-    # distillation ending at 80% or 95% of the steps, whichever the default is not
+    # the relative schedule's distillation end (--distill-end-frac), pinned so that a run
+    # measures the same schedule whatever the library default is
     "apt-distill-to-80": ("cpu/sst2-apt", ["--distill-end-frac", "0.8"]),
     "apt-distill-to-95": ("cpu/sst2-apt", ["--distill-end-frac", "0.95"]),
 }
