@@ -61,7 +61,7 @@ def test_schedule_and_structure_are_reported(full_run):
     assert 3 <= len(sched["points"]) <= 10
     assert sched["kept"][-1] == pytest.approx(0.4)
     assert sched["end"] == sched["points"][-1] == 91  # 70 % of T
-    assert sched["distill_start"] is not None and sched["distill_end"] == 123  # 95 % of T
+    assert sched["distill_start"] is not None and sched["distill_end"] == 104  # 80 % of T
     assert len(sched["budgets"]) == len(sched["points"])
     # TTA counts only evaluations at the final structure: after the last pruning point
     final = [r["step"] for r in metrics["history"] if r["at_final_size"]]

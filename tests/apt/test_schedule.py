@@ -135,7 +135,7 @@ def test_relative_mode_T5000():
     assert sched.mask_steps == pytest.approx([2 / w for w in sched.windows])
     assert sched.kept[-1] == pytest.approx(0.4)
     assert sched.kept[:3] == [1.0, 1.0, 1.0]  # points inside the sparsity warm-up
-    assert sched.distill_end == 4750  # 95 % of T
+    assert sched.distill_end == 4000  # 80 % of T
     assert sched.distill_start == sched.points[3] + 1  # after the first ρ < 1 point
 
 

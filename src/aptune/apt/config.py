@@ -43,7 +43,8 @@ class APTConfig:
                                      "fraction of T.")
     sparsity_warmup_frac: float = option(1 / 3, "APT relative schedule: part of the pruning window "
                                          "where the kept ratio stays 1.")
-    distill_end_frac: float = option(0.95, "APT relative schedule: distillation ends at this fraction of T.")
+    distill_end_frac: float = option(0.80, "APT relative schedule: distillation ends at this fraction of T "
+                                     "(docs/method.md#short-runs: why 0.80; 0.95 before).")
     pruning_start_step: int = option(200, "APT absolute schedule: first salience step.")
     pruning_end_epoch: float = option(3.0, "APT absolute schedule: last pruning point, in epochs.")
     sparsity_warmup_epochs: float = option(1.0, "APT absolute schedule: epochs with kept ratio 1.")

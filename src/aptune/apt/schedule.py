@@ -31,7 +31,7 @@ class ScheduleSettings:
     pruning_start_frac: float = 0.02
     pruning_end_frac: float = 0.70
     sparsity_warmup_frac: float = 1 / 3  # of the pruning window
-    distill_end_frac: float = 0.95
+    distill_end_frac: float = 0.80
     max_decay_window: int = 200
     distill: bool = True
     prune: bool = True
