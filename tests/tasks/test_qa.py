@@ -16,7 +16,7 @@ from aptune.tasks.base import DataReport
 from aptune.tasks.qa import balanced_subset
 from aptune.tasks.qa_answers import best_answers
 from aptune.tasks.qa_features import window_tokenizer
-from aptune.tasks.squad_data import QAExample, add_unanswerable, read_squad_json, without_answer_sentences
+from aptune.tasks.squad_data import QAExample, read_squad_json
 from aptune.tasks.squad_metric import best_threshold, normalize_answer, question_scores, squad_v2_scores
 from tests.helpers import SHARED_DATA, fails, invoke, random_binary_masks, randomize_biases_and_norms
 
@@ -106,51 +106,6 @@ def test_a_bad_file_through_the_cli_exits_2_without_traceback(tmp_path, tiny_ber
 
 def _examples(tiny_data_dir) -> list[QAExample]:
     return get_task("squad_v2").load("train", tiny_data_dir, None, 0).examples
-
-
-def test_synthetic_unanswerable_questions_hold_none_of_their_answers(tiny_data_dir):
-    examples = _examples(tiny_data_dir)
-    answerable = [e for e in examples if e.answerable]
-    mixed = add_unanswerable(examples, examples, 0.5, seed=3)
-    made = mixed[len(examples):]
-    assert mixed[:len(examples)] == examples and 0 < len(made) <= round(0.5 * len(answerable))
-    by_id = {e.id: e for e in examples}
-    for e in made:
-        source = by_id[e.id.split("-unanswerable-")[0]]
-        assert e.synthetic and not e.answerable and e.question == source.question
-        assert e.context != source.context and e.article == source.article
-        assert not any(a.lower() in e.context.lower() for a in source.answers)
-    assert [e.id for e in add_unanswerable(examples, examples, 0.5, seed=3)] == [e.id for e in mixed]
-
-
-def test_answer_removed_questions_keep_their_paragraph_without_the_answer_sentences():
-    context = "Ann lives in Oslo. She won the race in 1999! Bob came second. It rained."
-    won = QAExample("q1", "When did Ann win?", context, ("1999",), (context.index("1999"),), "a")
-    assert without_answer_sentences(won) == "Ann lives in Oslo. Bob came second. It rained."
-    # an answer whose text also occurs in another sentence cannot be removed: skipped
-    again = context + " In 1999 it snowed."
-    assert without_answer_sentences(QAExample("q2", "When?", again, ("1999",), (won.starts[0],), "a")) is None
-    alone = QAExample("q3", "Who?", "Ann won.", ("Ann",), (0,), "a")
-    assert without_answer_sentences(alone) is None  # nothing left
-    made = add_unanswerable([won, alone], [won, alone], 1.0, seed=0, source="answer-removed")[2:]
-    assert [(e.question, e.context, e.answerable, e.synthetic) for e in made] == \
-        [(won.question, "Ann lives in Oslo. Bob came second. It rained.", False, True)]
-
-
-def test_mixed_unanswerable_questions_alternate_the_two_sources():
-    paragraphs = [f"Town {i} has a mill. Its mayor is Mayor{i}. It lies on a river." for i in range(4)]
-    examples = [QAExample(f"q{i}", f"Who is the mayor of town {i}?", c, (f"Mayor{i}",),
-                          (c.index(f"Mayor{i}"),), "towns") for i, c in enumerate(paragraphs)]
-    made = add_unanswerable(examples, examples, 1.0, seed=3, source="mixed")[len(examples):]
-    by_id = {e.id: e for e in examples}
-    kinds = []
-    for e in made:
-        source = by_id[e.id.split("-unanswerable-")[0]]
-        assert not e.answerable and source.answers[0].lower() not in e.context.lower()
-        kinds.append("other" if e.context in paragraphs else "removed")
-    assert kinds == ["other", "removed"] * 2
-    with pytest.raises(AptuneError, match="unknown unanswerable source"):
-        add_unanswerable(examples, examples, 1.0, seed=3, source="shuffled")
 
 
 def test_synthetic_questions_by_default_only_where_the_file_has_almost_no_unanswerable(tiny_data_dir,

@@ -9,7 +9,7 @@ from typing import Any, Literal, Mapping
 
 from ..errors import AptuneError
 from ..fields import check_choices, option
-from .squad_data import UnanswerableSource
+from .unanswerable import UnanswerableSource
 
 OWN_DATA_TASK = "text-classification"
 PANEL = f"Your own data (--task {OWN_DATA_TASK})"
@@ -102,7 +102,9 @@ class QAOptions:
     unanswerable_source: UnanswerableSource = option(
         "other-paragraph", "QA: how a synthetic unanswerable question loses its answer: "
         "'other-paragraph' (another paragraph of its article), 'answer-removed' (its own paragraph "
-        "without the sentences holding an answer) or 'mixed' (half each).", QA_PANEL)
+        "without the sentences holding an answer), 'edited-question' (its own paragraph, the "
+        "question edited: an antonym, another name or number of the article, a negation) or "
+        "'mixed' (the first two, half each).", QA_PANEL)
 
     def validate(self) -> None:
         _refuse_for_other_tasks(self, QAOptions, "squad_v2")

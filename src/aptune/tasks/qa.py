@@ -11,8 +11,9 @@ from ..errors import AptuneError
 from .base import DataReport, Scored, Split, Task, fixed_subset
 from .qa_answers import best_answers
 from .qa_features import window_tokenizer
-from .squad_data import QAExample, add_unanswerable, hub_examples, read_squad_json
+from .squad_data import QAExample, hub_examples, read_squad_json
 from .squad_metric import best_threshold, squad_v2_scores
+from .unanswerable import add_unanswerable
 
 
 # Without --unanswerable-ratio: a training file with under 5% unanswerable questions (the local

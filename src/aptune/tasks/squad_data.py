@@ -1,16 +1,12 @@
-"""SQuAD v2 questions: read from the official JSON layout (or the hub), checked, and the optional
-synthetic unanswerable questions for training (docs/tasks.md#squad-v2)."""
+"""SQuAD v2 questions: read from the official JSON layout (or the hub) and checked
+(docs/tasks.md#squad-v2). The synthetic unanswerable ones are made in unanswerable.py."""
 
 from __future__ import annotations
 
 import json
-import re
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, get_args
-
-import numpy as np
+from typing import Iterator
 
 from ..errors import AptuneError
 from .base import DataReport
@@ -125,62 +121,3 @@ def hub_examples(split: str, report: DataReport) -> list[QAExample]:
         else:
             out.append(example)
     return out
-
-
-UnanswerableSource = Literal["other-paragraph", "answer-removed", "mixed"]  # --unanswerable-source
-UNANSWERABLE_SOURCES = get_args(UnanswerableSource)
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")  # a sentence ends at . ! or ? followed by space
-
-
-def add_unanswerable(examples: list[QAExample], pool: list[QAExample], ratio: float, seed: int,
-                     source: str = "other-paragraph") -> list[QAExample]:
-    """`examples` plus about ratio × (answerable ones) synthetic unanswerable questions, marked
-    synthetic. `source` says how a chosen answerable question loses its answer:
-    'other-paragraph' pairs it with another paragraph of the same article (from `pool`) that holds
-    none of its answers; 'answer-removed' keeps its own paragraph without the sentences that hold
-    an answer (on topic, like SQuAD v2's written unanswerable questions); 'mixed' alternates the
-    two. A question that cannot be made unanswerable is skipped. Deterministic in `seed`; the
-    originals keep their order and the synthetic ones follow."""
-    if ratio <= 0:
-        return examples
-    if source not in UNANSWERABLE_SOURCES:
-        raise AptuneError(f"unknown unanswerable source {source!r}",
-                          f"pass one of {', '.join(UNANSWERABLE_SOURCES)}")
-    paragraphs: dict[str, dict[str, None]] = defaultdict(dict)  # article -> its contexts, in order
-    for example in pool:
-        paragraphs[example.article][example.context] = None
-    answerable = [e for e in examples if e.answerable]
-    rng = np.random.default_rng(seed)
-    n_new = int(round(ratio * len(answerable)))
-    picks = rng.choice(len(answerable), size=n_new, replace=n_new > len(answerable)) if answerable else []
-    made = []
-    for k, i in enumerate(picks):
-        chosen = answerable[int(i)]
-        removed = source == "answer-removed" or (source == "mixed" and k % 2 == 1)
-        context = without_answer_sentences(chosen) if removed else \
-            _other_paragraph(chosen, paragraphs[chosen.article], rng)
-        if context is None:
-            continue
-        made.append(QAExample(f"{chosen.id}-unanswerable-{k}", chosen.question, context, (), (),
-                              chosen.article, synthetic=True))
-    return examples + made
-
-
-def _other_paragraph(example: QAExample, contexts: Iterable[str], rng: np.random.Generator) -> str | None:
-    answers = [a.lower() for a in example.answers]
-    others = [c for c in contexts if c != example.context and not any(a in c.lower() for a in answers)]
-    return others[int(rng.integers(len(others)))] if others else None
-
-
-def without_answer_sentences(example: QAExample) -> str | None:
-    """The example's paragraph without every sentence that overlaps one of its answers; None when
-    nothing is left or an answer's text still occurs in what is left."""
-    bounds = [0] + [m.end() for m in SENTENCE_END.finditer(example.context)] + [len(example.context)]
-    spans = [(start, len(text) + start) for text, start in zip(example.answers, example.starts)]
-    kept = [example.context[a:b] for a, b in zip(bounds, bounds[1:])
-            if b > a and not any(a < end and start < b for start, end in spans)]
-    context = "".join(kept).strip()
-    lowered = context.lower()
-    if not context or any(answer.lower() in lowered for answer in example.answers):
-        return None
-    return context
