@@ -271,3 +271,10 @@ def build_learnable_bert(folder: Path, num_labels: int = 2) -> Path:
     BertForSequenceClassification(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def squad_train_examples(data_dir: Path) -> list:
+    """Every training question of the tiny SQuAD v2 file in `data_dir`, as the task reads them."""
+    from aptune.tasks import get_task
+
+    return get_task("squad_v2").load("train", data_dir, None, 0).examples

@@ -16,9 +16,10 @@ from aptune.tasks.base import DataReport
 from aptune.tasks.qa import balanced_subset
 from aptune.tasks.qa_answers import best_answers
 from aptune.tasks.qa_features import window_tokenizer
-from aptune.tasks.squad_data import QAExample, read_squad_json
+from aptune.tasks.squad_data import read_squad_json
 from aptune.tasks.squad_metric import best_threshold, normalize_answer, question_scores, squad_v2_scores
-from tests.helpers import SHARED_DATA, fails, invoke, random_binary_masks, randomize_biases_and_norms
+from tests.helpers import (SHARED_DATA, fails, invoke, random_binary_masks, randomize_biases_and_norms,
+                           squad_train_examples)
 
 
 # -- the metric -------------------------------------------------------------------------------------
@@ -104,10 +105,6 @@ def test_a_bad_file_through_the_cli_exits_2_without_traceback(tmp_path, tiny_ber
     assert "--doc-stride is for --task squad_v2, not --task sst2" in stderr
 
 
-def _examples(tiny_data_dir) -> list[QAExample]:
-    return get_task("squad_v2").load("train", tiny_data_dir, None, 0).examples
-
-
 def test_synthetic_questions_by_default_only_where_the_file_has_almost_no_unanswerable(tiny_data_dir,
                                                                                         tmp_path):
     balanced = get_task("squad_v2").load("train", tiny_data_dir, None, 0)  # a quarter unanswerable
@@ -128,7 +125,7 @@ def test_synthetic_questions_by_default_only_where_the_file_has_almost_no_unansw
 
 
 def test_subsets_keep_the_share_of_unanswerable_questions(tiny_data_dir):
-    examples = _examples(tiny_data_dir)
+    examples = squad_train_examples(tiny_data_dir)
     share = sum(not e.answerable for e in examples) / len(examples)
     kept = balanced_subset(examples, 20, seed=0)
     assert len(kept) == 20 and sum(not e.answerable for e in kept) == round(20 * share)
@@ -139,7 +136,7 @@ def test_subsets_keep_the_share_of_unanswerable_questions(tiny_data_dir):
 def test_windows_locate_every_answer_and_the_answers_come_back(tiny_data_dir, learnable_bert_dir):
     from aptune.models import load_tokenizer
 
-    examples = _examples(tiny_data_dir)
+    examples = squad_train_examples(tiny_data_dir)
     enc = window_tokenizer(load_tokenizer(str(learnable_bert_dir)), 80, 8)(examples)
     owner, offsets = enc["example_index"], enc["offsets"]
     assert len(owner) > len(examples)  # long paragraphs need several windows

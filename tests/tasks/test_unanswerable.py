@@ -6,17 +6,13 @@ import numpy as np
 import pytest
 
 from aptune.errors import AptuneError
-from aptune.tasks import get_task
 from aptune.tasks.squad_data import QAExample
 from aptune.tasks.unanswerable import add_unanswerable, edit_question, without_answer_sentences
-
-
-def _examples(tiny_data_dir) -> list[QAExample]:
-    return get_task("squad_v2").load("train", tiny_data_dir, None, 0).examples
+from tests.helpers import squad_train_examples
 
 
 def test_synthetic_unanswerable_questions_hold_none_of_their_answers(tiny_data_dir):
-    examples = _examples(tiny_data_dir)
+    examples = squad_train_examples(tiny_data_dir)
     answerable = [e for e in examples if e.answerable]
     mixed = add_unanswerable(examples, examples, 0.5, seed=3)
     made = mixed[len(examples):]

@@ -39,7 +39,7 @@ def add_unanswerable(examples: list[QAExample], pool: list[QAExample], ratio: fl
     paragraphs: dict[str, dict[str, None]] = defaultdict(dict)  # article -> its contexts, in order
     for example in pool:
         paragraphs[example.article][example.context] = None
-    words = _ArticleWords(paragraphs) if source == "edited-question" else None
+    words: dict[str, tuple[list[str], list[str]]] = {}  # article -> its names and numbers
     answerable = [e for e in examples if e.answerable]
     rng = np.random.default_rng(seed)
     n_new = int(round(ratio * len(answerable)))
@@ -48,9 +48,10 @@ def add_unanswerable(examples: list[QAExample], pool: list[QAExample], ratio: fl
     for k, i in enumerate(picks):
         chosen = answerable[int(i)]
         question, context = chosen.question, None
-        if words is not None:
-            question = edit_question(chosen.question, words.names(chosen.article),
-                                     words.numbers(chosen.article), rng)
+        if source == "edited-question":
+            if chosen.article not in words:
+                words[chosen.article] = _names_and_numbers(paragraphs[chosen.article])
+            question = edit_question(chosen.question, *words[chosen.article], rng)
             context = chosen.context if question is not None else None
         elif source == "answer-removed" or (source == "mixed" and k % 2 == 1):
             context = without_answer_sentences(chosen)
@@ -105,26 +106,11 @@ _NOT_NAMES = frozenset("The This That These Those There Its His Her Their Our Fo
                        "She They After Before During When While Where What Which Who Why How".split())
 
 
-class _ArticleWords:
-    """Per article, the capitalised words (names) and numbers that its paragraphs use: the
+def _names_and_numbers(contexts: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The capitalised words (names) and numbers that an article's paragraphs use: the
     replacements an edited question draws from, so that it still reads as on topic."""
-
-    def __init__(self, paragraphs: dict[str, dict[str, None]]) -> None:
-        self.paragraphs = paragraphs
-        self._cache: dict[str, tuple[list[str], list[str]]] = {}
-
-    def _words(self, article: str) -> tuple[list[str], list[str]]:
-        if article not in self._cache:
-            text = "\n".join(self.paragraphs[article])
-            names = sorted(set(_NAME.findall(text)) - _NOT_NAMES)
-            self._cache[article] = (names, sorted(set(_NUMBER.findall(text))))
-        return self._cache[article]
-
-    def names(self, article: str) -> list[str]:
-        return self._words(article)[0]
-
-    def numbers(self, article: str) -> list[str]:
-        return self._words(article)[1]
+    text = "\n".join(contexts)
+    return sorted(set(_NAME.findall(text)) - _NOT_NAMES), sorted(set(_NUMBER.findall(text)))
 
 
 def edit_question(question: str, names: list[str], numbers: list[str],
