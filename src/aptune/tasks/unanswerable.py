@@ -103,7 +103,7 @@ _NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")  # a capitalised wor
 _NUMBER = re.compile(r"\b\d+\b")
 # Capitalised function words are not names (a quote or a title can start with one mid-sentence).
 _NOT_NAMES = frozenset("The This That These Those There Its His Her Their Our For From With And But Not "
-                       "She They After Before During When While Where What Which Who Why How".split())
+                       "After Before During When While Where What Which Who Why How".split())
 
 
 def _names_and_numbers(contexts: Iterable[str]) -> tuple[list[str], list[str]]:
