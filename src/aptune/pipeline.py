@@ -141,6 +141,10 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     started_from = needed.summary if needed is not None else None
     del needed  # the method keeps what it needs (CoFi's teacher); the rest can be freed
     set_seed(cfg.seed, deterministic=True)  # the same stream whatever ran before
+    if getattr(cfg, "max_inference_cost", None) and not cfg.inference_lengths:
+        cfg.inference_lengths = default_inference_lengths(data.task)
+        say(f"inference-cost budget: {cfg.max_inference_cost:g} of the dense model's, at "
+            f"--inference-lengths {cfg.inference_lengths} tokens")
     model = method.prepare(model, spec, cfg)
     trainable, total = count_parameters(model)
     say(f"model: {cfg.model} ({model.config.model_type}, {dense_params['non_embedding']:,} non-embedding "
@@ -280,6 +284,16 @@ def _trainer(cfg: TrainConfig, method: Method, model, spec, data: RunData, accel
     return Trainer(model, data.task, train_loader, dev_loader, loop_cfg, accelerator,
                    callbacks=method.callbacks(model, spec, cfg), log_path=log_path,
                    show_progress=show_progress)
+
+
+def default_inference_lengths(task: Task) -> str:
+    """The tokens per example that the run's own inference measurement uses: the task's input
+    length, and for an encoder-decoder its target tokens (2 teacher-forced tokens for a label,
+    the generated tokens for a summary)."""
+    source = task.inference_shape[0]
+    if task.head != "text-to-text":
+        return str(source)
+    return f"{source},{task.generation_benchmark_tokens or 2}"
 
 
 def ignored_epochs_note(cfg: TrainConfig, method: Method) -> str | None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .inference_cost import InferenceCost
+
 BLOCK_TYPES = ("head", "neuron", "hidden")
 
 
@@ -59,18 +61,50 @@ class KeepSet:
 
 
 def select_keep_set(salience: dict[str, torch.Tensor], alive: dict[str, torch.Tensor],
-                    counts: Counts, target_size: float) -> KeepSet:
+                    counts: Counts, target_size: float, cost: InferenceCost | None = None,
+                    target_cost: float | None = None) -> KeepSet:
     """Sort candidates by salience density and keep the largest prefix with C < target.
 
     `salience[t]` and `alive[t]` are flat vectors over all blocks of type t (heads and neurons
     concatenated over layers). Blocks that are not alive (already pruned) are never candidates.
     Ties break by block type, then index, so every process picks the same set.
+
+    With `cost` and `target_cost`, the prefix must also cost at most `target_cost` at inference
+    (docs/method.md#inference-cost-budget). The density's denominator becomes the parameter cost
+    plus λ times the inference cost (in parameter units), for each λ of a fixed grid, and the
+    keep-set with the most salience wins: a Lagrangian search over the two budgets. Where the
+    size budget alone already meets the cost target, its keep-set stands.
     """
+    plain = _keep_prefix(salience, alive, counts, target_size)
+    if cost is None or target_cost is None or \
+            cost.total(plain.keep["head"], plain.keep["neuron"], plain.keep["hidden"].numel()) <= target_cost:
+        return plain  # a cost budget that does not bind changes nothing
+    best, best_salience = None, -1.0
+    for lam in LAGRANGE_GRID:
+        found = _keep_prefix(salience, alive, counts, target_size, cost, target_cost, lam)
+        kept = sum(float(salience[t][found.keep[t]].double().sum()) for t in BLOCK_TYPES)
+        if kept > best_salience:  # strict: the smallest λ wins a tie
+            best, best_salience = found, kept
+    return best
+
+
+# λ values tried by the two-budget search: 0 (salience per parameter) to 1e3 (per unit of inference cost).
+LAGRANGE_GRID = (0.0,) + tuple(10 ** (k / 4) for k in range(-12, 13))
+
+
+def _keep_prefix(salience: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], counts: Counts,
+                 target_size: float, cost: InferenceCost | None = None, target_cost: float | None = None,
+                 lam: float = 0.0) -> KeepSet:
+    """The largest prefix by density under the size target (and the cost target, when given)."""
     costs = counts.costs()
+    per_block = None if cost is None else _inference_per_block(cost, alive, counts, target_size, target_cost)
     dens, kinds, index = [], [], []
     for code, t in enumerate(BLOCK_TYPES):
         idx = torch.nonzero(alive[t], as_tuple=False).flatten()  # (n_t,)
-        dens.append(salience[t][idx].double() / max(costs[t], 1e-12))
+        denominator = torch.full(idx.shape, max(costs[t], 1e-12), dtype=torch.float64)  # (n_t,)
+        if per_block is not None and lam > 0:
+            denominator = denominator + lam * per_block[t][idx]
+        dens.append(salience[t][idx].double() / denominator)
         kinds.append(torch.full_like(idx, code))
         index.append(idx)
     dens_all, kind_all, idx_all = torch.cat(dens), torch.cat(kinds), torch.cat(index)  # (N,)
@@ -81,6 +115,9 @@ def select_keep_set(salience: dict[str, torch.Tensor], alive: dict[str, torch.Te
     cum = [torch.cumsum((kind_sorted == c).long(), 0) for c in range(3)]  # prefix counts per type
     sizes = counts.formula(cum[0], cum[1], cum[2])  # C_top-i for i = 1..N
     n = _largest_prefix_below(sizes, target_size)
+    if cost is not None and target_cost is not None:
+        n = min(n, _largest_prefix_within(_prefix_costs(cost, order, kind_sorted, idx_all, cum[2]),
+                                          target_cost))
     keep, prune = {}, {}
     for code, t in enumerate(BLOCK_TYPES):
         chosen = order[:n][kind_sorted[:n] == code]
@@ -88,6 +125,35 @@ def select_keep_set(salience: dict[str, torch.Tensor], alive: dict[str, torch.Te
         keep[t] = torch.sort(idx_all[chosen]).values
         prune[t] = torch.sort(idx_all[rest]).values
     return KeepSet(keep, prune, int(sizes[n - 1]) if n > 0 else 0)
+
+
+def _inference_per_block(cost: InferenceCost, alive: dict[str, torch.Tensor], counts: Counts,
+                         target_size: float, target_cost: float) -> dict[str, torch.Tensor]:
+    """Each block's inference cost at the current counts, in parameter units (scaled so that the
+    two targets weigh alike), as flat vectors over all blocks of each type."""
+    hidden, scale = counts.hidden, target_size / max(target_cost, 1e-12)
+    per_hidden = cost.hidden_cost(alive["head"], alive["neuron"]) * scale
+    return {"head": (hidden * cost.head_per_dim + cost.head_fixed) * scale,  # (Σ n_h,)
+            "neuron": hidden * cost.neuron_per_dim * scale,  # (Σ n_f,)
+            "hidden": torch.full(alive["hidden"].shape, per_hidden, dtype=torch.float64)}  # (d_m,)
+
+
+def _prefix_costs(cost: InferenceCost, order: torch.Tensor, kind_sorted: torch.Tensor,
+                  idx_all: torch.Tensor, hidden_count: torch.Tensor) -> torch.Tensor:
+    """Inference cost of every prefix of the sorted candidates: d' · Σ a + Σ b."""
+    idx_sorted = idx_all[order]  # (N,)
+    per_dim = torch.zeros(idx_sorted.shape, dtype=torch.float64)  # (N,) a of heads and neurons
+    fixed = torch.zeros(idx_sorted.shape, dtype=torch.float64)  # (N,) b of heads
+    is_head, is_neuron = kind_sorted == 0, kind_sorted == 1
+    per_dim[is_head] = cost.head_per_dim[idx_sorted[is_head]]
+    fixed[is_head] = cost.head_fixed[idx_sorted[is_head]]
+    per_dim[is_neuron] = cost.neuron_per_dim[idx_sorted[is_neuron]]
+    return hidden_count.double() * torch.cumsum(per_dim, 0) + torch.cumsum(fixed, 0)  # (N,)
+
+
+def _largest_prefix_within(costs: torch.Tensor, target: float) -> int:
+    """Largest i with costs[i-1] <= target; costs is non-decreasing."""
+    return int(torch.searchsorted(costs, torch.tensor([target], dtype=costs.dtype), right=True)[0])
 
 
 def _largest_prefix_below(sizes: torch.Tensor, target: float) -> int:

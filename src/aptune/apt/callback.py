@@ -153,8 +153,11 @@ class APTCallback(Callback):
         if last:
             self.pruner.salience.active = False
             trainer.control.selection_open = True
+            cost = self.pruner.kept_inference_cost()
             trainer.say(f"pruning complete at step {trainer.step}: kept ratio "
-                        f"{self.pruner.kept_ratio():.4f} (target {1 - cfg.sparsity:.4f})")
+                        f"{self.pruner.kept_ratio():.4f} (target {1 - cfg.sparsity:.4f})"
+                        + (f", inference cost {cost:.4f} (at most {cfg.max_inference_cost:.4f})"
+                           if cost is not None else ""))
 
     def _shrink_student(self, trainer, survivors: Survivors) -> Survivors:
         """At a pruning point: the student is compacted to its masks, and a teacher that shares

@@ -112,6 +112,17 @@ class APTConfig:
         "its next refresh. Fewer activations per step, but the copy holds the weights the student "
         "sheds (the word embeddings too once hidden dims are cut): it pays when activations "
         "dominate (long inputs, large batches; MNLI at 128 tokens: yes; SST-2 at 64: no).")
+    max_inference_cost: float | None = option(
+        None, "APT: also keep the pruned model's inference cost (multiply-adds per example of its "
+        "transformer layers, at --inference-lengths) at most this fraction of the dense model's, "
+        "beside the size budget (docs/method.md#inference-cost-budget). On encoder-decoders the "
+        "encoder runs on the whole input and the decoder on a few tokens, so the size budget alone "
+        "cuts the decoder and keeps the encoder that sets the latency. Default: no cost budget.")
+    inference_lengths: str | None = option(
+        None, "APT, with --max-inference-cost: tokens per example that each stack runs on at "
+        "inference, SOURCE[,TARGET] (e.g. 128,2). Default: the task's inference length (128 tokens, "
+        "384 for squad_v2, 512 for cnn_dailymail) and, for encoder-decoders, the target tokens its "
+        "measurement uses (2 for text-to-text classification, 64 generated for summaries).")
 
     def validate(self) -> None:
         if not 0 < self.sparsity < 1:
@@ -129,7 +140,32 @@ class APTConfig:
         if self.kept_multiple < 1:
             raise AptuneError(f"--kept-multiple must be at least 1, got {self.kept_multiple}",
                               "pass --kept-multiple 8 to round kept widths to multiples of 8, or 1 for none")
+        if self.max_inference_cost is not None and not 0 < self.max_inference_cost <= 1:
+            raise AptuneError(f"--max-inference-cost must be in (0, 1], got {self.max_inference_cost}",
+                              "pass e.g. --max-inference-cost 0.6 to allow 60% of the dense model's cost")
+        self.inference_lengths = parse_lengths(self.inference_lengths)
         if self.r <= 0:
             raise AptuneError(f"LoRA rank r must be positive, got {self.r}", "pass --r 8")
         if self.max_rank < self.r:
             raise AptuneError(f"--max-rank {self.max_rank} is below --r {self.r}", "raise --max-rank")
+
+
+def parse_lengths(value) -> str | None:
+    """--inference-lengths as "SOURCE[,TARGET]" (a recipe may give a number or a list): checked
+    and written back in its one spelling; the pruner reads it with `lengths_of`."""
+    if value is None or value == "":
+        return None
+    parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        lengths = [int(str(p).strip()) for p in parts]
+    except ValueError:
+        lengths = []
+    if not 1 <= len(lengths) <= 2 or min(lengths) < 1:
+        raise AptuneError(f"--inference-lengths must be one or two positive token counts, got {value!r}",
+                          "pass SOURCE[,TARGET], e.g. --inference-lengths 128,2")
+    return ",".join(str(n) for n in lengths)
+
+
+def lengths_of(value: str | None) -> list[int]:
+    """The token counts of a checked --inference-lengths value ([] when not set)."""
+    return [int(p) for p in value.split(",")] if value else []

@@ -20,6 +20,8 @@ from ..structure import Structure
 from ..surgery import ParamRemap, compact_and_record, model_structure, prune_linear_in, prune_linear_out
 from ..train.optim import Survivors
 from .budget import Counts, round_down_keep_set, select_keep_set
+from .config import lengths_of
+from .inference_cost import InferenceCost
 from .masks import Masks, apply_masks
 from .salience import SalienceCollector
 
@@ -36,6 +38,10 @@ class Pruner:
                                           getattr(cfg, "kurtosis_scale", "salience_total"),
                                           getattr(cfg, "kurtosis_weight", 1.0))
         self.dense_size = self.counts().size  # C(Θ_0)
+        # The inference-cost budget (docs/method.md#inference-cost-budget): off unless asked for.
+        self.max_inference_cost = getattr(cfg, "max_inference_cost", None)
+        self.unit_streams = spec.unit_streams(model)
+        self.dense_cost = self.inference_cost().total(*self._all_alive()) if self.max_inference_cost else None
         self.structure = model_structure(model, spec)  # kept units, original numbering
         self.pruning_log: list[dict] = []
         self.protected_units = spec.protected_attention(model)
@@ -55,6 +61,33 @@ class Pruner:
     def kept_ratio(self) -> float:
         return self.counts().size / self.dense_size
 
+    def inference_cost(self) -> InferenceCost:
+        """The per-block inference costs at the masks' current shapes."""
+        lengths = lengths_of(getattr(self.cfg, "inference_lengths", None))
+        if not lengths:
+            raise AptuneError("--max-inference-cost needs the tokens per example of each stack",
+                              "pass --inference-lengths SOURCE[,TARGET], e.g. 128,2")
+        heads, neurons = [m.numel() for m in self.masks.head], [m.numel() for m in self.masks.neuron]
+        return InferenceCost.build(heads, neurons, self.unit_streams, lengths, self.head_dim, self.ffn_factor)
+
+    def _all_alive(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return (torch.cat(self.masks.head) > 0, torch.cat(self.masks.neuron) > 0,
+                int((self.masks.hidden > 0).sum()))
+
+    def kept_inference_cost(self) -> float | None:
+        """The kept blocks' inference cost as a fraction of the dense model's (None: no cost budget)."""
+        if not self.dense_cost:
+            return None
+        return self.inference_cost().total(*self._all_alive()) / self.dense_cost
+
+    def cost_target(self, kept_ratio: float) -> float | None:
+        """The inference cost allowed at a point whose size target is `kept_ratio`: it falls from 1
+        to --max-inference-cost in step with the size, so both budgets follow the one schedule."""
+        if not self.dense_cost:
+            return None
+        progress = min(max((1.0 - kept_ratio) / self.cfg.sparsity, 0.0), 1.0)
+        return (1.0 - progress * (1.0 - self.max_inference_cost)) * self.dense_cost
+
     # -- mask steps ------------------------------------------------------------------------------
     @torch.no_grad()
     def step_masks(self, point: int, kept_ratio: float, step_size: float, binarise: bool) -> None:
@@ -65,7 +98,9 @@ class Pruner:
         alive = {"head": torch.cat(self.masks.head) > 0, "neuron": torch.cat(self.masks.neuron) > 0,
                  "hidden": self.masks.hidden > 0}
         scores, counts = self._protected(self.salience.flat_ema()), self.counts()
-        keep = select_keep_set(scores, alive, counts, kept_ratio * self.dense_size)
+        cost = self.inference_cost() if self.dense_cost else None
+        keep = select_keep_set(scores, alive, counts, kept_ratio * self.dense_size, cost,
+                               self.cost_target(kept_ratio))
         keep = round_down_keep_set(keep, scores, {"neuron": [m.numel() for m in self.masks.neuron],
                                                   "hidden": [self.masks.hidden.numel()]},
                                    self.cfg.kept_multiple, counts)
@@ -84,7 +119,15 @@ class Pruner:
                                      "heads": int(keep.keep["head"].numel()),
                                      "neurons": int(keep.keep["neuron"].numel()),
                                      "hidden": int(keep.keep["hidden"].numel()),
+                                     **self._cost_entry(cost, keep),
                                      "salience_components": dict(self.salience.last_components)})
+
+    def _cost_entry(self, cost: InferenceCost | None, keep) -> dict[str, float]:
+        """The pruning log's inference-cost figure of a keep-set (none without a cost budget)."""
+        if cost is None:
+            return {}
+        kept = cost.total(keep.keep["head"], keep.keep["neuron"], keep.keep["hidden"].numel())
+        return {"inference_cost": kept / self.dense_cost}
 
     def _protected(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The flat scores with the top head of each protected unit (ArchSpec.protected_attention)

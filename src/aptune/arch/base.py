@@ -166,6 +166,18 @@ class ArchSpec:
                     names[attention], names[ffn] = f"{prefix} {i} self", f"{prefix} {i} cross"
         return names
 
+    def unit_streams(self, model: nn.Module) -> list[tuple[int, int]]:
+        """Per unit: the stack whose tokens its queries and FFN run on, and the stack whose tokens
+        its keys and values run on (0, the encoder's, for a decoder's cross-attention), in the
+        same layout as `unit_names`. The inference-cost budget weighs blocks by these lengths."""
+        streams = [(0, 0)] * len(self.layers(model))
+        for s, stack in enumerate(self.stacks(model)):
+            for attention, ffn in stack:
+                streams[attention] = (s, s)
+                if ffn != attention:  # (cross-attention, FFN) unit of a decoder layer
+                    streams[ffn] = (s, 0)
+        return streams
+
     def protected_attention(self, model: nn.Module) -> list[int]:
         """Units whose most salient head is never pruned (T5: the decoder's last cross-attention,
         so the top layer keeps reading the encoder)."""
