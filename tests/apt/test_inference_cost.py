@@ -103,6 +103,22 @@ def test_a_binding_cost_budget_moves_the_kept_blocks_to_the_short_stream():
     assert both.size > 0.5 * plain.size
 
 
+def test_a_protected_heads_raised_score_does_not_decide_the_search():
+    """Salience of any scale (here ~1e-9) against one head raised to 1e10 (the protected
+    cross-attention head): the search compares what each λ prunes, which the raised head never is."""
+    salience, alive, counts, cost = _random_problem(1)
+    salience = {t: v * 1e-9 for t, v in salience.items()}
+    dense_cost = cost.total(alive["head"], alive["neuron"], 32)
+    picks = []
+    for raised in (1e10, 1.0):  # both put head 23 first in every order
+        scores = {**salience, "head": salience["head"].clone()}
+        scores["head"][23] = raised
+        found = select_keep_set(scores, alive, counts, 0.4 * counts.size, cost, 0.25 * dense_cost)
+        picks.append(found)
+    assert 23 in picks[0].keep["head"].tolist()
+    assert all(torch.equal(picks[0].keep[t], picks[1].keep[t]) for t in BLOCK_TYPES)
+
+
 def test_apt_on_bert2bert_keeps_its_inference_cost_budget(bert2bert_dir, tiny_data_dir, tmp_path):
     from aptune.export import load_pruned
 

@@ -79,12 +79,14 @@ def select_keep_set(salience: dict[str, torch.Tensor], alive: dict[str, torch.Te
     if cost is None or target_cost is None or \
             cost.total(plain.keep["head"], plain.keep["neuron"], plain.keep["hidden"].numel()) <= target_cost:
         return plain  # a cost budget that does not bind changes nothing
-    best, best_salience = None, -1.0
+    best, least_lost = None, float("inf")
     for lam in LAGRANGE_GRID:
         found = _keep_prefix(salience, alive, counts, target_size, cost, target_cost, lam)
-        kept = sum(float(salience[t][found.keep[t]].double().sum()) for t in BLOCK_TYPES)
-        if kept > best_salience:  # strict: the smallest λ wins a tie
-            best, best_salience = found, kept
+        # The most salience kept is the least pruned (the candidates are the same for every λ);
+        # summed over the pruned blocks, it is not swamped by a protected head's raised score.
+        lost = sum(float(salience[t][found.prune[t]].double().sum()) for t in BLOCK_TYPES)
+        if lost < least_lost:  # strict: the smallest λ wins a tie
+            best, least_lost = found, lost
     return best
 
 
