@@ -63,6 +63,28 @@ def test_the_cost_model_counts_what_torch_counts(bert2bert_dir):
     assert _model_cost(model).total(*_dense(model)) == pytest.approx(_layer_macs(model))
 
 
+def test_the_cost_models_projections_match_torch_on_gated_t5(t5_dir):
+    """T5 (gated FFN: three matrices per neuron; cross-attention keys and values on the source):
+    the cost less the attention products (b_h, which T5's fused attention hides from the counter)
+    equals the stacks' linear multiply-adds."""
+    from transformers import T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration.from_pretrained(t5_dir).eval()
+    spec = get_spec(model)
+    shape = spec.shape(model)
+    assert shape.ffn_factor == 3
+    cost = InferenceCost.build(list(shape.heads), list(shape.neurons), spec.unit_streams(model),
+                               [SOURCE, TARGET], shape.head_dim, shape.ffn_factor)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(input_ids=torch.randint(5, 20, (1, SOURCE)),  # (1, SOURCE)
+              decoder_input_ids=torch.randint(5, 20, (1, TARGET)))  # (1, TARGET)
+    counts = counter.get_flop_counts()
+    linear = sum(v for name in ("T5ForConditionalGeneration.encoder", "T5ForConditionalGeneration.decoder")
+                 for op, v in counts[name].items() if str(op) in ("aten.mm", "aten.addmm")) / 2
+    assert cost.total(*_dense(model)) - float(cost.head_fixed.sum()) == pytest.approx(linear)
+
+
 def _random_problem(seed: int):
     """Flat salience and a cost model of a 2+2-layer encoder-decoder (6 units) with 4 heads and
     64 neurons per unit, d_m 32."""
