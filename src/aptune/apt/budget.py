@@ -79,9 +79,10 @@ def select_keep_set(salience: dict[str, torch.Tensor], alive: dict[str, torch.Te
     if cost is None or target_cost is None or \
             cost.total(plain.keep["head"], plain.keep["neuron"], plain.keep["hidden"].numel()) <= target_cost:
         return plain  # a cost budget that does not bind changes nothing
+    per_block = _inference_per_block(cost, alive, counts, target_size, target_cost)  # the same for every λ
     best, least_lost = None, float("inf")
     for lam in LAGRANGE_GRID:
-        found = _keep_prefix(salience, alive, counts, target_size, cost, target_cost, lam)
+        found = _keep_prefix(salience, alive, counts, target_size, cost, target_cost, lam, per_block)
         # The most salience kept is the least pruned (the candidates are the same for every λ);
         # summed over the pruned blocks, it is not swamped by a protected head's raised score.
         lost = sum(float(salience[t][found.prune[t]].double().sum()) for t in BLOCK_TYPES)
@@ -96,10 +97,10 @@ LAGRANGE_GRID = (0.0,) + tuple(10 ** (k / 4) for k in range(-12, 13))
 
 def _keep_prefix(salience: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], counts: Counts,
                  target_size: float, cost: InferenceCost | None = None, target_cost: float | None = None,
-                 lam: float = 0.0) -> KeepSet:
-    """The largest prefix by density under the size target (and the cost target, when given)."""
+                 lam: float = 0.0, per_block: dict[str, torch.Tensor] | None = None) -> KeepSet:
+    """The largest prefix by density under the size target (and the cost target, when given);
+    `per_block`: each block's inference cost in parameter units, weighted by `lam` in the density."""
     costs = counts.costs()
-    per_block = None if cost is None else _inference_per_block(cost, alive, counts, target_size, target_cost)
     dens, kinds, index = [], [], []
     for code, t in enumerate(BLOCK_TYPES):
         idx = torch.nonzero(alive[t], as_tuple=False).flatten()  # (n_t,)

@@ -41,7 +41,8 @@ class Pruner:
         # The inference-cost budget (docs/method.md#inference-cost-budget): off unless asked for.
         self.max_inference_cost = getattr(cfg, "max_inference_cost", None)
         self.unit_streams = spec.unit_streams(model)
-        self.dense_cost = self.inference_cost().total(*self._all_alive()) if self.max_inference_cost else None
+        self.dense_cost = None if not self.max_inference_cost else \
+            self._cost_of(self.inference_cost(), self._alive())
         self.structure = model_structure(model, spec)  # kept units, original numbering
         self.pruning_log: list[dict] = []
         self.protected_units = spec.protected_attention(model)
@@ -70,15 +71,23 @@ class Pruner:
         heads, neurons = [m.numel() for m in self.masks.head], [m.numel() for m in self.masks.neuron]
         return InferenceCost.build(heads, neurons, self.unit_streams, lengths, self.head_dim, self.ffn_factor)
 
-    def _all_alive(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return (torch.cat(self.masks.head) > 0, torch.cat(self.masks.neuron) > 0,
-                int((self.masks.hidden > 0).sum()))
+    def _alive(self) -> dict[str, torch.Tensor]:
+        """Which blocks of each type have a mask above 0, as flat vectors."""
+        return {"head": torch.cat(self.masks.head) > 0, "neuron": torch.cat(self.masks.neuron) > 0,
+                "hidden": self.masks.hidden > 0}
+
+    @staticmethod
+    def _cost_of(cost: InferenceCost, kept: dict[str, torch.Tensor]) -> float:
+        """A kept set's inference cost; `kept[t]` holds indices or a boolean mask of each type."""
+        hidden = kept["hidden"]
+        return cost.total(kept["head"], kept["neuron"],
+                          int(hidden.sum()) if hidden.dtype == torch.bool else hidden.numel())
 
     def kept_inference_cost(self) -> float | None:
         """The kept blocks' inference cost as a fraction of the dense model's (None: no cost budget)."""
         if not self.dense_cost:
             return None
-        return self.inference_cost().total(*self._all_alive()) / self.dense_cost
+        return self._cost_of(self.inference_cost(), self._alive()) / self.dense_cost
 
     def cost_target(self, kept_ratio: float) -> float | None:
         """The inference cost allowed at a point whose size target is `kept_ratio`: it falls from 1
@@ -95,8 +104,7 @@ class Pruner:
         by `step_size`, the others down; with `binarise`, exactly to 1 and 0."""
         if self.salience.ema is None:
             return
-        alive = {"head": torch.cat(self.masks.head) > 0, "neuron": torch.cat(self.masks.neuron) > 0,
-                 "hidden": self.masks.hidden > 0}
+        alive = self._alive()
         scores, counts = self._protected(self.salience.flat_ema()), self.counts()
         cost = self.inference_cost() if self.dense_cost else None
         keep = select_keep_set(scores, alive, counts, kept_ratio * self.dense_size, cost,
@@ -126,8 +134,7 @@ class Pruner:
         """The pruning log's inference-cost figure of a keep-set (none without a cost budget)."""
         if cost is None:
             return {}
-        kept = cost.total(keep.keep["head"], keep.keep["neuron"], keep.keep["hidden"].numel())
-        return {"inference_cost": kept / self.dense_cost}
+        return {"inference_cost": self._cost_of(cost, keep.keep) / self.dense_cost}
 
     def _protected(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The flat scores with the top head of each protected unit (ArchSpec.protected_attention)
