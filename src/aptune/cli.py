@@ -355,8 +355,9 @@ def bench(
     rerun: Annotated[Optional[str], typer.Option(help="Comma-separated job names to run again "
                                                  "although they finished, or 'all'.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="key=value applied to every job's "
-                                                      "recipe, e.g. --set max_train_samples=12000. "
-                                                      "Repeatable.")] = None,
+                                                      "recipe, e.g. --set max_train_samples=12000, or "
+                                                      "JOB.key=value to one job's, e.g. --set "
+                                                      "apt.max_inference_cost=0.6. Repeatable.")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="Train nothing: rebuild the "
                                               "tables, plots and results.json from finished jobs.")] = False,
     inference_rounds: Annotated[Optional[int], typer.Option(help="Timed rounds per model (median); "

@@ -12,7 +12,7 @@ import yaml
 from aptune.bench import parse_settings, suite_jobs, threshold_from, time_to_accuracy
 from aptune.bench import plots, tables
 from aptune.bench.collect import add_inference, relative_accuracy
-from aptune.bench.runner import check_same_eval_interval, job_config
+from aptune.bench.runner import check_same_eval_interval, check_setting_targets, job_config
 from aptune.bench.suites import select_jobs
 from aptune.errors import AptuneError
 from aptune.cli import app
@@ -140,6 +140,22 @@ def test_settings_parse_as_yaml_scalars():
         "max_train_samples": 12000, "use_kurtosis": False, "lr": 5e-4}
     with pytest.raises(AptuneError, match="key=value"):
         parse_settings(["oops"])
+    with pytest.raises(AptuneError, match="JOB.key=value"):
+        parse_settings([".lr=1"])
+
+
+def test_a_job_prefixed_setting_reaches_that_job_only(tmp_path):
+    settings = parse_settings(["apt.max-inference-cost=0.6", "lora-prune.lr=1e-3", "lr=2e-4",
+                               "sst2/apt.epochs=1"])
+    assert settings["lora-prune.lr"] == 1e-3 and settings["apt.max_inference_cost"] == 0.6
+    jobs = {j.name: j for j in suite_jobs("table2", "cpu", ["sst2"], "seq2seq")}
+    apt = job_config(jobs["apt"], tmp_path, None, settings)
+    assert apt["max_inference_cost"] == 0.6 and apt["lr"] == 2e-4 and apt["epochs"] == 1
+    assert "max_inference_cost" not in job_config(jobs["ft"], tmp_path, None, settings)
+    assert job_config(jobs["lora-prune"], tmp_path, None, settings)["lr"] == 1e-3  # beats the plain key
+    check_setting_targets(list(jobs.values()), settings)
+    with pytest.raises(AptuneError, match="names no job of this suite: cofi"):
+        check_setting_targets(list(jobs.values()), {"cofi.lr": 1.0})
 
 
 def test_every_shipped_scale_evaluates_each_task_on_one_interval(tmp_path):

@@ -23,25 +23,28 @@ from ..errors import AptuneError
 from ..tasks import get_task
 from . import plots, tables
 from .collect import add_inference, collect
-from .runner import check_finished_jobs, check_same_eval_interval, job_config, job_dir, run_jobs
+from .runner import (check_finished_jobs, check_same_eval_interval, check_setting_targets, job_config,
+                     job_dir, run_jobs)
 from .suites import FAMILY_TASKS, PAPER_SPARSITY, Job, select_jobs, suite_jobs
 
 
 def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
-    """`--set key=value` pairs, values read as YAML scalars (12000 -> int, false -> bool)."""
+    """`--set key=value` pairs, values read as YAML scalars (12000 -> int, false -> bool).
+    `--set JOB.key=value` keeps its job prefix (e.g. `apt.max_inference_cost`): see settings_for."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise AptuneError(f"--set expects key=value, got '{pair}'",
-                              "write e.g. --set max_train_samples=12000")
+        job, dot, field = key.strip().rpartition(".")
+        if not sep or not field or (dot and not job):
+            raise AptuneError(f"--set expects key=value or JOB.key=value, got '{pair}'",
+                              "write e.g. --set max_train_samples=12000 or --set apt.max_inference_cost=0.6")
         parsed = yaml.safe_load(value)
         if isinstance(parsed, str):  # YAML 1.1 reads 5e-4 as text; users mean a number
             try:
                 parsed = float(parsed)
             except ValueError:
                 pass
-        out[key.strip().replace("-", "_")] = parsed
+        out[job + dot + field.replace("-", "_")] = parsed  # job names keep their hyphens
     return out
 
 
@@ -71,6 +74,7 @@ def run_bench(suite: str, scale: str, tasks: list[str], results_dir: str | Path 
     outcomes = []
     if not report_only:
         rerun_set = set(rerun or [])
+        check_setting_targets(jobs, settings)
         configs = {j.key: job_config(j, run_dir, data_dir, settings) for j in jobs}
         check_same_eval_interval(configs)
         check_finished_jobs(jobs, configs, run_dir, rerun_set)

@@ -46,12 +46,31 @@ def scale_settings(scale: str, key: str) -> dict[str, Any]:
     return dict((data.get(scale) or {}).get(key) or {})
 
 
+def settings_for(job: Job, settings: dict[str, Any]) -> dict[str, Any]:
+    """The `--set` values one job takes: plain keys go to every job; `NAME.key` (or `TASK/NAME.key`)
+    to the jobs so named only, and wins over a plain key, e.g. a cost budget for APT alone."""
+    shared = {k: v for k, v in settings.items() if "." not in k}
+    own = {k.rpartition(".")[2]: v for k, v in settings.items()
+           if k.rpartition(".")[0] in (job.name, job.key)}
+    return {**shared, **own}
+
+
+def check_setting_targets(jobs: list[Job], settings: dict[str, Any]) -> None:
+    """A `--set NAME.key=value` whose NAME is no job of the suite would silently do nothing."""
+    names = {j.name for j in jobs} | {j.key for j in jobs}
+    unknown = sorted({k.rpartition(".")[0] for k in settings if "." in k} - names)
+    if unknown:
+        raise AptuneError(f"--set names no job of this suite: {', '.join(unknown)}",
+                          f"prefix a key with one of: {', '.join(sorted({j.name for j in jobs}))}")
+
+
 def job_config(job: Job, run_dir: Path, data_dir: str | None, settings: dict[str, Any]) -> dict:
     """The full recipe one job trains with: shipped recipe < recipes/bench.yaml < suite
-    overrides < --set values."""
+    overrides < --set values (settings_for)."""
     # on_size_miss warn: a job that misses its size still finishes, and the table shows the miss
     values = {"on_size_miss": "warn", **load_recipe(job.recipe),
-              **scale_settings(job.scale, job.settings_key), **job.overrides, **settings}
+              **scale_settings(job.scale, job.settings_key), **job.overrides,
+              **settings_for(job, settings)}
     if data_dir is not None:
         values["data_dir"] = str(Path(data_dir).expanduser().resolve())
     if job.needs:  # the method's declared prerequisite: the suite's own finished run
