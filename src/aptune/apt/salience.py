@@ -68,7 +68,8 @@ class _Tap:
         if self.collector.per_stream_mean and h.dim() == 3:
             act = act / h.shape[1]  # Σ_b mean_t |H|: this stream's length divided out
         self.act = _add(self.act, act)
-        self.mean_sum = _add(self.mean_sum, flat.sum(0))
+        if self.collector.use_kurtosis:  # x̄ feeds the outlier term only: no pass over H without it
+            self.mean_sum = _add(self.mean_sum, flat.sum(0))
         self.rows += flat.shape[0]
         if h.requires_grad:
             h.register_hook(self._on_grad)
