@@ -46,19 +46,25 @@ def scale_settings(scale: str, key: str) -> dict[str, Any]:
     return dict((data.get(scale) or {}).get(key) or {})
 
 
+def setting_target(key: str) -> tuple[str, str]:
+    """`NAME.key` -> (NAME, key); a plain key -> ("", key), meaning every job."""
+    target, _, field = key.rpartition(".")
+    return target, field
+
+
 def settings_for(job: Job, settings: dict[str, Any]) -> dict[str, Any]:
     """The `--set` values one job takes: plain keys go to every job; `NAME.key` (or `TASK/NAME.key`)
     to the jobs so named only, and wins over a plain key, e.g. a cost budget for APT alone."""
-    shared = {k: v for k, v in settings.items() if "." not in k}
-    own = {k.rpartition(".")[2]: v for k, v in settings.items()
-           if k.rpartition(".")[0] in (job.name, job.key)}
+    split = [(*setting_target(k), v) for k, v in settings.items()]
+    shared = {field: v for target, field, v in split if not target}
+    own = {field: v for target, field, v in split if target in (job.name, job.key)}
     return {**shared, **own}
 
 
 def check_setting_targets(jobs: list[Job], settings: dict[str, Any]) -> None:
     """A `--set NAME.key=value` whose NAME is no job of the suite would silently do nothing."""
     names = {j.name for j in jobs} | {j.key for j in jobs}
-    unknown = sorted({k.rpartition(".")[0] for k in settings if "." in k} - names)
+    unknown = sorted({setting_target(k)[0] for k in settings} - names - {""})
     if unknown:
         raise AptuneError(f"--set names no job of this suite: {', '.join(unknown)}",
                           f"prefix a key with one of: {', '.join(sorted({j.name for j in jobs}))}")
