@@ -82,8 +82,8 @@ class TrainConfig(OwnDataOptions, QAOptions, SummarizationOptions, *SECTIONS):  
         "'warn' prints a warning and exits 0 (aptune bench uses it, so that its table shows the miss).")
     allow_untrained_prerequisite: bool = option(
         False, "Go on from a prerequisite run (LoRA+Prune's LoRA run, CoFi's FT teacher) that scored no "
-        "better than always answering the most frequent label; by default such a run stops, since "
-        "it learned nothing (tiny test models are the use).")
+        "better than one constant answer (the most frequent label; 'no answer' on SQuAD); by default "
+        "such a run stops, since it learned nothing (tiny test models are the use).")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -172,6 +172,8 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     final = method.finalize(accelerator.unwrap_model(trainer.model), spec, cfg)
     scored = data.task.evaluate(final, trainer.eval_loader, accelerator)
     final_eval = scored.metrics
+    for name, value in data.task.resolved_options().items():  # e.g. a threshold chosen on held-out rows
+        setattr(cfg, name, value)
     inference = _report_pruning(cfg, method, final, data, dense_shape, dense_params, accelerator)
     metrics = build_metrics(cfg, method, data, final, final_eval, result, cost, trainable, total,
                             dense_params, inference, accelerator, run_versions,
@@ -267,9 +269,13 @@ def load_data(cfg: TrainConfig, say) -> RunData:
     say(f"train: {train.report.summary()}")
     say(f"dev:   {dev.report.summary()}")
     max_length = cfg.max_length or task.default_max_length
+    dev_ds = encode(task, dev.examples, tokenizer, max_length, model_config)
+    held_out = task.held_out_examples()
+    if held_out:  # scored beside dev at every evaluation (QA: they choose the null threshold)
+        dev_ds.held_out = encode(task, held_out, tokenizer, max_length, model_config)
     return RunData(task, tokenizer, model_path, train, dev,
                    encode(task, train.examples, tokenizer, max_length, model_config, keep_meta=False),
-                   encode(task, dev.examples, tokenizer, max_length, model_config), max_length)
+                   dev_ds, max_length)
 
 
 def _trainer(cfg: TrainConfig, method: Method, model, spec, data: RunData, accelerator, cost: Cost,
@@ -388,8 +394,9 @@ def check_prerequisite_learned(cfg: TrainConfig, method: Method, task: Task, dev
     need = method.prerequisite
     knobs = " and ".join(flag(mine) for mine in need.inline.values())
     raise AptuneError(
-        f"{need.role} ({summary['run']}) scored dev {task.metric} {value:.4f}, no better than always "
-        f"answering the most frequent label ({floor:.4f}): it learned nothing, and {cfg.method} "
+        f"{need.role} ({summary['run']}) scored dev {task.metric} {value:.4f}, no better than one "
+        f"constant answer ({floor:.4f}: the most frequent label, or 'no answer' on SQuAD): it "
+        f"learned nothing, and {cfg.method} "
         f"would start from it",
         f"train it longer or at a higher learning rate ({knobs}), pass a better run with {need.flag}, "
         f"or --allow-untrained-prerequisite to go on anyway")

@@ -463,3 +463,32 @@ def test_teacher_leaves_salience_untouched(student):
     # the gradient of the student step still lands only in the student's taps
     out.loss.backward()
     assert all(t.grad is not None for t in taps)
+
+
+@pytest.mark.parametrize("value, snapshots", [(0.70, False), (0.71, True)])
+def test_the_teacher_gate_waits_for_a_teacher_better_than_a_constant_answer(tiny_bert_dir, value, snapshots):
+    """On 10 dev rows, 6 of one label: a constant answer scores 0.6, and one dev row more is 0.7.
+    A teacher at 0.7 is not taken (the run goes on without one); at 0.71 it is. Off (the default),
+    there is no floor: the paper distils from the first snapshot, whatever it scores."""
+    from aptune import APTConfig
+    from aptune.apt.callback import attach_apt
+    from aptune.tasks import Example, get_task
+
+    model = load_classifier(str(tiny_bert_dir), 2)
+    callback = attach_apt(model, get_spec(model), APTConfig(sparsity=0.6, teacher_gate=True))
+    said = []
+    dev = SimpleNamespace(examples=[Example(("a",), 0)] * 6 + [Example(("b",), 1)] * 4)
+    trainer = SimpleNamespace(step=5, evaluate_untimed=lambda: {"accuracy": value}, task=get_task("sst2"),
+                              eval_loader=SimpleNamespace(dataset=dev), say=said.append,
+                              unwrapped_model=model)
+    # what a snapshot does beyond the gate (compaction, a new optimizer) is tested elsewhere
+    callback._compact = lambda model, survivors: {}
+    callback._transform_follows_student = lambda survivors: survivors
+    callback._rebuild_optimizer = lambda trainer, survivors: None
+    callback._maybe_refresh_teacher(trainer)
+    assert (callback.distillation.teacher is not None) == snapshots
+    assert ("no teacher snapshot" in said[0]) != snapshots and f"{value:.4f}" in said[0]
+    assert snapshots or "a constant answer's (0.6000 and one dev row)" in said[0]
+    assert not APTConfig().teacher_gate  # the default
+    callback.cfg.teacher_gate = False
+    assert callback._constant_floor(trainer) is None

@@ -216,12 +216,25 @@ class APTCallback(Callback):
         if not self.distillation.wants_snapshot():
             return
         value = trainer.evaluate_untimed()[trainer.task.metric]
+        floor = self._constant_floor(trainer)
+        if floor is not None and value <= floor + 1 / len(trainer.eval_loader.dataset.examples):
+            trainer.say(f"step {trainer.step}: no teacher snapshot: dev {trainer.task.metric} {value:.4f} "
+                        f"is no better than a constant answer's ({floor:.4f} and one dev row); "
+                        "nothing to distil from until a window start beats it")
+            return
         if self.distillation.improves(value):
             survivors = self._compact(trainer.unwrapped_model, {})
             survivors = self._transform_follows_student(survivors)
             self.distillation.snapshot(trainer.unwrapped_model, value)
             self._rebuild_optimizer(trainer, survivors)
             trainer.say(f"step {trainer.step}: teacher snapshot (dev {trainer.task.metric} {value:.4f})")
+
+    def _constant_floor(self, trainer) -> float | None:
+        """What one constant answer scores on dev (docs/method.md#teacher-gate): a teacher must beat
+        it by more than one dev row (as the prerequisite check counts "learned nothing"). None with
+        --no-teacher-gate or where the task has no such figure."""
+        examples = getattr(trainer.eval_loader.dataset, "examples", None)
+        return trainer.task.constant_floor(examples) if self.cfg.teacher_gate and examples else None
 
     def _transform_follows_student(self, survivors: Survivors) -> Survivors:
         """Before a new snapshot replaces a teacher that had its own backbone: the new teacher

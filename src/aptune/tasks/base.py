@@ -180,6 +180,11 @@ class Task:
         run's config.yaml so that eval and predict read the data the same way."""
         return {}
 
+    def held_out_examples(self) -> list:
+        """Training examples left out of training to choose a setting at each evaluation without
+        looking at dev (QA's null threshold, --null-threshold-from held-out); none by default."""
+        return []
+
     def constant_floor(self, examples: list) -> float | None:
         """The dev metric that one constant answer scores on `examples` (for accuracy: always the
         most frequent label): what a model that learned nothing gets. None where the task has no

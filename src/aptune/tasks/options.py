@@ -93,6 +93,14 @@ class QAOptions:
     max_answer_length: int = option(30, "QA: longest answer span, in tokens.", QA_PANEL)
     null_score_threshold: float = option(0.0, "QA: answer 'no answer' when the null score beats the "
                                          "best span's score by more than this.", QA_PANEL)
+    null_threshold_from: Literal["fixed", "held-out"] = option(
+        "fixed", "QA: 'fixed' answers with --null-score-threshold; 'held-out' chooses it at every "
+        "evaluation as the threshold that maximises F1 on training questions left out of "
+        "--max-train-samples (the file's real unanswerable ones and as many answerable ones), never "
+        "on dev; the saved model keeps the last one chosen.", QA_PANEL)
+    held_out_questions: int = option(600, "QA: at most this many held-out training questions choose "
+                                     "the threshold under --null-threshold-from held-out (half "
+                                     "unanswerable, as in dev).", QA_PANEL)
     unanswerable_ratio: float | None = option(None, "QA: add this many synthetic unanswerable training "
                                               "questions per answerable one (a question paired with "
                                               "another paragraph of its article that holds none of its "
@@ -109,7 +117,7 @@ class QAOptions:
     def validate(self) -> None:
         _refuse_for_other_tasks(self, QAOptions, "squad_v2")
         check_choices(self, QAOptions)
-        _require_positive(self, ("doc_stride", "n_best", "max_answer_length"))
+        _require_positive(self, ("doc_stride", "n_best", "max_answer_length", "held_out_questions"))
         if self.unanswerable_ratio is not None and self.unanswerable_ratio < 0:
             raise AptuneError(f"--unanswerable-ratio must be >= 0, got {self.unanswerable_ratio}",
                               "pass e.g. --unanswerable-ratio 0.5 (0 adds none)")

@@ -36,18 +36,33 @@ class SquadV2(Task):
 
     def __init__(self) -> None:
         self.options = dict(doc_stride=128, n_best=20, max_answer_length=30, null_score_threshold=0.0,
-                            unanswerable_ratio=None, unanswerable_source="other-paragraph")
+                            unanswerable_ratio=None, unanswerable_source="other-paragraph",
+                            null_threshold_from="fixed", held_out_questions=600)
+        self.held_out: list[QAExample] = []  # training questions that choose the null threshold
+        self.chosen_threshold: float | None = None  # the last one chosen on them
 
     def configure(self, options: dict) -> None:
         self.options.update({k: options[k] for k in self.options if options.get(k) is not None})
 
     def resolved_options(self) -> dict:
-        """The synthetic-question ratio the run used (config.yaml records it)."""
+        """The synthetic-question ratio the run used and, once chosen on held-out questions, the
+        null threshold (config.yaml records them: eval and predict answer with that threshold)."""
         ratio = self.options["unanswerable_ratio"]
-        return {} if ratio is None else {"unanswerable_ratio": ratio}
+        found = {} if ratio is None else {"unanswerable_ratio": ratio}
+        if self.chosen_threshold is not None:
+            found["null_score_threshold"] = self.chosen_threshold
+        return found
 
     def adopt_labels(self, config) -> None:
         self.check_head(config)
+
+    def held_out_examples(self) -> list[QAExample]:
+        return self.held_out
+
+    def constant_floor(self, examples: list) -> float | None:
+        """F1 of answering "no answer" everywhere: the share of unanswerable questions (0.5007 on
+        the official dev file's F1, whose EM is 50.07)."""
+        return sum(not e.answerable for e in examples) / len(examples) if examples else None
 
     # -- reading -------------------------------------------------------------------------------
     def load(self, split: str, data_dir: Path | None, max_rows: int | None, seed: int,
@@ -67,6 +82,13 @@ class SquadV2(Task):
         if len(kept) < len(examples):
             report.subset_of = len(examples)
         ratio = self.options["unanswerable_ratio"]
+        held = ""
+        if split == "train" and self.options["null_threshold_from"] == "held-out":
+            self.held_out = held_out_questions(examples, kept, int(self.options["held_out_questions"]),
+                                               seed, report.source)
+            unanswerable = sum(not e.answerable for e in self.held_out)
+            held = (f"; {len(self.held_out):,} left-out questions ({unanswerable:,} unanswerable) "
+                    "choose the null threshold")
         if split == "train":
             if ratio is None:  # the local file's skew: top it up to the official file's share
                 share = sum(not e.answerable for e in examples) / len(examples)
@@ -76,7 +98,7 @@ class SquadV2(Task):
         synthetic = sum(e.synthetic for e in kept)
         report.detail = f"{sum(not e.answerable for e in kept):,} of them unanswerable" + (
             f", {synthetic:,} synthetic (--unanswerable-ratio {ratio:g}, "
-            f"{self.options['unanswerable_source']})" if synthetic else "")
+            f"{self.options['unanswerable_source']})" if synthetic else "") + held
         return Split(kept, report)
 
     # -- windows and scoring -------------------------------------------------------------------
@@ -87,11 +109,36 @@ class SquadV2(Task):
         from ..train.outputs import span_logits
 
         dataset = loader.dataset
+        held = getattr(dataset, "held_out", None)
+        chosen = {}
+        if held is not None and len(held) and self.options["null_threshold_from"] == "held-out":
+            chosen = self.choose_threshold(model, held, getattr(loader, "batch_size", None) or 32)
         starts, ends = span_logits(model, loader, accelerator)
         if len(starts) != len(dataset):
             raise RuntimeError(f"scored {len(starts)} windows of {len(dataset)}")
-        return self.score(dataset.examples, dataset.meta["example_index"], dataset.meta["offsets"],
-                          starts, ends)
+        scored = self.score(dataset.examples, dataset.meta["example_index"], dataset.meta["offsets"],
+                            starts, ends)
+        scored.metrics.update(chosen)
+        return scored
+
+    def choose_threshold(self, model, held, batch_size: int) -> dict[str, float]:
+        """Set the null threshold to the one that maximises F1 on the held-out training questions
+        (encoded windows in `held`). Every process scores all of them (a few hundred questions),
+        so all choose the same threshold without a collective."""
+        from torch.utils.data import DataLoader
+
+        from ..train.outputs import span_logits
+
+        loader = DataLoader(held, batch_size=batch_size, shuffle=False, collate_fn=held.collate)
+        starts, ends = span_logits(model, loader, None)
+        o = self.options
+        answers = best_answers(held.examples, held.meta["example_index"], held.meta["offsets"], starts,
+                               ends, int(o["n_best"]), int(o["max_answer_length"]), 0.0)
+        golds = {e.id: list(e.answers) for e in held.examples}
+        tuned = best_threshold(golds, {e.id: a.span_text for e, a in zip(held.examples, answers)},
+                               {e.id: a.null_margin for e, a in zip(held.examples, answers)})
+        self.chosen_threshold = o["null_score_threshold"] = round(tuned["best_f1_threshold"], 4)
+        return {"null_score_threshold": self.chosen_threshold, "held_out_f1": tuned["best_f1"]}
 
     def score(self, examples: list[QAExample], example_index, offsets, starts, ends) -> Scored:
         """SQuAD v2 figures of the windows' logits; best_f1 uses a threshold tuned on these rows."""
@@ -107,6 +154,28 @@ class SquadV2(Task):
                  "null_margin": round(a.null_margin, 4) if np.isfinite(a.null_margin) else None,
                  "gold": list(e.answers)} for e, a in zip(examples, answers)]
         return Scored(metrics, [], rows)
+
+
+def held_out_questions(examples: list[QAExample], kept: list[QAExample], limit: int, seed: int,
+                       source: str) -> list[QAExample]:
+    """Training questions left out of the subset `kept`, to choose the null threshold on: the
+    unanswerable ones (real, written ones: the local file has 348) and as many answerable ones,
+    at most `limit` in all, drawn with `seed`, in file order."""
+    used = {e.id for e in kept}
+    groups = [[e for e in examples if e.id not in used and not e.answerable],
+              [e for e in examples if e.id not in used and e.answerable]]
+    n = min(len(groups[0]), len(groups[1]), limit // 2)
+    if n == 0:
+        raise AptuneError(f"--null-threshold-from held-out needs unanswerable training questions left "
+                          f"out of the training subset, and {source} leaves none "
+                          f"({len(groups[0])} unanswerable, {len(groups[1])} answerable left out)",
+                          "pass a smaller --max-train-samples, or --null-threshold-from fixed")
+    picked = []
+    for group in groups:
+        index = fixed_subset(len(group), n, seed + 1)  # None: the whole group
+        picked += group if index is None else [group[i] for i in index]
+    order = {e.id: i for i, e in enumerate(examples)}
+    return sorted(picked, key=lambda e: order[e.id])
 
 
 def balanced_subset(examples: list[QAExample], max_rows: int | None, seed: int) -> list[QAExample]:

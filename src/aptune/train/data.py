@@ -25,6 +25,7 @@ class EncodedDataset(Dataset):
         self.examples = examples or []
         self.meta = meta or {}
         self.collate = collate  # the task's collator (None: pad the inputs dynamically)
+        self.held_out: EncodedDataset | None = None  # rows scored beside dev (Task.held_out_examples)
 
     def __len__(self) -> int:
         return len(self.encodings["input_ids"])
