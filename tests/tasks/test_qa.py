@@ -160,8 +160,9 @@ def test_a_null_threshold_chosen_on_held_out_questions_is_saved_and_reloaded(tmp
     assert "8 left-out questions (4 unanswerable) choose the null threshold" in stdout
     metrics = json.loads((run / "metrics.json").read_text())
     chosen = metrics["eval"]["null_score_threshold"]
-    assert 0 <= metrics["eval"]["held_out_f1"] <= 1
-    assert all("null_score_threshold" in h["eval"] for h in metrics["history"] if "eval" in h)
+    assert chosen != 0.0 and 0 <= metrics["eval"]["held_out_f1"] <= 1  # not the default threshold
+    evaluations = [h["eval"] for h in metrics["history"] if "eval" in h]
+    assert evaluations and all("null_score_threshold" in e for e in evaluations)
     config = (run / "config.yaml").read_text()
     assert f"null_score_threshold: {chosen}" in config and "null_threshold_from: held-out" in config
     # eval reads no training file: it answers with the saved threshold and gets the same scores
@@ -174,6 +175,15 @@ def test_a_null_threshold_chosen_on_held_out_questions_is_saved_and_reloaded(tmp
         abstains = row["null_margin"] is None or row["null_margin"] > chosen
         assert row["prediction"] == ("" if abstains else row["best_span"])
     assert "best_f1_tuned_on_dev" in metrics["eval"]  # still reported beside it, labelled
+    assert 0 <= metrics["eval"]["f1_at_threshold_0"] <= 1  # and what threshold 0 would score
+    # scoring the held-out questions leaves training alone: the same losses without them
+    plain = tmp_path / "plain"
+    invoke("train", "--task", "squad_v2", "--method", "ft", "--model", learnable_bert_dir,
+           "--data-dir", tiny_data_dir, "--output-dir", plain, "--max-length", "80",
+           "--doc-stride", "8", "--batch-size", "16", "--eval-every", "4", "--epochs", "2",
+           "--lr", "5e-3", "--max-train-samples", "30")
+    histories = [json.loads((r / "metrics.json").read_text())["history"] for r in (run, plain)]
+    assert [h["loss"] for h in histories[0]] == [h["loss"] for h in histories[1]]
 
 
 @pytest.mark.usefixtures("no_env_data_dir")
@@ -184,6 +194,9 @@ def test_held_out_threshold_without_left_out_questions_is_refused(tmp_path, tiny
     stderr = fails("train", "--task", "sst2", "--model", tiny_bert_dir, "--data-dir", tiny_data_dir,
                    "--output-dir", tmp_path / "run2", "--null-threshold-from", "held-out")
     assert "--null-threshold-from is for --task squad_v2" in stderr
+    stderr = fails("train", "--task", "squad_v2", "--model", tiny_bert_dir, "--data-dir", tiny_data_dir,
+                   "--output-dir", tmp_path / "run3", "--held-out-questions", "1")
+    assert "--held-out-questions must be at least 2" in stderr
 
 
 # -- windows and answers ----------------------------------------------------------------------------

@@ -70,3 +70,24 @@ def test_two_process_apt_run_killed_and_resumed_matches(tiny_roberta_dir, tiny_d
     assert [r["value"] for r in after["history"]] == [r["value"] for r in before["history"]]
     expected, got = (load_file(str(run / "model" / "model.safetensors")) for run in (reference, out))
     assert expected.keys() == got.keys() and all((expected[k] == got[k]).all() for k in expected)
+
+
+@pytest.mark.slow
+def test_two_processes_choose_one_null_threshold_on_held_out_questions(tiny_bert_dir, tiny_data_dir,
+                                                                       tmp_path):
+    """SQuAD v2 with the threshold chosen on held-out training questions: each process scores
+    them and the main process's choice is broadcast, so both select and save alike."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "APTUNE_DATA_DIR": str(tiny_data_dir)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29563", "-m", "aptune.cli", "train", "--task", "squad_v2",
+           "--method", "ft", "--model", str(tiny_bert_dir), "--output-dir", str(out),
+           "--epochs", "2", "--batch-size", "8", "--eval-every", "3", "--lr", "5e-3", "--max-length", "80",
+           "--doc-stride", "8", "--max-train-samples", "30", "--null-threshold-from", "held-out",
+           "--held-out-questions", "8", "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["hardware"]["num_processes"] == 2
+    chosen = metrics["eval"]["null_score_threshold"]
+    assert f"null_score_threshold: {chosen}" in (out / "config.yaml").read_text()

@@ -85,7 +85,8 @@ class APTConfig:
                                 "dev than a constant answer (the most frequent label; 'no answer' on "
                                 "SQuAD) by more than one dev row; until one does, there is nothing to "
                                 "distil. Off (the default) = the paper, which distils from the first "
-                                "snapshot whatever it scores.")
+                                "snapshot whatever it scores. No effect on tasks without such a floor "
+                                "(summarisation).")
     optimizer_reset: Literal["preserve", "reset"] = option(
         "preserve", "APT: after shape changes keep surviving AdamW state (preserve) or start fresh "
         "(reset, as in the paper).")

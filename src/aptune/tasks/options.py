@@ -97,7 +97,8 @@ class QAOptions:
         "fixed", "QA: 'fixed' answers with --null-score-threshold; 'held-out' chooses it at every "
         "evaluation as the threshold that maximises F1 on training questions left out of "
         "--max-train-samples (the file's real unanswerable ones and as many answerable ones), never "
-        "on dev; the saved model keeps the last one chosen.", QA_PANEL)
+        "on dev, in place of --null-score-threshold; the saved model keeps the last one chosen.",
+        QA_PANEL)
     held_out_questions: int = option(600, "QA: at most this many held-out training questions choose "
                                      "the threshold under --null-threshold-from held-out (half "
                                      "unanswerable, as in dev).", QA_PANEL)
@@ -118,6 +119,10 @@ class QAOptions:
         _refuse_for_other_tasks(self, QAOptions, "squad_v2")
         check_choices(self, QAOptions)
         _require_positive(self, ("doc_stride", "n_best", "max_answer_length", "held_out_questions"))
+        if self.held_out_questions < 2:
+            raise AptuneError(f"--held-out-questions must be at least 2 (one unanswerable, one "
+                              f"answerable), got {self.held_out_questions}",
+                              "pass e.g. --held-out-questions 600")
         if self.unanswerable_ratio is not None and self.unanswerable_ratio < 0:
             raise AptuneError(f"--unanswerable-ratio must be >= 0, got {self.unanswerable_ratio}",
                               "pass e.g. --unanswerable-ratio 0.5 (0 adds none)")

@@ -112,36 +112,51 @@ class SquadV2(Task):
         held = getattr(dataset, "held_out", None)
         chosen = {}
         if held is not None and len(held) and self.options["null_threshold_from"] == "held-out":
-            chosen = self.choose_threshold(model, held, getattr(loader, "batch_size", None) or 32)
+            sampler = getattr(loader, "batch_sampler", None)  # a prepared loader keeps it there
+            batch_size = getattr(sampler, "batch_size", None) or loader.batch_size or 32
+            chosen = self.choose_threshold(model, held, batch_size, accelerator)
         starts, ends = span_logits(model, loader, accelerator)
         if len(starts) != len(dataset):
             raise RuntimeError(f"scored {len(starts)} windows of {len(dataset)}")
         scored = self.score(dataset.examples, dataset.meta["example_index"], dataset.meta["offsets"],
-                            starts, ends)
+                            starts, ends, also_at_zero=bool(chosen))
         scored.metrics.update(chosen)
         return scored
 
-    def choose_threshold(self, model, held, batch_size: int) -> dict[str, float]:
+    def choose_threshold(self, model, held, batch_size: int, accelerator=None) -> dict[str, float]:
         """Set the null threshold to the one that maximises F1 on the held-out training questions
-        (encoded windows in `held`). Every process scores all of them (a few hundred questions),
-        so all choose the same threshold without a collective."""
+        (encoded windows in `held`). Every process scores all of them (a few hundred questions)
+        on its own device; the main process's choice is broadcast, so all answer alike."""
+        import torch
         from torch.utils.data import DataLoader
 
         from ..train.outputs import span_logits
 
-        loader = DataLoader(held, batch_size=batch_size, shuffle=False, collate_fn=held.collate)
-        starts, ends = span_logits(model, loader, None)
+        device = next(model.parameters()).device
+        # its own generator: iterating a loader draws a seed from the global one, which would
+        # change every later training step's dropout
+        loader = DataLoader(held, batch_size=batch_size, shuffle=False, collate_fn=held.collate,
+                            generator=torch.Generator())
+        batches = ({k: v.to(device) for k, v in batch.items()} for batch in loader)
+        starts, ends = span_logits(model, batches, None)
         o = self.options
         answers = best_answers(held.examples, held.meta["example_index"], held.meta["offsets"], starts,
                                ends, int(o["n_best"]), int(o["max_answer_length"]), 0.0)
         golds = {e.id: list(e.answers) for e in held.examples}
         tuned = best_threshold(golds, {e.id: a.span_text for e, a in zip(held.examples, answers)},
                                {e.id: a.null_margin for e, a in zip(held.examples, answers)})
-        self.chosen_threshold = o["null_score_threshold"] = round(tuned["best_f1_threshold"], 4)
-        return {"null_score_threshold": self.chosen_threshold, "held_out_f1": tuned["best_f1"]}
+        chosen = [float(tuned["best_f1_threshold"]), float(tuned["best_f1"])]
+        if accelerator is not None and accelerator.num_processes > 1 and torch.distributed.is_initialized():
+            from accelerate.utils import broadcast_object_list
 
-    def score(self, examples: list[QAExample], example_index, offsets, starts, ends) -> Scored:
-        """SQuAD v2 figures of the windows' logits; best_f1 uses a threshold tuned on these rows."""
+            broadcast_object_list(chosen, from_process=0)
+        self.chosen_threshold = o["null_score_threshold"] = chosen[0]
+        return {"null_score_threshold": chosen[0], "held_out_f1": chosen[1]}
+
+    def score(self, examples: list[QAExample], example_index, offsets, starts, ends,
+              also_at_zero: bool = False) -> Scored:
+        """SQuAD v2 figures of the windows' logits; best_f1 uses a threshold tuned on these rows.
+        `also_at_zero` adds what threshold 0 scores (beside a threshold chosen on held-out rows)."""
         o = self.options
         answers = best_answers(examples, example_index, offsets, starts, ends, int(o["n_best"]),
                                int(o["max_answer_length"]), float(o["null_score_threshold"]))
@@ -150,6 +165,10 @@ class SquadV2(Task):
         tuned = best_threshold(golds, {e.id: a.span_text for e, a in zip(examples, answers)},
                                {e.id: a.null_margin for e, a in zip(examples, answers)})
         metrics.update({f"{k}_tuned_on_dev": v for k, v in tuned.items()})
+        if also_at_zero:
+            at_zero = squad_v2_scores(golds, {e.id: "" if a.null_margin > 0 else a.span_text
+                                              for e, a in zip(examples, answers)})
+            metrics.update({f"{k}_at_threshold_0": at_zero[k] for k in ("f1", "has_ans_f1", "no_ans_f1")})
         rows = [{"id": e.id, "prediction": a.text, "best_span": a.span_text,
                  "null_margin": round(a.null_margin, 4) if np.isfinite(a.null_margin) else None,
                  "gold": list(e.answers)} for e, a in zip(examples, answers)]

@@ -45,7 +45,9 @@ class RunContext:
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         loader = make_loader(self.dev_ds, self.tokenizer, self.cfg.eval_batch_size, False, 0)
-        return evaluate_model(model, loader, self.task, None)
+        # prepared: batches reach the model's device, and processes score their shards and gather
+        loader = self.accelerator.prepare_data_loader(loader)
+        return evaluate_model(model, loader, self.task, self.accelerator)
 
 
 __all__ = ["RunContext"]
