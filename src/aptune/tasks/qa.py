@@ -142,9 +142,7 @@ class SquadV2(Task):
         o = self.options
         answers = best_answers(held.examples, held.meta["example_index"], held.meta["offsets"], starts,
                                ends, int(o["n_best"]), int(o["max_answer_length"]), 0.0)
-        golds = {e.id: list(e.answers) for e in held.examples}
-        tuned = best_threshold(golds, {e.id: a.span_text for e, a in zip(held.examples, answers)},
-                               {e.id: a.null_margin for e, a in zip(held.examples, answers)})
+        tuned = threshold_tuned_on(held.examples, answers)
         chosen = [float(tuned["best_f1_threshold"]), float(tuned["best_f1"])]
         if accelerator is not None and accelerator.num_processes > 1 and torch.distributed.is_initialized():
             from accelerate.utils import broadcast_object_list
@@ -162,9 +160,7 @@ class SquadV2(Task):
                                int(o["max_answer_length"]), float(o["null_score_threshold"]))
         golds = {e.id: list(e.answers) for e in examples}
         metrics = squad_v2_scores(golds, {e.id: a.text for e, a in zip(examples, answers)})
-        tuned = best_threshold(golds, {e.id: a.span_text for e, a in zip(examples, answers)},
-                               {e.id: a.null_margin for e, a in zip(examples, answers)})
-        metrics.update({f"{k}_tuned_on_dev": v for k, v in tuned.items()})
+        metrics.update({f"{k}_tuned_on_dev": v for k, v in threshold_tuned_on(examples, answers).items()})
         if also_at_zero:
             at_zero = squad_v2_scores(golds, {e.id: "" if a.null_margin > 0 else a.span_text
                                               for e, a in zip(examples, answers)})
@@ -173,6 +169,14 @@ class SquadV2(Task):
                  "null_margin": round(a.null_margin, 4) if np.isfinite(a.null_margin) else None,
                  "gold": list(e.answers)} for e, a in zip(examples, answers)]
         return Scored(metrics, [], rows)
+
+
+def threshold_tuned_on(examples: list[QAExample], answers: list) -> dict[str, float]:
+    """The null threshold that maximises F1 on these questions (from each one's best span and null
+    margin), with that F1: best_threshold's keys."""
+    return best_threshold({e.id: list(e.answers) for e in examples},
+                          {e.id: a.span_text for e, a in zip(examples, answers)},
+                          {e.id: a.null_margin for e, a in zip(examples, answers)})
 
 
 def held_out_questions(examples: list[QAExample], kept: list[QAExample], limit: int, seed: int,
