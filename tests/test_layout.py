@@ -240,6 +240,29 @@ def test_every_docs_reference_resolves():
     assert refs > 60  # the code cites the docs throughout
 
 
+MD_LINK = re.compile(r"\]\(([^)\s]*)\)")  # [text](target) in Markdown
+
+
+def test_every_markdown_link_resolves():
+    """The README and the docs link to their own sections, to each other and to result folders;
+    a renamed heading or a moved file would leave a link that leads nowhere."""
+    checked = 0
+    for page in [REPO / "README.md", *(REPO / "docs").rglob("*.md")]:
+        text = page.read_text()
+        for target in MD_LINK.findall(text):
+            if re.match(r"[a-z]+:", target):  # http(s):, mailto: ... leave the repository
+                continue
+            path, _, anchor = target.partition("#")
+            doc = (page.parent / path).resolve() if path else page
+            assert doc.exists(), (str(page.relative_to(REPO)), target)
+            if anchor and doc.suffix == ".md":
+                prose = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)  # no headings in code
+                found = {slug(h) for h in re.findall(r"^#{1,6} (.+)$", prose, flags=re.M)}
+                assert anchor in found | anchors(doc), (str(page.relative_to(REPO)), target)
+            checked += 1
+    assert checked > 100
+
+
 def test_no_reference_leads_outside_the_repository():
     leaks = [f"{p.relative_to(REPO)}: {m.group(0)}" for p in scanned_files()
              for m in OUTSIDE_REF.finditer(p.read_text(errors="ignore"))]

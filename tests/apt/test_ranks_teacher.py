@@ -468,7 +468,7 @@ def test_teacher_leaves_salience_untouched(student):
 @pytest.mark.parametrize("value, snapshots", [(0.70, False), (0.71, True)])
 def test_the_teacher_gate_waits_for_a_teacher_better_than_a_constant_answer(tiny_bert_dir, value, snapshots):
     """On 10 dev rows, 6 of one label: a constant answer scores 0.6, and one dev row more is 0.7.
-    A teacher at 0.7 is not taken (the run goes on without one); at 0.71 it is. Off (the default),
+    A teacher at 0.7 is not taken (the run goes on without one); at 0.71 it is. Off (--no-teacher-gate),
     there is no floor: the paper distils from the first snapshot, whatever it scores."""
     from aptune import APTConfig
     from aptune.apt.callback import attach_apt
@@ -489,6 +489,11 @@ def test_the_teacher_gate_waits_for_a_teacher_better_than_a_constant_answer(tiny
     assert (callback.distillation.teacher is not None) == snapshots
     assert ("no teacher snapshot" in said[0]) != snapshots and f"{value:.4f}" in said[0]
     assert snapshots or "a constant answer's (0.6000 and one dev row)" in said[0]
-    assert not APTConfig().teacher_gate  # the default
+    assert callback.distillation.log == [{"step": 5, "value": value,
+                                          "decision": "snapshot" if snapshots else "gated"}]
+    if snapshots:  # the next window start at the same score keeps that teacher
+        callback._maybe_refresh_teacher(trainer)
+        assert callback.distillation.log[-1]["decision"] == "kept"
+    assert APTConfig().teacher_gate  # the default
     callback.cfg.teacher_gate = False
     assert callback._constant_floor(trainer) is None

@@ -217,12 +217,17 @@ class APTCallback(Callback):
             return
         value = trainer.evaluate_untimed()[trainer.task.metric]
         floor = self._constant_floor(trainer)
-        if floor is not None and value <= floor + 1 / len(trainer.eval_loader.dataset.examples):
+        gated = floor is not None and value <= floor + 1 / len(trainer.eval_loader.dataset.examples)
+        improves = not gated and self.distillation.improves(value)
+        # What each window start decided, in metrics.json: which snapshots the run distilled from.
+        self.distillation.log.append({"step": trainer.step, "value": float(value),
+                                      "decision": "gated" if gated else "snapshot" if improves else "kept"})
+        if gated:
             trainer.say(f"step {trainer.step}: no teacher snapshot: dev {trainer.task.metric} {value:.4f} "
                         f"is no better than a constant answer's ({floor:.4f} and one dev row); "
                         "nothing to distil from until a window start beats it")
             return
-        if self.distillation.improves(value):
+        if improves:
             survivors = self._compact(trainer.unwrapped_model, {})
             survivors = self._transform_follows_student(survivors)
             self.distillation.snapshot(trainer.unwrapped_model, value)
@@ -307,6 +312,7 @@ class APTCallback(Callback):
         """What metrics.json records of the run."""
         return {"schedule": self.schedule.as_dict() if self.schedule else None,
                 "rank_history": self.ranks.history, "pruning_log": self.pruner.pruning_log,
+                "teacher_log": self.distillation.log,
                 "final_ranks": self.ranks.final, "structure": self.pruner.structure.to_dict(),
                 "optimizer_reset": self.cfg.optimizer_reset, "use_kurtosis": self.cfg.use_kurtosis,
                 "kurtosis_scale": self.cfg.kurtosis_scale, "kurtosis_weight": self.cfg.kurtosis_weight,

@@ -9,7 +9,7 @@ run (docs/protocol.md#checkpoints).
                    the student has shrunk below it, the structure of the teacher's own backbone
                    (rebuilt from the dense model, which the run never trains)
     generator      the random stream of new adapter rows, Tr's growth and the teacher's layer picks
-    records        the rank history, the pruning log and the process-agreement log
+    records        the rank history, the pruning and teacher logs and the process-agreement log
 
 Restoring rebuilds the student's shapes on the freshly loaded dense model (the same compaction
 and the same rank growth as the run did, with placeholder values), then loads the values. The
@@ -59,6 +59,7 @@ def apt_state(cb: APTCallback, trainer) -> tuple[dict[str, torch.Tensor], dict[s
         if distillation.teacher is not None and distillation.teacher.backbone is not None else None,
         "rank_history": cb.ranks.history,
         "pruning_log": cb.pruner.pruning_log,
+        "teacher_log": distillation.log,
         "consistency": cb.consistency,
         "selection_open": trainer.control.selection_open,
     }
@@ -100,6 +101,7 @@ def restore_apt(cb: APTCallback, trainer, tensors: dict[str, torch.Tensor], meta
     cb.ranks.importance.scores = {k: float(v) for k, v in meta["importance"].items()}
     cb.ranks.generator.set_state(tensors["generator"])
     cb.ranks.history, cb.pruner.pruning_log = meta["rank_history"], meta["pruning_log"]
+    cb.distillation.log = list(meta.get("teacher_log", []))  # absent from checkpoints before it existed
     cb.consistency = meta["consistency"]
     cb.resumed_selection_open = bool(meta["selection_open"])
     trainer.rebuild_optimizer({}, extra_params=cb.distillation.trainable())

@@ -81,10 +81,10 @@ class APTConfig:
         "loss keeps weight 1 - μ).")
     teacher_refresh: Literal["on_improvement", "once"] = option(
         "on_improvement", "APT: refresh the teacher on_improvement or once.")
-    teacher_gate: bool = option(False, "APT: take a teacher snapshot only when it scores better on "
+    teacher_gate: bool = option(True, "APT: take a teacher snapshot only when it scores better on "
                                 "dev than a constant answer (the most frequent label; 'no answer' on "
                                 "SQuAD) by more than one dev row; until one does, there is nothing to "
-                                "distil. Off (the default) = the paper, which distils from the first "
+                                "distil. --no-teacher-gate = the paper, which distils from the first "
                                 "snapshot whatever it scores. No effect on tasks without such a floor "
                                 "(summarisation).")
     optimizer_reset: Literal["preserve", "reset"] = option(

@@ -247,6 +247,7 @@ class SelfDistillation:
         self.teacher: TeacherSnapshot | None = None
         self.transform: LoRALinear | None = None  # Tr, alive during distillation
         self.best_metric = -math.inf
+        self.log: list[dict] = []  # one record per window start that evaluated a possible teacher
 
     def start(self, d_model: int, device: torch.device, dtype: torch.dtype,
               reads: torch.Tensor | None = None) -> LoRALinear:
