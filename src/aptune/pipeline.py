@@ -389,7 +389,7 @@ def check_prerequisite_learned(cfg: TrainConfig, method: Method, task: Task, dev
     value = (summary.get("dev") or {}).get(task.metric)
     if cfg.allow_untrained_prerequisite or floor is None or value is None:
         return
-    if value > floor + 1 / max(1, len(dev_examples)):
+    if not task.no_better_than(value, floor, len(dev_examples)):
         return
     need = method.prerequisite
     knobs = " and ".join(flag(mine) for mine in need.inline.values())

@@ -217,7 +217,8 @@ class APTCallback(Callback):
             return
         value = trainer.evaluate_untimed()[trainer.task.metric]
         floor = self._constant_floor(trainer)
-        gated = floor is not None and value <= floor + 1 / len(trainer.eval_loader.dataset.examples)
+        gated = floor is not None and trainer.task.no_better_than(
+            value, floor, len(trainer.eval_loader.dataset.examples))
         improves = not gated and self.distillation.improves(value)
         # What each window start decided, in metrics.json: which snapshots the run distilled from.
         self.distillation.log.append({"step": trainer.step, "value": float(value),

@@ -191,6 +191,12 @@ class Task:
         such figure."""
         return None
 
+    @staticmethod
+    def no_better_than(value: float, floor: float, rows: int) -> bool:
+        """Whether `value` fails to beat a constant answer's `floor` by more than one of `rows` dev
+        rows: how the teacher gate and the prerequisite check tell that a model learned nothing."""
+        return value <= floor + 1 / max(1, rows)
+
     def per_class(self, predictions: np.ndarray, labels: np.ndarray) -> list[dict]:
         """The per-class report (classification tasks); empty where it means nothing."""
         return []
