@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib.util
 import re
 import subprocess
@@ -216,6 +217,7 @@ def slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
+@functools.lru_cache(maxsize=None)  # every link into a page reads the same headings
 def anchors(doc: Path) -> set[str]:
     text = doc.read_text()
     found = {slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
@@ -256,9 +258,7 @@ def test_every_markdown_link_resolves():
             doc = (page.parent / path).resolve() if path else page
             assert doc.exists(), (str(page.relative_to(REPO)), target)
             if anchor and doc.suffix == ".md":
-                prose = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)  # no headings in code
-                found = {slug(h) for h in re.findall(r"^#{1,6} (.+)$", prose, flags=re.M)}
-                assert anchor in found | anchors(doc), (str(page.relative_to(REPO)), target)
+                assert anchor in anchors(doc), (str(page.relative_to(REPO)), target)
             checked += 1
     assert checked > 100
 
