@@ -407,6 +407,10 @@ def test_smoke_table2_end_to_end_then_resumes(isolated_cache, tiny_data_dir, tmp
     for s in results["jobs"].values():
         assert s["inference"]["fixed"]["128"]["samples_per_s"] > 0 and "tta" in s
         assert s["relative"]["inf_time_pct_fixed_128"] > 0
+        fixed = s["inference"]["fixed"]["128"]  # 2 smoke rounds of 3 batches (CPU), each round kept
+        assert s["inference"]["fixed_batches_per_round"] == 3 and len(fixed["round_seconds"]) == 2
+        assert fixed["spread"] == pytest.approx(max(fixed["round_seconds"]) / min(fixed["round_seconds"]) - 1,
+                                                abs=1e-4)
         fresh = s["inference"]["fresh_memory"]
         assert fresh["peak_memory_bytes"] > fresh["weight_bytes"] > 0 and s["relative"]["inf_memory_pct"] > 0
     jobs = results["jobs"]
@@ -422,6 +426,7 @@ def test_smoke_table2_end_to_end_then_resumes(isolated_cache, tiny_data_dir, tmp
     assert results["jobs"]["sst2/apt"]["params_kept"] <= 0.4
     table = (run / "table.md").read_text()
     assert table.count("\n| ") >= 8 and "| APT |" in table and "| LoRA+Prune |" in table
+    assert "(3 fixed batches per round; the slowest round of a fixed figure is at most" in table
     assert "## Table 2" in first and "results.json" in first
     for png in ("plots/table2-sst2-curves.png", "plots/sst2-apt-ranks.png"):
         assert (run / png).stat().st_size > 5000
@@ -433,9 +438,17 @@ def test_smoke_table2_end_to_end_then_resumes(isolated_cache, tiny_data_dir, tmp
     assert "inference memory (sst2): no model changed since the last measurement, reused" in again
     assert os.path.getmtime(run / "sst2" / "apt" / "metrics.json") == stamp
 
+    # A measurement under an older protocol (one fixed batch per round) is not reused.
+    cache = run / "sst2" / "inference.json"
+    cached = json.loads(cache.read_text())
+    for figures in cached["models"].values():
+        figures["fixed_batches_per_round"] = 1
+    cache.write_text(json.dumps(cached))
     report = invoke("bench", "--suite", "table2", "--scale", "smoke", "--report-only", "--tasks", "sst2",
-                    "--results-dir", tmp_path / "results").stdout
+                    "--results-dir", tmp_path / "results", "--data-dir", tiny_data_dir).stdout
     assert "running" not in report and "## Table 2" in report
+    assert "measured again: the protocol changed since the last measurement" in report
+    assert all(m["fixed_batches_per_round"] == 3 for m in json.loads(cache.read_text())["models"].values())
 
 
 def test_bench_measures_squad_models_on_384_token_windows(isolated_cache, learnable_bert_dir,

@@ -130,7 +130,10 @@ def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir
     """Measure every finished model of the task in this run folder (whichever suite trained it, so
     that suites sharing a folder quote one measurement), or reuse it if no model has changed.
     Each model's figures carry `fresh_memory`, the fresh-process memory measurement."""
+    import torch
+
     from . import fresh_memory
+    from .inference import fixed_batches_per_round
 
     finished = {folder.name: folder for folder in sorted((run_dir / task_name).iterdir())
                 if (folder / "metrics.json").is_file() and (folder / "model").is_dir()}
@@ -138,10 +141,16 @@ def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir
     cache = run_dir / task_name / "inference.json"
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     same_models = cached.get("stamp") == stamp
-    if same_models and cached.get("rounds") == rounds:
+    per_round = fixed_batches_per_round(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    same_protocol = cached.get("rounds") == rounds and all(
+        m.get("fixed_batches_per_round") == per_round for m in cached.get("models", {}).values())
+    if same_models and same_protocol:
         say(f"inference ({task_name}): no model changed since the last throughput measurement, reused")
         measured, dev_rows_used = cached["models"], cached.get("dev_rows")
     else:
+        if same_models:
+            say(f"inference ({task_name}): measured again: the protocol changed since the last "
+                f"measurement (rounds, or fixed batches per round, now {per_round})")
         measured, dev_rows_used = _throughput_for_task(task_name, jobs, run_dir, data_dir, settings,
                                                        finished, rounds, dev_rows, say)
     memory = cached.get("fresh_memory") if same_models else None

@@ -54,6 +54,19 @@ def _batches(summaries: dict[str, dict], task: str) -> list[str]:
     return sorted(found, key=int)
 
 
+def _fixed_noise(summaries: dict, task: str) -> str:
+    """How many fixed batches a round timed, and the largest round-to-round spread among the
+    fixed figures (measurements older than the per-round record have neither)."""
+    infs = [s["inference"] for s in summaries.values() if s["task"] == task and s.get("inference")]
+    spreads = [f["spread"] for inf in infs for f in inf.get("fixed", {}).values() if "spread" in f]
+    per_round = next((inf["fixed_batches_per_round"] for inf in infs
+                      if "fixed_batches_per_round" in inf), None)
+    if not spreads or per_round is None:
+        return ""
+    return (f" ({per_round} fixed batch{'es' if per_round > 1 else ''} per round; the slowest round "
+            f"of a fixed figure is at most {100 * max(spreads):.0f}% slower than its fastest)")
+
+
 def _inf_seq_len(summaries: dict[str, dict], task: str) -> int:
     """The length of the fixed inference inputs measured on `task`."""
     return next((s["inference"].get("seq_len") for s in summaries.values()
@@ -192,7 +205,8 @@ def raw_table(summaries: dict[str, dict], tasks: list[str]) -> str:
                          if s["task"] == task and s.get("inference", {}).get("dev", {}).get(sizes[0])), None)
         note = (f"\n- Inference: fixed = batch × {_inf_seq_len(summaries, task)} tokens of random ids; "
                 f"dev = the real dev set ({dev_rows:,} {'windows' if task == 'squad_v2' else 'rows'}, "
-                f"dynamic padding); each the median over rounds in one process. "
+                f"dynamic padding); each the median over rounds in one process"
+                f"{_fixed_noise(summaries, task)}. "
                 f"Inf mem = weights + forward peak at {_inf_shape(summaries, task)}, one fresh process per "
                 f"pass; one-process = the same models measured one after another in one process "
                 f"(on CPU, peak RSS there carries allocator history).\n"
