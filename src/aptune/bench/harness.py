@@ -130,8 +130,6 @@ def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir
     """Measure every finished model of the task in this run folder (whichever suite trained it, so
     that suites sharing a folder quote one measurement), or reuse it if no model has changed.
     Each model's figures carry `fresh_memory`, the fresh-process memory measurement."""
-    import torch
-
     from . import fresh_memory
     from .inference import fixed_batches_per_round
 
@@ -141,7 +139,7 @@ def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir
     cache = run_dir / task_name / "inference.json"
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     same_models = cached.get("stamp") == stamp
-    per_round = fixed_batches_per_round(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    per_round = fixed_batches_per_round()
     same_protocol = cached.get("rounds") == rounds and all(
         m.get("fixed_batches_per_round") == per_round for m in cached.get("models", {}).values())
     if same_models and same_protocol:

@@ -67,11 +67,16 @@ def _generation_pass(model: nn.Module, batches: list[dict[str, torch.Tensor]],
     return time.perf_counter() - start, tokens
 
 
-def fixed_batches_per_round(device: torch.device) -> int:
-    """GPU: 20, so 5 rounds give the paper's 100 timed batches after 10 warm-up ones. CPU: 3. One
-    batch takes seconds there, and a single one per round left models of identical shapes up to
-    ~20% apart in the median of 5 rounds on 2 shared cores (README, the seq2seq Table 2)."""
-    return 20 if device.type == "cuda" else 3
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fixed_batches_per_round(device: torch.device | None = None) -> int:
+    """Fixed batches per round on `device` (default: default_device()). GPU: 20, so 5 rounds give
+    the paper's 100 timed batches after 10 warm-up ones. CPU: 3. One batch takes seconds there, and
+    a single one per round left models of identical shapes up to ~20% apart in the median of 5
+    rounds on 2 shared cores (README, the seq2seq Table 2)."""
+    return 20 if (device or default_device()).type == "cuda" else 3
 
 
 def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dict[int, list[dict]],
@@ -87,7 +92,7 @@ def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dic
     greedy generation on them, reported as tokens per second under "generate". Every figure keeps
     its per-round seconds and their spread (slowest / fastest round - 1), so the noise is visible.
     """
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     per_round = batches_per_round or fixed_batches_per_round(device)
     warmup = 10 if device.type == "cuda" else 1
     dev_batches = {bs: [{k: v.to(device) for k, v in b.items()} for b in batches]
@@ -126,16 +131,16 @@ def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dic
                 timings.setdefault((name, "generate", tokens), []).append(seconds)
     for (name, kind, bs), values in timings.items():
         seconds = statistics.median(values)
-        spread = {"round_seconds": [round(v, 6) for v in values], "spread": max(values) / min(values) - 1}
+        noise = {"round_seconds": [round(v, 6) for v in values], "spread": max(values) / min(values) - 1}
         if kind == "generate":  # bs holds the tokens that one pass generates
             out[name]["generate"] = {"seconds": seconds, "tokens": bs, "tokens_per_s": bs / seconds,
                                      "rows": sum(b["input_ids"].shape[0] for b in gen_batches),
-                                     "new_tokens_per_row": generation[1], **spread}
+                                     "new_tokens_per_row": generation[1], **noise}
             continue
         samples = bs if kind == "fixed" else sum(b["input_ids"].shape[0] for b in dev_batches[bs])
         out[name][kind][str(bs)] = {"seconds": seconds, "samples": samples,
                                     "samples_per_s": samples / seconds,
-                                    "latency_ms_per_batch": 1000 * seconds * bs / samples, **spread}
+                                    "latency_ms_per_batch": 1000 * seconds * bs / samples, **noise}
     for name in out:
         out[name]["seq_len"] = seq_len
         out[name]["rounds"] = rounds
