@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 import yaml
 
 from aptune.bench import parse_settings, suite_jobs, threshold_from, time_to_accuracy
@@ -329,6 +330,41 @@ def test_fresh_process_memory_of_a_saved_model(tiny_bert_dir, tmp_path):
     assert abs(figures["passes"][0] - figures["passes"][1]) < 0.25 * figures["passes"][0]
 
 
+def test_fixed_batches_interleave_the_models_batch_by_batch(tiny_bert_dir, monkeypatch):
+    """Each round times one fixed batch per model in turn, `batches_per_round` times, so no model's
+    batches sit minutes away from another's; the round keeps each model's median."""
+    from transformers import AutoModelForSequenceClassification
+    from aptune.bench import inference
+
+    timed: list[tuple[str, int]] = []
+    clock = iter(range(1, 10_000))
+
+    def fake_forward(model, batch):
+        timed.append((model.tag, batch["input_ids"].shape[0]))
+        return float(next(clock))
+
+    def load(tag):
+        def build():
+            model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+            model.tag = tag
+            return model
+        return build
+
+    monkeypatch.setattr(inference, "_forward_seconds", fake_forward)
+    dev = {bs: [{"input_ids": torch.ones(bs, 8, dtype=torch.long),
+                 "attention_mask": torch.ones(bs, 8, dtype=torch.long)}] for bs in (2, 4)}
+    out = inference.measure_models({"ft": load("ft"), "apt": load("apt")}, dev, batch_sizes=(2, 4),
+                                   seq_len=8, rounds=2, device=torch.device("cpu"),
+                                   batches_per_round=3, say=lambda _: None)
+    timed = timed[4:]  # the warm-up pass per (model, shape) comes first
+    assert timed == [("ft", 2), ("apt", 2)] * 3 + [("ft", 4), ("apt", 4)] * 3 + \
+        [("ft", 2), ("apt", 2)] * 3 + [("ft", 4), ("apt", 4)] * 3
+    # round 1 at batch 2: ft timed 5, 7, 9 (median 7), apt 6, 8, 10 (median 8)
+    assert out["ft"]["fixed"]["2"]["round_seconds"][0] == 7
+    assert out["apt"]["fixed"]["2"]["round_seconds"][0] == 8
+    assert out["ft"]["protocol"] == inference.PROTOCOL_VERSION and out["ft"]["fixed_batches_per_round"] == 3
+
+
 def test_tables_render_every_suite_layout():
     s = _synthetic()
     t2 = tables.table2(s, ["sst2", "mnli"])
@@ -449,6 +485,15 @@ def test_smoke_table2_end_to_end_then_resumes(isolated_cache, tiny_data_dir, tmp
     assert "running" not in report and "## Table 2" in report
     assert "measured again: the protocol changed since the last measurement" in report
     assert all(m["fixed_batches_per_round"] == 3 for m in json.loads(cache.read_text())["models"].values())
+    # So is one taken before the fixed batches were interleaved across the models.
+    cached = json.loads(cache.read_text())
+    for figures in cached["models"].values():
+        del figures["protocol"]
+    cache.write_text(json.dumps(cached))
+    report = invoke("bench", "--suite", "table2", "--scale", "smoke", "--report-only", "--tasks", "sst2",
+                    "--results-dir", tmp_path / "results", "--data-dir", tiny_data_dir).stdout
+    assert "measured again: the protocol changed since the last measurement" in report
+    assert all(m["protocol"] == 3 for m in json.loads(cache.read_text())["models"].values())
 
 
 def test_bench_measures_squad_models_on_384_token_windows(isolated_cache, learnable_bert_dir,

@@ -131,7 +131,7 @@ def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir
     that suites sharing a folder quote one measurement), or reuse it if no model has changed.
     Each model's figures carry `fresh_memory`, the fresh-process memory measurement."""
     from . import fresh_memory
-    from .inference import fixed_batches_per_round
+    from .inference import PROTOCOL_VERSION, fixed_batches_per_round
 
     finished = {folder.name: folder for folder in sorted((run_dir / task_name).iterdir())
                 if (folder / "metrics.json").is_file() and (folder / "model").is_dir()}
@@ -141,14 +141,15 @@ def _inference_for_task(task_name: str, jobs: list[Job], run_dir: Path, data_dir
     same_models = cached.get("stamp") == stamp
     per_round = fixed_batches_per_round()
     same_protocol = cached.get("rounds") == rounds and all(
-        m.get("fixed_batches_per_round") == per_round for m in cached.get("models", {}).values())
+        m.get("fixed_batches_per_round") == per_round and m.get("protocol") == PROTOCOL_VERSION
+        for m in cached.get("models", {}).values())
     if same_models and same_protocol:
         say(f"inference ({task_name}): no model changed since the last throughput measurement, reused")
         measured, dev_rows_used = cached["models"], cached.get("dev_rows")
     else:
         if same_models:
             say(f"inference ({task_name}): measured again: the protocol changed since the last "
-                f"measurement (rounds, or fixed batches per round, now {per_round})")
+                f"measurement (rounds, fixed batches per round (now {per_round}) or their order)")
         measured, dev_rows_used = _throughput_for_task(task_name, jobs, run_dir, data_dir, settings,
                                                        finished, rounds, dev_rows, say)
     memory = cached.get("fresh_memory") if same_models else None

@@ -1,8 +1,9 @@
 """Inference of every final model against dense FT, in one process (docs/protocol.md#inference).
 
 Per model: throughput on fixed 128-token inputs (the paper's columns) and on the real dev set,
-each at batch 32 and 128, as the median over rounds that visit the models in turn so that all
-see the same machine state; and peak memory, weights included, measured alone per model.
+each at batch 32 and 128, as the median over rounds that visit the models in turn (the fixed
+batches one batch per model at a time) so that all see the same machine state; and peak
+memory, weights included, measured alone per model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..efficiency import measure_inference
+from ..efficiency import fixed_inputs, measure_inference, median_seconds
 from ..train.memory import PeakMemoryMeter, release_freed_memory
 
 
@@ -33,6 +34,14 @@ def _start_model_memory(device: torch.device) -> PeakMemoryMeter:
 def model_peak_bytes(meter: PeakMemoryMeter) -> int:
     # CUDA's figure is the allocator's absolute peak: take off what other models already hold.
     return meter.peak_bytes() - (meter.baseline_bytes if meter.device.type == "cuda" else 0)
+
+
+@torch.inference_mode()
+def _forward_seconds(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """Wall seconds of one forward pass on `batch`, synchronised on GPU."""
+    device = batch["input_ids"].device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    return median_seconds(lambda: model(**batch), 1, sync)
 
 
 @torch.inference_mode()
@@ -67,6 +76,12 @@ def _generation_pass(model: nn.Module, batches: list[dict[str, torch.Tensor]],
     return time.perf_counter() - start, tokens
 
 
+# Bumped whenever the timing changes, so that the benchmark measures again instead of reusing
+# figures taken otherwise. 2: several fixed batches per round, each model's in a block.
+# 3: the fixed batches interleaved across models, one per model in turn.
+PROTOCOL_VERSION = 3
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -86,11 +101,12 @@ def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dic
                    say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Measure each model that `loaders` builds. `dev_batches[bs]` is the real dev set at batch bs.
 
-    Every model stays resident while the rounds visit them in turn. A round times
-    `batches_per_round` fixed-shape batches per model (default: fixed_batches_per_round) and keeps
-    their median. `generation` = (real dev batches, new tokens per row): each round also times
-    greedy generation on them, reported as tokens per second under "generate". Every figure keeps
-    its per-round seconds and their spread (slowest / fastest round - 1), so the noise is visible.
+    Every model stays resident while the rounds visit them in turn. At each batch size a round
+    times `batches_per_round` fixed-shape batches per model (default: fixed_batches_per_round),
+    one per model in turn, and keeps each model's median. `generation` = (real dev batches, new
+    tokens per row): each round also times greedy generation on them, reported as tokens per
+    second under "generate". Every figure keeps its per-round seconds and their spread (slowest /
+    fastest round - 1), so the noise is visible.
     """
     device = device or default_device()
     per_round = batches_per_round or fixed_batches_per_round(device)
@@ -114,15 +130,27 @@ def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dic
         out[name] = {"peak_memory_bytes": model_peak_bytes(meter), "memory_method": meter.method,
                      "fixed": {}, "dev": {}}
         models[name] = model
+    inputs = {(name, bs): fixed_inputs(model, bs, seq_len)
+              for name, model in models.items() for bs in batch_sizes}
+    for (name, _), batch in inputs.items():  # warm-up at every shape (GPU: 10 passes; CPU: 1)
+        for _ in range(warmup):
+            _forward_seconds(models[name], batch)
     timings: dict[tuple[str, str, int], list[float]] = {}
     for r in range(rounds):
         say(f"inference round {r + 1}/{rounds}: {len(models)} models x batch {batch_sizes}, "
             f"{seq_len}-token and real dev inputs")
+        for bs in batch_sizes:
+            # One fixed batch per model in turn, `per_round` times: every model's batches lie
+            # seconds from the others', where the machine's speed drifts over minutes on shared
+            # cores; the round keeps each model's median.
+            batch_seconds: dict[str, list[float]] = {name: [] for name in models}
+            for _ in range(per_round):
+                for name, model in models.items():
+                    batch_seconds[name].append(_forward_seconds(model, inputs[(name, bs)]))
+            for name, values in batch_seconds.items():
+                timings.setdefault((name, "fixed", bs), []).append(statistics.median(values))
         for name, model in models.items():
             for bs in batch_sizes:
-                fixed = measure_inference(model, bs, seq_len, repeats=per_round,
-                                          warmup=warmup if r == 0 else 0)
-                timings.setdefault((name, "fixed", bs), []).append(fixed["latency_s"])
                 timings.setdefault((name, "dev", bs), []).append(_dev_pass(model, dev_batches[bs]))
             if gen_batches:
                 if r == 0:  # warm-up: generation's first call builds its caches and configs
@@ -145,6 +173,7 @@ def measure_models(loaders: dict[str, Callable[[], nn.Module]], dev_batches: dic
         out[name]["seq_len"] = seq_len
         out[name]["rounds"] = rounds
         out[name]["fixed_batches_per_round"] = per_round
+        out[name]["protocol"] = PROTOCOL_VERSION
     return out
 
 
