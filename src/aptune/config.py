@@ -67,6 +67,10 @@ class TrainConfig(OwnDataOptions, QAOptions, SummarizationOptions, *SECTIONS):  
                                             f"{m.name} {m.default_weight_decay:g}" for m in METHODS.values())
                                         + ".")
     max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    group_by_length: bool = option(False, "Batch training rows of similar length together (each "
+                                   "shuffled run of 50 batches sorted by length), so that less of "
+                                   "every batch is padding; as Hugging Face Trainer's "
+                                   "--group_by_length (docs/protocol.md#batches-grouped-by-length).")
     strip_trailing_periods: bool = option(True, "MNLI: strip trailing periods from dev and train text "
                                           "(the local train sample has none).")
     log_every: int = option(10, "Refresh the progress bar's figures every N steps.")

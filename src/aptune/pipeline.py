@@ -280,7 +280,8 @@ def load_data(cfg: TrainConfig, say) -> RunData:
 
 def _trainer(cfg: TrainConfig, method: Method, model, spec, data: RunData, accelerator, cost: Cost,
              run_dir: RunDir | None, show_progress: bool) -> Trainer:
-    train_loader = make_loader(data.train_ds, data.tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    train_loader = make_loader(data.train_ds, data.tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                               group_by_length=cfg.group_by_length)
     dev_loader = make_loader(data.dev_ds, data.tokenizer, cfg.eval_batch_size, shuffle=False, seed=cfg.seed)
     loop_cfg = LoopConfig(epochs=method.loop_epochs(cfg), lr=cfg.lr, batch_size=cfg.batch_size,
                           eval_every=cfg.eval_every, warmup_ratio=cfg.warmup_ratio,

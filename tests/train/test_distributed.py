@@ -11,9 +11,11 @@ import pytest
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), ("--no-distill",)], ids=["distill", "no-distill"])
+@pytest.mark.parametrize("extra", [(), ("--no-distill",), ("--group-by-length",)],
+                         ids=["distill", "no-distill", "group-by-length"])
 def test_two_process_apt_run_has_identical_masks(tiny_roberta_dir, tiny_data_dir, tmp_path, extra):
-    """Without distillation APT compacts the DDP-wrapped model at every pruning point."""
+    """Without distillation APT compacts the DDP-wrapped model at every pruning point; with
+    batches grouped by length both processes draw the same permutation and take their shards."""
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "APTUNE_DATA_DIR": str(tiny_data_dir)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

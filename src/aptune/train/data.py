@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..tasks import Example, Task
 from ..tasks.base import tokenize_examples
@@ -60,13 +60,45 @@ def uses_segments(model_config) -> bool:
     return getattr(model_config, "type_vocab_size", 2) >= 2
 
 
+class LengthGroupedSampler(Sampler[int]):
+    """Row indices for a shuffled epoch in which the rows of each batch have similar lengths, so
+    that dynamic padding pads less: a random permutation is cut into mega-batches of
+    `batch_size * mega_batches` rows, and each is sorted longest first (Hugging Face Trainer's
+    `group_by_length`). Batches stay random in content; only neighbours in a mega-batch are
+    grouped. Each epoch draws one permutation from `generator`, so a resumed run that replays the
+    epochs draws the same batches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator,
+                 mega_batches: int = 50) -> None:
+        self.lengths = lengths
+        self.mega = batch_size * mega_batches
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()  # (n,)
+        for start in range(0, len(order), self.mega):
+            yield from sorted(order[start:start + self.mega], key=lambda i: -self.lengths[i])
+
+
 def make_loader(dataset: EncodedDataset, tokenizer, batch_size: int, shuffle: bool,
-                seed: int) -> DataLoader:
-    """Batches of `dataset` (or of a Subset of one) through its task's collator."""
+                seed: int, group_by_length: bool = False) -> DataLoader:
+    """Batches of `dataset` (or of a Subset of one) through its task's collator; shuffled rows
+    grouped by length with `group_by_length` (training only)."""
     from transformers import DataCollatorWithPadding
 
     generator = torch.Generator().manual_seed(seed)
     source = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
     collate = getattr(source, "collate", None) or DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    if shuffle and group_by_length:
+        rows = dataset.indices if isinstance(dataset, torch.utils.data.Subset) else range(len(source))
+        lengths = [len(source.encodings["input_ids"][i]) for i in rows]
+        sampler = LengthGroupedSampler(lengths, batch_size, generator)
+        # The loader's own generator too: each epoch's iterator draws a seed from it, which must
+        # not come from the global stream that dropout draws from (a resumed run replays epochs).
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
+                          collate_fn=collate)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=collate)
