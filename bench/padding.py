@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from aptune.bench.harness import parse_settings
 from aptune.config import TrainConfig, build_config
 from aptune.pipeline import load_data
 from aptune.train.data import make_loader
@@ -60,11 +61,7 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
-    rows = [measure(r, args.data_dir, overrides) for r in args.recipe]
+    rows = [measure(r, args.data_dir, parse_settings(args.set)) for r in args.recipe]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "padding.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "padding.md").write_text(markdown(rows))
