@@ -131,6 +131,13 @@ def test_job_config_wires_prerequisites_and_settings(tmp_path):
     # recipes/bench.yaml sizes the cpu SST-2 bench; the shipped recipe keeps its own subset
     assert job_config(jobs["apt"], tmp_path, None, {})["max_train_samples"] == 8000
     assert load_recipe("cpu/sst2-apt")["max_train_samples"] == 20000
+    # its by_method entry reaches every APT job (table, ablations, sweep) and no other method's
+    assert job_config(jobs["apt"], tmp_path, None, {})["epochs"] == 5 != load_recipe("cpu/sst2-apt")["epochs"]
+    assert job_config(jobs["lora"], tmp_path, None, {})["epochs"] == load_recipe("cpu/sst2-lora")["epochs"]
+    assert all(job_config(j, tmp_path, None, {})["group_by_length"] for j in jobs.values())
+    ablation = {j.name: j for j in suite_jobs("ablations", "cpu", ["sst2"])}["apt-no-ds"]
+    assert job_config(ablation, tmp_path, None, {})["epochs"] == 5
+    assert job_config(jobs["apt"], tmp_path, None, {"apt.epochs": 8})["epochs"] == 8  # --set wins
     assert job_config(jobs["cofi"], tmp_path, None, {})["cofi_teacher_path"].endswith("sst2/ft")
     with pytest.raises(AptuneError, match="invalid configuration"):
         job_config(jobs["ft"], tmp_path, None, {"no_such_key": 1})

@@ -39,11 +39,14 @@ def job_dir(run_dir: Path, job: Job) -> Path:
     return run_dir / job.task / job.name
 
 
-def scale_settings(scale: str, key: str) -> dict[str, Any]:
+def scale_settings(scale: str, key: str, method: str) -> dict[str, Any]:
     """recipes/bench.yaml: what the benchmark changes in a scale's recipes (e.g. a subset size),
-    under the job's settings_key (the task, or seq2seq-<task> for GLUE as text to text)."""
+    under the job's settings_key (the task, or seq2seq-<task> for GLUE as text to text); its
+    `by_method` entry adds what one method's jobs change (table, ablations and sweep alike)."""
     data = yaml.safe_load((RECIPES_DIR / "bench.yaml").read_text()) or {}
-    return dict((data.get(scale) or {}).get(key) or {})
+    entry = dict((data.get(scale) or {}).get(key) or {})
+    by_method = entry.pop("by_method", None) or {}
+    return {**entry, **(by_method.get(method) or {})}
 
 
 def setting_target(key: str) -> tuple[str, str]:
@@ -75,7 +78,7 @@ def job_config(job: Job, run_dir: Path, data_dir: str | None, settings: dict[str
     overrides < --set values (settings_for)."""
     # on_size_miss warn: a job that misses its size still finishes, and the table shows the miss
     values = {"on_size_miss": "warn", **load_recipe(job.recipe),
-              **scale_settings(job.scale, job.settings_key), **job.overrides,
+              **scale_settings(job.scale, job.settings_key, job.method), **job.overrides,
               **settings_for(job, settings)}
     if data_dir is not None:
         values["data_dir"] = str(Path(data_dir).expanduser().resolve())
