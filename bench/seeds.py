@@ -110,8 +110,9 @@ def main() -> None:
     result = summarise(runs, pair)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "seeds.json").write_text(json.dumps({"task": args.task, "runs": runs, **result}, indent=2))
-    (args.out / "seeds.md").write_text(markdown(runs, result, args.task))
-    print(markdown(runs, result, args.task))
+    table = markdown(runs, result, args.task)
+    (args.out / "seeds.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":
