@@ -26,22 +26,31 @@ from ..structure import Structure
 def excess_kurtosis(v: torch.Tensor, dim: int = -1, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Fisher kurtosis mean(z⁴) - 3 along `dim`, z standardised with the unbiased std; z = 0 if std = 0.
     `weight` (0/1, broadcastable to v) keeps only its 1 entries: the kurtosis of the kept entries
-    alone, computed without selecting them (no data-dependent shape, so no wait for the device)."""
+    alone, computed without selecting them (no data-dependent shape, so no wait for the device).
+    Computed as Σd⁴ / (n·var²) - 3 with d = v - mean, squaring d in place: APT scores every tapped
+    projection at every step, and these six passes over each matrix took a third of the time that
+    forming z did (docs/method.md#outlier-term)."""
     dtype = v.dtype
     v = v.double()  # float32 rounding makes a constant vector look non-constant
+    if weight is None:
+        n = torch.full((), v.shape[dim], dtype=v.dtype, device=v.device)  # entries per slice
+        kept = v
+    else:
+        w = weight.to(v.dtype)
+        n = w.expand_as(v).sum(dim, keepdim=True)  # kept entries per slice
+        kept = v * w  # (v's shape) the dropped entries read 0
+    mean = kept.sum(dim, keepdim=True) / n.clamp_min(1)
+    low, high = torch.aminmax(kept, dim=dim, keepdim=True)
+    tiny = 1e-12 * torch.maximum(high, -low).clamp_min(1e-300)  # a spread below this is rounding
+    d = v - mean  # (v's shape)
     if weight is not None:
-        w = weight.to(v.dtype).expand_as(v)
-        n = w.sum(dim, keepdim=True)  # kept entries per slice
-        mean = (v * w).sum(dim, keepdim=True) / n.clamp_min(1)
-        std = (((v - mean).pow(2) * w).sum(dim, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
-        tiny = 1e-12 * (v.abs() * w).amax(dim, keepdim=True).clamp_min(1e-300)
-        z = torch.where(std > tiny, (v - mean) / std.clamp_min(1e-300), torch.zeros_like(v)) * w
-        return (z.pow(4).sum(dim) / n.squeeze(dim).clamp_min(1) - 3.0).to(dtype)
-    mean = v.mean(dim, keepdim=True)
-    std = v.std(dim, keepdim=True, unbiased=True)
-    tiny = 1e-12 * v.abs().amax(dim, keepdim=True).clamp_min(1e-300)
-    z = torch.where(std > tiny, (v - mean) / std.clamp_min(1e-300), torch.zeros_like(v))
-    return (z.pow(4).mean(dim) - 3.0).to(dtype)
+        d.mul_(w)
+    m2 = d.mul_(d).sum(dim, keepdim=True)  # Σd², d now holds d²
+    m4 = d.mul_(d).sum(dim, keepdim=True)  # Σd⁴
+    var = m2 / (n - 1).clamp_min(1)
+    spread = var.sqrt() > tiny
+    kurt = torch.where(spread, m4 / (n.clamp_min(1) * var.square()).clamp_min(1e-300), torch.zeros_like(m4))
+    return (kurt - 3.0).squeeze(dim).to(dtype)
 
 
 def effective_weight(linear: nn.Linear) -> torch.Tensor:
