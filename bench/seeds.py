@@ -77,8 +77,9 @@ def summarise(runs: dict[str, dict[str, dict]], pair: tuple[str, str] | None,
                           "stats": mean_sd(diffs), "first_ahead": sum(d > 0 for d in diffs),
                           "runs": len(diffs)}
     if against:
-        result["against"] = {"reference": against,
-                             "differences": {m: paired(runs, m, against) for m in methods if m != against}}
+        differences = {m: paired(runs, m, against) for m in methods if m != against}
+        result["against"] = {"reference": against, "differences": differences,
+                             "stats": {m: mean_sd(d) for m, d in differences.items()}}
     return result
 
 
@@ -115,9 +116,8 @@ def markdown(runs: dict[str, dict[str, dict]], result: dict, task: str) -> str:
         for m, label in zip(methods, labels):
             if m == reference:
                 continue
-            diffs = result["against"]["differences"][m]
-            cells = " | ".join(f"{d:+.2f}" for d in diffs)
-            lines.append(f"| {label} | {cells} | {fmt(mean_sd(diffs))} |")
+            cells = " | ".join(f"{d:+.2f}" for d in result["against"]["differences"][m])
+            lines.append(f"| {label} | {cells} | {fmt(result['against']['stats'][m])} |")
     if "pair" in result:
         pair = result["pair"]
         diffs = ", ".join(f"{d:+.2f}" for d in pair["differences"])
