@@ -124,10 +124,11 @@ def _run(cfg: TrainConfig, method: Method, accelerator, run_dir: RunDir | None, 
     model = load_task_model(data.model_path, data.task)
     spec = get_spec(model)
     dense_shape, dense_params = spec.shape(model), parameter_summary(model)
-    chosen = resolve_learning_rates(cfg, method.paper_learning_rates(), dense_shape.hidden,
-                                    total_steps(method.loop_epochs(cfg), per_epoch))
-    if chosen:
-        say(chosen)
+    steps = total_steps(method.loop_epochs(cfg), per_epoch)
+    for chosen in (resolve_learning_rates(cfg, method.paper_learning_rates(), dense_shape.hidden, steps),
+                   method.resolve_defaults(cfg, steps)):
+        if chosen:
+            say(chosen)
 
     scratch = run_dir.tmp if run_dir is not None else Path(cfg.output_dir)
     needed = prerequisite_run(cfg, method, data.task, accelerator, scratch, show_progress, say, resume)

@@ -250,3 +250,39 @@ def test_segmented_lr_is_a_pure_function_of_the_step():
     shuffled = dict((t, LR(t)) for t in shuffled_steps)
     assert forward == backward == [shuffled[t] for t in range(101)]
     assert LR == SegmentedSchedule(1.0, 100, 0.06, 20, 60, 0.1)  # no hidden state
+
+
+# -- distillation defaults by run length (docs/method.md#distillation-on-short-runs) ---------------
+def test_short_runs_default_to_half_distillation_and_one_decay():
+    from aptune.apt.config import APTConfig
+    from aptune.apt.schedule import resolve_distillation_defaults, settings_for
+
+    cfg = APTConfig(schedule_mode="auto")
+    line = resolve_distillation_defaults(cfg, total_steps=1250)
+    assert (cfg.lr_schedule, cfg.distill_weight_max) == ("single", 0.5)
+    assert "--lr-schedule single" in line and "--distill-weight-max 0.5" in line and "short run" in line
+    assert resolve_distillation_defaults(cfg, total_steps=1250) is None  # resolved once
+    paper_length = APTConfig(schedule_mode="auto")
+    resolve_distillation_defaults(paper_length, total_steps=84_200)
+    assert (paper_length.lr_schedule, paper_length.distill_weight_max) == ("segmented", 1.0)
+    absolute = APTConfig(schedule_mode="absolute")  # the paper's constants, whatever the length
+    resolve_distillation_defaults(absolute, total_steps=1250)
+    assert (absolute.lr_schedule, absolute.distill_weight_max) == ("segmented", 1.0)
+    library = APTConfig(schedule_mode="relative")  # get_apt_model users: resolved by the callback
+    assert settings_for(library, 5000, 100).distill_weight_max == 0.5 and library.lr_schedule == "single"
+
+
+def test_given_distillation_values_and_paper_defaults_win():
+    from aptune.apt.config import APTConfig
+    from aptune.apt.schedule import resolve_distillation_defaults
+    from aptune.config import TrainConfig
+
+    given = APTConfig(schedule_mode="relative", lr_schedule="segmented")
+    line = resolve_distillation_defaults(given, total_steps=1250)
+    assert (given.lr_schedule, given.distill_weight_max) == ("segmented", 0.5)
+    assert "--distill-weight-max 0.5" in line and "lr-schedule" not in line
+    both = APTConfig(schedule_mode="relative", lr_schedule="single", distill_weight_max=1.0)
+    assert resolve_distillation_defaults(both, total_steps=1250) is None and both.distill_weight_max == 1.0
+    paper = TrainConfig(task="sst2", method="apt", schedule_mode="relative", paper_defaults=True)
+    line = resolve_distillation_defaults(paper, total_steps=1250)
+    assert (paper.lr_schedule, paper.distill_weight_max) == ("segmented", 1.0) and "--paper-defaults" in line

@@ -75,10 +75,11 @@ class APTConfig:
     lambda_pred: float | None = option(None, "APT: weight of the prediction-distillation loss. Default "
                                        "per task: 1.0 for classification, 0.1 for squad_v2.")
     lambda_layer: float = option(0.9, "APT: weight of the layer-distillation loss.")
-    distill_weight_max: float = option(
-        1.0, "APT: ceiling of the distillation weight μ, which ramps to it at the last pruning point "
+    distill_weight_max: float | None = option(
+        None, "APT: ceiling of the distillation weight μ, which ramps to it at the last pruning point "
         "(1: pure distillation from there until distillation ends, the paper; below 1 the task "
-        "loss keeps weight 1 - μ).")
+        "loss keeps weight 1 - μ). Default: 0.5 on short runs (the relative schedule), 1 on runs "
+        "of paper length and with --paper-defaults (docs/method.md#distillation-on-short-runs).")
     teacher_refresh: Literal["on_improvement", "once"] = option(
         "on_improvement", "APT: refresh the teacher on_improvement or once.")
     teacher_gate: bool = option(True, "APT: take a teacher snapshot only when it scores better on "
@@ -92,10 +93,12 @@ class APTConfig:
         "(reset, as in the paper).")
     post_distill_lr_factor: float = option(0.1, "APT: peak LR factor after distillation ends "
                                            "(segmented LR schedule only).")
-    lr_schedule: Literal["segmented", "single"] = option(
-        "segmented", "APT: segmented (the original code: the learning rate warms up and decays again "
-        "over distillation, then over the rest at --post-distill-lr-factor) or single (one warm-up "
-        "and linear decay over the whole run, as for the other methods).")
+    lr_schedule: Literal["auto", "segmented", "single"] = option(
+        "auto", "APT: segmented (the original code: the learning rate warms up and decays again "
+        "over distillation, then over the rest at --post-distill-lr-factor), single (one warm-up "
+        "and linear decay over the whole run, as for the other methods), or auto: single on short "
+        "runs (the relative schedule), segmented on runs of paper length and with --paper-defaults "
+        "(docs/method.md#distillation-on-short-runs).")
     shrink_student: bool = option(
         True, "APT: after the last pruning point, compact the student to its masks for the rest of "
         "distillation while the teacher keeps its own frozen copy (the paper's virtual pruning, "
@@ -137,7 +140,7 @@ class APTConfig:
         check_choices(self, APTConfig)
         if self.lambda_pred is None:  # TrainConfig sets the task's weight first; alone: classification's
             self.lambda_pred = 1.0
-        if not 0 <= self.distill_weight_max <= 1:
+        if self.distill_weight_max is not None and not 0 <= self.distill_weight_max <= 1:
             raise AptuneError(f"--distill-weight-max must be in [0, 1], got {self.distill_weight_max}",
                               "pass e.g. --distill-weight-max 0.5, or --no-distill to drop distillation")
         if not self.kurtosis_weight >= 0:

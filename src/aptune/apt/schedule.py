@@ -41,22 +41,50 @@ class ScheduleSettings:
 
 PAPER_STEPS = 40_000  # below this many steps a run counts as short: the relative schedule
 
+# Distillation's defaults by run length (docs/method.md#distillation-on-short-runs). The paper's
+# pure distillation from p_K and restarted learning rate suit its tens of thousands of steps; on
+# short runs the student keeps half its weight on the task loss and the rate decays once.
+PAPER_DISTILLATION = {"lr_schedule": "segmented", "distill_weight_max": 1.0}
+SHORT_RUN_DISTILLATION = {"lr_schedule": "single", "distill_weight_max": 0.5}
+
+
+def resolved_mode(cfg: Any, total_steps: int) -> str:
+    """relative or absolute: what schedule_mode `auto` means for a run of `total_steps`."""
+    if cfg.schedule_mode != "auto":
+        return cfg.schedule_mode
+    return "absolute" if total_steps >= PAPER_STEPS else "relative"
+
+
+def resolve_distillation_defaults(cfg: Any, total_steps: int) -> str | None:
+    """Fill lr_schedule (auto) and distill_weight_max (None) of `cfg` for a run of `total_steps`;
+    return the start-up line that says what was chosen, or None when both were given."""
+    unset = [name for name in SHORT_RUN_DISTILLATION if getattr(cfg, name, None) in (None, "auto")]
+    if not unset:
+        return None
+    paper_defaults = getattr(cfg, "paper_defaults", False)
+    short = resolved_mode(cfg, total_steps) == "relative" and not paper_defaults
+    chosen = SHORT_RUN_DISTILLATION if short else PAPER_DISTILLATION
+    for name in unset:
+        setattr(cfg, name, chosen[name])
+    values = ", ".join(f"--{name.replace('_', '-')} {chosen[name]}" for name in unset)
+    why = ("a short run (the relative schedule); --paper-defaults keeps the paper's" if short else
+           "--paper-defaults" if paper_defaults else "a run of paper length")
+    return f"APT distillation defaults: {values}: {why} (docs/method.md#distillation-on-short-runs)"
+
 
 def settings_for(cfg: Any, total_steps: int, steps_per_epoch: int) -> ScheduleSettings:
     """The schedule settings of an APT config for a run of `total_steps` (docs/method.md#short-runs)."""
-    mode = cfg.schedule_mode
-    if mode == "auto":
-        mode = "absolute" if total_steps >= PAPER_STEPS else "relative"
+    resolve_distillation_defaults(cfg, total_steps)  # a no-op once the pipeline has resolved them
     return ScheduleSettings(
         total_steps=total_steps, steps_per_epoch=steps_per_epoch, target_kept=1 - cfg.sparsity,
-        num_prunings=cfg.num_prunings, mode=mode, pruning_start_step=cfg.pruning_start_step,
+        num_prunings=cfg.num_prunings, mode=resolved_mode(cfg, total_steps),
+        pruning_start_step=cfg.pruning_start_step,
         pruning_end_epoch=cfg.pruning_end_epoch, sparsity_warmup_epochs=cfg.sparsity_warmup_epochs,
         mask_decay_window=cfg.mask_decay_window, mask_decay_step=cfg.mask_decay_step,
         distill_epochs=cfg.distill_epochs, pruning_start_frac=cfg.pruning_start_frac,
         pruning_end_frac=cfg.pruning_end_frac, sparsity_warmup_frac=cfg.sparsity_warmup_frac,
         distill_end_frac=cfg.distill_end_frac, distill=cfg.distill, prune=cfg.prune,
-        pruning_schedule=cfg.pruning_schedule,
-        distill_weight_max=getattr(cfg, "distill_weight_max", 1.0))
+        pruning_schedule=cfg.pruning_schedule, distill_weight_max=cfg.distill_weight_max)
 
 
 @dataclass

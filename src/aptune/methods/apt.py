@@ -23,6 +23,12 @@ class APT(Method):
     has_unused_parameters = True
     text_to_text = True
 
+    def resolve_defaults(self, cfg, total_steps: int) -> str | None:
+        from ..apt.schedule import resolve_distillation_defaults
+
+        chosen = resolve_distillation_defaults(cfg, total_steps)  # resolved with or without distillation
+        return chosen if cfg.distill and cfg.prune else None
+
     def prepare(self, model: nn.Module, spec, cfg) -> nn.Module:
         from ..apt.callback import attach_apt
 

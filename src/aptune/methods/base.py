@@ -132,6 +132,11 @@ class Method:
         """Each learning-rate option of its runs, with the paper's value (field -> value)."""
         return {"lr": cls.default_lr, **cls.other_paper_learning_rates}
 
+    def resolve_defaults(self, cfg: Any, total_steps: int) -> str | None:
+        """Fill the method's options whose default depends on the run's length; return the
+        start-up line that says what was chosen, or None."""
+        return None
+
     def loop_epochs(self, cfg: Any) -> float:
         """Epochs of this method's training loop (CoFi: its pruning plus fine-tuning stages)."""
         return cfg.epochs
