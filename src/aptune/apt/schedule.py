@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import AptuneError
+from ..fields import flag
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def resolve_distillation_defaults(cfg: Any, total_steps: int) -> str | None:
     chosen = SHORT_RUN_DISTILLATION if short else PAPER_DISTILLATION
     for name in unset:
         setattr(cfg, name, chosen[name])
-    values = ", ".join(f"--{name.replace('_', '-')} {chosen[name]}" for name in unset)
+    values = ", ".join(f"{flag(name)} {chosen[name]}" for name in unset)
     why = ("a short run (the relative schedule); --paper-defaults keeps the paper's" if short else
            "--paper-defaults" if paper_defaults else "a run of paper length")
     return f"APT distillation defaults: {values}: {why} (docs/method.md#distillation-on-short-runs)"
