@@ -177,6 +177,7 @@ def test_without_distillation(ablation):
     m = ablation(distill=False)
     ms = m["method_settings"]
     assert ms["schedule"]["distill_start"] is None and ms["schedule"]["distill_end"] is None
+    assert ms["teacher_log"] == []  # no window start evaluates a teacher that nothing distils from
     assert m["params"]["non_embedding"] <= 0.40 * m["params"]["dense_non_embedding"]
 
 

@@ -262,7 +262,11 @@ class SelfDistillation:
         return self.transform
 
     def wants_snapshot(self) -> bool:
-        """Whether a window start should evaluate the student as a possible new teacher."""
+        """Whether a window start should evaluate the student as a possible new teacher: never
+        without distillation (--no-distill), where a snapshot would only hold a frozen copy of the
+        backbone after the next compaction and cost a dev evaluation, and teach nothing."""
+        if not self.cfg.distill:
+            return False
         return self.teacher is None or self.cfg.teacher_refresh != "once"
 
     def improves(self, value: float) -> bool:
