@@ -259,3 +259,41 @@ def test_target_modules_matching_nothing(tiny_bert_dir, tiny_data_dir, tmp_path)
     with pytest.raises(AptuneError, match="match no nn.Linear") as err:
         train(tiny_bert_dir, tiny_data_dir, tmp_path / "run", target_modules=["nothing_matches"])
     assert err.value.fix
+
+
+def test_dev_evaluations_leave_the_training_state_as_it_was(monkeypatch, tiny_bert_dir, tiny_data_dir,
+                                                            tmp_path):
+    """The evaluations every `eval_every` steps and at each window start (where a teacher may be
+    snapshotted) draw nothing from the random stream that dropout uses and feed neither the
+    salience taps and EMA nor the adapter importance: when a run is evaluated cannot change what
+    it learns or prunes."""
+    from aptune.apt.callback import APTCallback
+    from aptune.train.loop import Trainer
+
+    def state(trainer):
+        cb = next(c for c in trainer.callbacks if isinstance(c, APTCallback))
+        salience = cb.pruner.salience
+        taps = [t for t in salience.head_taps + salience.neuron_taps + salience.hidden_taps if t is not None]
+        ema = [e.clone() for es in (salience.ema or {}).values() for e in es]
+        tapped = [(t.rows, None if t.act is None else t.act.clone()) for t in taps]
+        return torch.get_rng_state(), ema, tapped, cb.ranks.importance.scores, salience.active
+
+    seen = []
+    evaluate = Trainer.evaluate
+
+    def checked(self):
+        before = state(self)
+        metrics = evaluate(self)
+        seen.append((self.step, before, state(self)))
+        return metrics
+
+    monkeypatch.setattr(Trainer, "evaluate", checked)
+    m = train(tiny_bert_dir, tiny_data_dir, tmp_path / "run", epochs=7, eval_every=5, teacher_gate=False)
+    starts = {e["step"] for e in m["method_settings"]["teacher_log"]}
+    assert starts and starts <= {step for step, _, _ in seen}  # window-start evaluations included
+    assert any(b[4] for _, b, _ in seen)  # some evaluations ran while salience was collected
+    for step, (rng_b, ema_b, taps_b, imp_b, _), (rng_a, ema_a, taps_a, imp_a, _) in seen:
+        assert torch.equal(rng_b, rng_a), step
+        assert len(ema_b) == len(ema_a) and all(torch.equal(x, y) for x, y in zip(ema_b, ema_a)), step
+        assert [r for r, _ in taps_b] == [r for r, _ in taps_a], step
+        assert imp_b == imp_a, step

@@ -355,3 +355,64 @@ def test_a_bfloat16_teachers_start_and_end_logits_come_back_at_the_batch_length(
         assert half.shape == exact.shape == (3, 13) and half.dtype == torch.float32
         torch.testing.assert_close(half, exact, atol=5e-2, rtol=5e-2)
     assert all(h.shape[1] == 13 for h in found["bfloat16"].hidden[0].values())
+
+
+def test_a_snapshots_compaction_and_optimizer_rebuild_leave_training_on_its_course(tiny_bert_dir):
+    """A teacher snapshot compacts the student and rebuilds AdamW (state carried over). Twenty
+    steps later the compacted run's loss, and the salience EMA of the blocks it kept, are the
+    masked run's to rounding: a snapshot moves a run only through the sums' rounding (which a long
+    run can still amplify into different later pruning decisions)."""
+    from aptune.train.optim import build_optimizer, rebuild_optimizer
+
+    def build():
+        torch.manual_seed(0)
+        model, batch = _bert(tiny_bert_dir)
+        spec = get_spec(model)
+        cfg = APTConfig(sparsity=0.6, use_kurtosis=False)
+        cfg.validate()
+        cb = attach_apt(model, spec, cfg)
+        model.eval()  # dropout off: the two runs must see one computation
+        _perturb([m.lora_B for _, m in lora_modules(model)], 1)
+        drawn = random_binary_masks(model, spec, 0.6, torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
+                mask.copy_(value)
+        cb.pruner.masks.read_facts()
+        cb.pruner.salience.active = True
+        opt = build_optimizer(model, 1e-3, 0.01)
+        for _ in range(3):  # AdamW state and a salience EMA to carry over
+            _train_step(model, cb, opt, batch)
+        return model, cb, opt, batch
+
+    masked, cb_m, opt_m, batch = build()
+    compacted, cb_c, opt_c, _ = build()
+    _, survivors = cb_c.pruner.compact_keeping_state(compacted, {})
+    for p in compacted.parameters():
+        if p.requires_grad and p not in survivors:
+            survivors[p] = (p, None)
+    opt_c = rebuild_optimizer(opt_c, compacted, 0.01, survivors)
+    kept = cb_c.pruner.structure
+    assert sum(map(len, kept.heads)) < sum(m.numel() for m in cb_m.pruner.masks.head)  # something was cut
+    losses = [(_train_step(masked, cb_m, opt_m, batch), _train_step(compacted, cb_c, opt_c, batch))
+              for _ in range(20)]
+    (first, _), (loss_m, loss_c) = losses[0], losses[-1]
+    assert loss_m < 0.99 * first  # the runs moved
+    torch.testing.assert_close(loss_c, loss_m, atol=1e-6, rtol=1e-5)
+    ema_m, ema_c = cb_m.pruner.salience.ema, cb_c.pruner.salience.ema
+    pick = lambda e, idx: e[torch.as_tensor(idx, dtype=torch.long)]  # noqa: E731
+    for kind in ("head", "neuron"):
+        for e_m, e_c, idx in zip(ema_m[kind], ema_c[kind], getattr(kept, kind + "s")):
+            torch.testing.assert_close(e_c, pick(e_m, idx), atol=1e-6, rtol=1e-4)
+    hidden_m = pick(ema_m["hidden"][0], kept.hidden)
+    torch.testing.assert_close(ema_c["hidden"][0], hidden_m, atol=1e-6, rtol=1e-4)
+
+
+def _train_step(model, cb, opt, batch) -> torch.Tensor:
+    """One step as APT's loop takes it: forward, backward, the salience EMA, AdamW."""
+    out = model(**batch)
+    out.loss.backward()
+    salience = cb.pruner.salience
+    salience.update_ema(salience.step_scores(None, alive=cb.pruner.masks.alive()))
+    opt.step()
+    opt.zero_grad()
+    return out.loss.detach()
