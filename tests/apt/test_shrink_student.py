@@ -48,9 +48,9 @@ def _perturb(tensors, seed: int, scale: float = 0.3) -> None:
             t.add_(scale * torch.randn(t.shape, generator=g))
 
 
-def _student_with_teacher(build, tiny_bert_dir):
-    """An APT student with moved adapters and a teacher snapshot of that state, in eval mode
-    (dropout off: two forwards must see the same computation)."""
+def _apt_student(build, tiny_bert_dir):
+    """An APT student with moved adapters, in eval mode (dropout off: two forwards must see the
+    same computation)."""
     torch.manual_seed(0)
     model, batch = build(tiny_bert_dir)
     spec = get_spec(model)
@@ -59,6 +59,12 @@ def _student_with_teacher(build, tiny_bert_dir):
     cb = attach_apt(model, spec, cfg)
     model.eval()
     _perturb([m.lora_B for _, m in lora_modules(model)], 1)
+    return model, batch, spec, cb
+
+
+def _student_with_teacher(build, tiny_bert_dir):
+    """`_apt_student` and a teacher snapshot of that state."""
+    model, batch, spec, cb = _apt_student(build, tiny_bert_dir)
     cb.distillation.snapshot(model, 0.5)  # the teacher: this state, on the full backbone
     return model, batch, spec, cb
 
@@ -365,14 +371,7 @@ def test_a_snapshots_compaction_and_optimizer_rebuild_leave_training_on_its_cour
     from aptune.train.optim import build_optimizer, rebuild_optimizer
 
     def build():
-        torch.manual_seed(0)
-        model, batch = _bert(tiny_bert_dir)
-        spec = get_spec(model)
-        cfg = APTConfig(sparsity=0.6, use_kurtosis=False)
-        cfg.validate()
-        cb = attach_apt(model, spec, cfg)
-        model.eval()  # dropout off: the two runs must see one computation
-        _perturb([m.lora_B for _, m in lora_modules(model)], 1)
+        model, batch, spec, cb = _apt_student(_bert, tiny_bert_dir)
         drawn = random_binary_masks(model, spec, 0.6, torch.Generator().manual_seed(4))
         with torch.no_grad():
             for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
