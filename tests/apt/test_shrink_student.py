@@ -62,6 +62,14 @@ def _apt_student(build, tiny_bert_dir):
     return model, batch, spec, cb
 
 
+def _use_masks(cb, masks) -> None:
+    """Give the student `masks` (0/1) in place of its own."""
+    with torch.no_grad():
+        for mask, value in zip(cb.pruner.masks.all(), masks.all()):
+            mask.copy_(value)
+    cb.pruner.masks.read_facts()
+
+
 def _student_with_teacher(build, tiny_bert_dir):
     """`_apt_student` and a teacher snapshot of that state."""
     model, batch, spec, cb = _apt_student(build, tiny_bert_dir)
@@ -89,10 +97,7 @@ def test_compacted_student_and_own_teacher_equal_the_masked_run(build, tiny_bert
     layers = len(cb.pruner.masks.head)
     drawn = random_binary_masks(model, spec, 0.5, torch.Generator().manual_seed(4),
                                 empty_attention=0, empty_ffn=layers - 1)
-    with torch.no_grad():
-        for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
-            mask.copy_(value)
-    cb.pruner.masks.read_facts()
+    _use_masks(cb, drawn)
     kept_dims = torch.nonzero(cb.pruner.masks.hidden).flatten()
     size_before = sum(p.numel() for p in model.parameters())
     frozen_before = {p.data_ptr() for p in model.parameters() if not p.requires_grad}
@@ -139,11 +144,7 @@ def test_a_refresh_shares_the_backbone_again_and_the_next_point_copies_it_again(
     _perturb([tr.lora_B], 2, 0.05)
 
     def prune_to(keep: float, seed: int) -> None:
-        drawn = random_binary_masks(model, spec, keep, torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
-                mask.copy_(value)
-        cb.pruner.masks.read_facts()
+        _use_masks(cb, random_binary_masks(model, spec, keep, torch.Generator().manual_seed(seed)))
 
     quiet = SimpleNamespace(unwrapped_model=model, step=30, say=lambda line: None)
     prune_to(0.6, 4)
@@ -283,11 +284,7 @@ def test_a_bfloat16_teacher_gives_model_dtype_targets_close_to_the_exact_ones(ti
         model, batch, spec, cb = _student_with_teacher(_bert, tiny_bert_dir)
         cb.cfg.teacher_precision = precision
         cb._new_transform(model)
-        drawn = random_binary_masks(model, spec, 0.5, torch.Generator().manual_seed(4))
-        with torch.no_grad():
-            for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
-                mask.copy_(value)
-        cb.pruner.masks.read_facts()
+        _use_masks(cb, random_binary_masks(model, spec, 0.5, torch.Generator().manual_seed(4)))
         if shrink:
             cb._shrink_student(SimpleNamespace(unwrapped_model=model, step=30, say=lambda _: None), {})
         masks = cb.pruner.masks
@@ -372,11 +369,7 @@ def test_a_snapshots_compaction_and_optimizer_rebuild_leave_training_on_its_cour
 
     def build():
         model, batch, spec, cb = _apt_student(_bert, tiny_bert_dir)
-        drawn = random_binary_masks(model, spec, 0.6, torch.Generator().manual_seed(4))
-        with torch.no_grad():
-            for mask, value in zip(cb.pruner.masks.all(), drawn.all()):
-                mask.copy_(value)
-        cb.pruner.masks.read_facts()
+        _use_masks(cb, random_binary_masks(model, spec, 0.6, torch.Generator().manual_seed(4)))
         cb.pruner.salience.active = True
         opt = build_optimizer(model, 1e-3, 0.01)
         for _ in range(3):  # AdamW state and a salience EMA to carry over
@@ -385,11 +378,12 @@ def test_a_snapshots_compaction_and_optimizer_rebuild_leave_training_on_its_cour
 
     masked, cb_m, opt_m, batch = build()
     compacted, cb_c, opt_c, _ = build()
-    _, survivors = cb_c.pruner.compact_keeping_state(compacted, {})
-    for p in compacted.parameters():
-        if p.requires_grad and p not in survivors:
-            survivors[p] = (p, None)
-    opt_c = rebuild_optimizer(opt_c, compacted, 0.01, survivors)
+    # What a snapshot does to the student, through the callback's own steps
+    rebuilt = {}
+    trainer = SimpleNamespace(unwrapped_model=compacted, rebuild_optimizer=lambda survivors, extra_params: (
+        rebuilt.setdefault("opt", rebuild_optimizer(opt_c, compacted, 0.01, survivors, extra_params))))
+    cb_c._rebuild_optimizer(trainer, cb_c._compact(compacted, {}))
+    opt_c = rebuilt["opt"]
     kept = cb_c.pruner.structure
     assert sum(map(len, kept.heads)) < sum(m.numel() for m in cb_m.pruner.masks.head)  # something was cut
     losses = [(_train_step(masked, cb_m, opt_m, batch), _train_step(compacted, cb_c, opt_c, batch))
